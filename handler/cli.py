@@ -1,0 +1,89 @@
+"""``rasterfn``: the command line. Thin: each sub-command parses flags and calls one function elsewhere.
+
+    rasterfn predict IN.tif [-o OUT.npy] [--output mask|mask-uint8|score] [--model CARD.json]
+    rasterfn replay EVENT.json [--endpoint-url URL] [--seed]
+    rasterfn demo [FILES...] [--serve]
+    rasterfn serve [--host 127.0.0.1] [--port 8080]
+    rasterfn train-demo [--out-dir model/weights]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from model.errors import RasterfnError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rasterfn", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("predict", help="segment one raster into a .npy mask")
+    p.add_argument("input", help="any raster rasterio can open (GeoTIFF, COG, ...)")
+    p.add_argument("-o", "--out", help="output .npy (default: the input with .npy)")
+    p.add_argument("--output", choices=("mask", "mask-uint8", "score"), help="what to write (default: mask)")
+    p.add_argument("--model", help="model card JSON (default: the demo card, or MODEL_CARD)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), help="default: PRECISION or fp32")
+    p.add_argument("--device", choices=("cpu", "auto", "cuda"), help="default: DEVICE or cpu")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("replay", help="run the Lambda handler in-process on a saved event")
+    p.add_argument("event", help="event JSON file (see events/)")
+    p.add_argument("--endpoint-url", help="S3/SQS endpoint (MinIO, moto); default: AWS_ENDPOINT_URL or AWS")
+    p.add_argument("--seed", action="store_true", help="first upload data/test-1.tif under the event's keys")
+
+    p = sub.add_parser("demo", help="embedded S3 + SQS + Lambda loop: upload, wait for the .npy, summarise")
+    p.add_argument("files", nargs="*", help="extra rasters to upload besides data/test-1.tif")
+    p.add_argument("--serve", action="store_true", help="keep the stack running for your own uploads")
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for all outputs")
+
+    p = sub.add_parser("serve", help="run the Knative function locally (func-python's server)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+
+    p = sub.add_parser("train-demo", help="train the demo weights on synthetic Sentinel-2-like scenes")
+    p.add_argument("--out-dir", default=None, help="where demo.pt and demo.json go (default: model/weights)")
+    p.add_argument("--minutes", type=float, default=None, help="training time budget")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except RasterfnError as exc:
+        print(f"rasterfn {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    # Imports are local so `rasterfn --help` and light commands do not pay for torch and boto3.
+    if args.command == "predict":
+        from handler.commands.predict import run_predict
+
+        return run_predict(args)
+    if args.command == "replay":
+        from handler.replay import run_replay
+
+        return run_replay(args)
+    if args.command == "demo":
+        from handler.demo import run_demo
+
+        return run_demo(args)
+    if args.command == "serve":
+        from handler.knative import run_serve
+
+        return run_serve(args)
+    if args.command == "train-demo":
+        from model.train_demo import run_train_demo
+
+        return run_train_demo(args)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""CLI sub-commands that need more than one call."""

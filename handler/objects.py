@@ -1,0 +1,49 @@
+"""The object reference every event is turned into, and the pure naming rules for what is written beside it.
+
+Example:
+    >>> ref = ObjectRef(bucket="scenes", key="a/b/scene.tif")
+    >>> output_key(ref.key), error_key(ref.key)
+    ('a/b/scene.npy', 'a/b/scene.error.json')
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+
+OUTPUT_SUFFIX = ".npy"
+ERROR_SUFFIX = ".error.json"
+# Anything the function itself writes: never an input, whatever the bucket notification says.
+OWN_OUTPUT_SUFFIXES = (OUTPUT_SUFFIX, ERROR_SUFFIX)
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """One uploaded object an event points at, with its key already decoded."""
+
+    bucket: str
+    key: str
+    size: int | None = None
+    etag: str | None = None
+    version_id: str | None = None
+    event_name: str | None = None
+    # The key exactly as the event carried it, when decoding was ambiguous: tried on a 404 of ``key``.
+    raw_key: str | None = None
+    source: str = "direct"
+
+
+def stem_key(key: str) -> str:
+    """The key without its last suffix: ``a/b/scene.tif`` -> ``a/b/scene``."""
+    head, tail = posixpath.split(key)
+    stem, _ = posixpath.splitext(tail)
+    return posixpath.join(head, stem) if head else stem
+
+
+def output_key(key: str, prefix: str = "") -> str:
+    """Where the mask of ``key`` goes: its suffix replaced by ``.npy``, under an optional prefix."""
+    return prefix + stem_key(key) + OUTPUT_SUFFIX
+
+
+def error_key(key: str, prefix: str = "") -> str:
+    """Where the error marker of ``key`` goes: ``<stem>.error.json``."""
+    return prefix + stem_key(key) + ERROR_SUFFIX

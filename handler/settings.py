@@ -1,0 +1,172 @@
+"""The one place that reads configuration from the environment.
+
+Every variable name is a constant here; :meth:`Settings.from_env` parses and validates them all at once, so a
+bad deployment fails at start-up with one clear :class:`ConfigError` instead of on the first event. Explicit
+arguments (CLI flags) win over the environment via :func:`dataclasses.replace`.
+
+Example:
+    >>> s = Settings.from_env({"PRECISION": "bf16", "MAX_PIXELS": "1000000"})
+    >>> (s.precision, s.max_pixels)
+    ('bf16', 1000000)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from functools import cache
+from pathlib import Path
+
+from model.card import DEFAULT_CARD_PATH
+from model.errors import ConfigError
+
+# Environment variable names: the infra (Terraform, Knative manifests, func.yaml) uses exactly these.
+ENV_MODEL_CARD = "MODEL_CARD"
+ENV_MODEL_URI = "MODEL_URI"
+ENV_MODEL_CACHE_DIR = "MODEL_CACHE_DIR"
+ENV_PRECISION = "PRECISION"
+ENV_DEVICE = "DEVICE"
+ENV_OUTPUT_MODE = "OUTPUT_MODE"
+ENV_MAX_PIXELS = "MAX_PIXELS"
+ENV_MAX_INPUT_BYTES = "MAX_INPUT_BYTES"
+ENV_INPUT_SUFFIXES = "INPUT_SUFFIXES"
+ENV_OUTPUT_BUCKET = "OUTPUT_BUCKET"
+ENV_OUTPUT_PREFIX = "OUTPUT_PREFIX"
+ENV_MIN_REMAINING_MS = "MIN_REMAINING_MS"
+ENV_MAX_CONCURRENT_INFERENCES = "MAX_CONCURRENT_INFERENCES"
+ENV_MAX_QUEUED_REQUESTS = "MAX_QUEUED_REQUESTS"
+ENV_WEBHOOK_TOKEN = "WEBHOOK_TOKEN"
+ENV_TMP_DIR = "TMPDIR"
+
+PRECISIONS = ("fp32", "bf16")
+DEVICES = ("cpu", "auto", "cuda")
+OUTPUT_MODES = ("mask", "mask-uint8", "score")
+
+DEFAULT_MAX_PIXELS = 150_000_000  # a full Sentinel-2 tile is 10980 x 10980 = 120.6 M pixels
+DEFAULT_MAX_INPUT_BYTES = 4 * 1024**3
+DEFAULT_INPUT_SUFFIXES = (".tif", ".tiff")
+DEFAULT_MIN_REMAINING_MS = 60_000
+DEFAULT_MODEL_CACHE_DIR = Path(tempfile.gettempdir()) / "rasterfn-model"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated runtime settings; see the README's configuration table for each variable."""
+
+    model_card: Path = DEFAULT_CARD_PATH
+    model_uri: str | None = None
+    model_cache_dir: Path = DEFAULT_MODEL_CACHE_DIR
+    precision: str = "fp32"
+    device: str = "cpu"
+    output_mode: str = "mask"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
+    input_suffixes: tuple[str, ...] = DEFAULT_INPUT_SUFFIXES
+    output_bucket: str | None = None
+    output_prefix: str = ""
+    min_remaining_ms: int = DEFAULT_MIN_REMAINING_MS
+    max_concurrent_inferences: int = 1
+    max_queued_requests: int = 8
+    webhook_token: str | None = None
+    tmp_dir: Path = Path(tempfile.gettempdir())
+
+    def __post_init__(self) -> None:
+        problems = _validate(self)
+        if problems:
+            raise ConfigError("invalid settings: " + "; ".join(problems))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value.strip() if value is not None and value.strip() != "" else None
+
+        raw: dict[str, object] = {}
+        text_fields = {
+            ENV_MODEL_URI: "model_uri",
+            ENV_PRECISION: "precision",
+            ENV_DEVICE: "device",
+            ENV_OUTPUT_MODE: "output_mode",
+            ENV_OUTPUT_BUCKET: "output_bucket",
+            ENV_OUTPUT_PREFIX: "output_prefix",
+            ENV_WEBHOOK_TOKEN: "webhook_token",
+        }
+        for name, attr in text_fields.items():
+            if (value := get(name)) is not None:
+                raw[attr] = value.lower() if attr in ("precision", "device", "output_mode") else value
+        for name, attr in {ENV_MODEL_CARD: "model_card", ENV_MODEL_CACHE_DIR: "model_cache_dir"}.items():
+            if (value := get(name)) is not None:
+                raw[attr] = Path(value)
+        if (value := get(ENV_TMP_DIR)) is not None:
+            raw["tmp_dir"] = Path(value)
+        int_fields = {
+            ENV_MAX_PIXELS: "max_pixels",
+            ENV_MAX_INPUT_BYTES: "max_input_bytes",
+            ENV_MIN_REMAINING_MS: "min_remaining_ms",
+            ENV_MAX_CONCURRENT_INFERENCES: "max_concurrent_inferences",
+            ENV_MAX_QUEUED_REQUESTS: "max_queued_requests",
+        }
+        for name, attr in int_fields.items():
+            if (value := get(name)) is not None:
+                raw[attr] = _parse_int(name, value)
+        if (value := get(ENV_INPUT_SUFFIXES)) is not None:
+            raw["input_suffixes"] = parse_suffixes(value)
+        return cls(**raw)  # type: ignore[arg-type]
+
+
+def env_var_names() -> tuple[str, ...]:
+    """Every environment variable this module reads (the infra cross-checks against this)."""
+    return tuple(v for k, v in globals().items() if k.startswith("ENV_") and isinstance(v, str))
+
+
+def parse_suffixes(value: str) -> tuple[str, ...]:
+    """``"tif, .TIFF"`` -> ``(".tif", ".tiff")``."""
+    suffixes = tuple(
+        "." + part.strip().lower().lstrip(".") for part in value.split(",") if part.strip().strip(".")
+    )
+    if not suffixes:
+        raise ConfigError(f"{ENV_INPUT_SUFFIXES} must list at least one suffix, got {value!r}")
+    return suffixes
+
+
+def _parse_int(name: str, value: str) -> int:
+    try:
+        return int(value.replace("_", ""))
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {value!r}") from exc
+
+
+def _validate(s: Settings) -> list[str]:
+    problems = []
+    if s.precision not in PRECISIONS:
+        problems.append(f"{ENV_PRECISION} must be one of {PRECISIONS}, got {s.precision!r}")
+    if s.device not in DEVICES:
+        problems.append(f"{ENV_DEVICE} must be one of {DEVICES}, got {s.device!r}")
+    if s.output_mode not in OUTPUT_MODES:
+        problems.append(f"{ENV_OUTPUT_MODE} must be one of {OUTPUT_MODES}, got {s.output_mode!r}")
+    if s.model_uri is not None and not s.model_uri.startswith("s3://"):
+        problems.append(f"{ENV_MODEL_URI} must be an s3:// URI, got {s.model_uri!r}")
+    for name in ("max_pixels", "max_input_bytes", "max_concurrent_inferences"):
+        if getattr(s, name) < 1:
+            problems.append(f"{name.upper()} must be >= 1, got {getattr(s, name)}")
+    for name in ("min_remaining_ms", "max_queued_requests"):
+        if getattr(s, name) < 0:
+            problems.append(f"{name.upper()} must be >= 0, got {getattr(s, name)}")
+    if s.output_prefix.startswith("/") or ".." in s.output_prefix.split("/"):
+        problems.append(f"{ENV_OUTPUT_PREFIX} must be a relative key prefix, got {s.output_prefix!r}")
+    if ".npy" in s.input_suffixes:
+        problems.append(f"{ENV_INPUT_SUFFIXES} must not include .npy (the function's own outputs)")
+    return problems
+
+
+@cache
+def get_settings() -> Settings:
+    """Settings from the process environment, read once per process."""
+    return Settings.from_env()
+
+
+SETTINGS_FIELDS = tuple(f.name for f in fields(Settings))
