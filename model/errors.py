@@ -32,6 +32,14 @@ class EventError(InputError):
     """An event has a shape this function does not understand."""
 
 
+class UploadError(InputError):
+    """An HTTP upload carries no raster or is malformed (no ``file`` field, broken multipart body)."""
+
+
+class MediaTypeError(UploadError):
+    """An HTTP upload has a Content-Type this function does not accept."""
+
+
 class ConfigError(RasterfnError):
     """A setting, model card or checkpoint is invalid; the process cannot start."""
 
@@ -42,3 +50,7 @@ class CheckpointError(ConfigError):
 
 class TransientError(RasterfnError):
     """A temporary failure; the caller should retry."""
+
+
+class BusyError(TransientError):
+    """Every inference slot and wait-queue place is taken; the caller should retry after a short wait."""
