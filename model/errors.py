@@ -40,6 +40,14 @@ class MediaTypeError(UploadError):
     """An HTTP upload has a Content-Type this function does not accept."""
 
 
+class ObjectMissingError(RasterfnError):
+    """The object an event names is gone: deleted, or replaced by a newer upload since. Skipped, not retried.
+
+    Not an :class:`InputError`: the user did nothing wrong and there is nothing to write an error marker
+    beside; the newer upload, if any, has its own event.
+    """
+
+
 class ConfigError(RasterfnError):
     """A setting, model card or checkpoint is invalid; the process cannot start."""
 

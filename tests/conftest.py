@@ -115,3 +115,71 @@ def make_eventbridge_event() -> Callable[..., dict[str, Any]]:
         }
 
     return make
+
+
+# --- AWS sandbox (handler-runtime helper): fake credentials everywhere, S3/SQS from moto's real HTTP server.
+
+# Nothing listens on the discard port: a test that forgets `moto_endpoint` fails fast instead of reaching AWS.
+UNREACHABLE_ENDPOINT = "http://127.0.0.1:9"
+
+
+@pytest.fixture(autouse=True)
+def fake_aws_credentials(monkeypatch, tmp_path_factory) -> None:
+    """Fake credentials, us-east-1 and an unreachable endpoint for every test: none can touch a real cloud."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": UNREACHABLE_ENDPOINT,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
+        monkeypatch.setenv(name, value)
+    empty = tmp_path_factory.getbasetemp() / "no-aws-config"
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(empty))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_SQS"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Any:
+    """One moto server (S3, SQS, ...) on a free 127.0.0.1 port for the whole session; yields its URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def moto_endpoint(moto_server, monkeypatch) -> str:
+    """Points boto3 (``AWS_ENDPOINT_URL``) at the moto server for this test; returns the URL."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    return moto_server
+
+
+@pytest.fixture
+def s3_client(moto_endpoint) -> Any:
+    """A plain boto3 S3 client on moto: the "user" side of a test (uploads, checks)."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+
+
+@pytest.fixture
+def make_bucket(s3_client) -> Callable[..., str]:
+    """``make_bucket(versioned=False)``: a new, uniquely named bucket on moto; returns its name."""
+    import uuid
+
+    def make(versioned: bool = False) -> str:
+        name = f"test-{uuid.uuid4().hex[:16]}"
+        s3_client.create_bucket(Bucket=name)
+        if versioned:
+            s3_client.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+        return name
+
+    return make

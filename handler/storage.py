@@ -1,0 +1,342 @@
+"""S3 access: find the object an event names, download exactly that version, upload results.
+
+Everything that talks to S3 is here, and :func:`s3_errors` is the one place botocore errors become ours:
+
+- gone (404, NoSuchKey, NoSuchVersion) or replaced mid-download (412) -> :class:`ObjectMissingError`
+  (skipped);
+- throttled, 5xx, timeouts, dropped connections -> :class:`TransientError` (the event source retries);
+- access denied, missing output bucket, other 4xx -> :class:`ConfigError` (a deployment fault: retried, then
+  dead-lettered, where an operator sees it);
+- archived (Glacier) objects -> :class:`InputError` (the user must restore them first).
+
+The endpoint is boto3's own business: it reads ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (MinIO, moto)
+itself; pass ``endpoint_url`` only for an explicit flag. A non-AWS endpoint gets path-style addressing, which
+MinIO and moto need.
+
+Example:
+    >>> storage = Storage.from_defaults()
+    >>> info = storage.locate(ObjectRef("scenes", "a/b/scene.tif"))
+    >>> path = storage.download(info, Path("/tmp"), max_bytes=4 << 30)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import boto3
+from boto3.s3.transfer import TransferConfig, create_transfer_manager
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError,
+    HTTPClientError,
+    NoCredentialsError,
+    ResponseStreamingError,
+)
+from s3transfer.exceptions import RetriesExceededError
+from s3transfer.subscribers import BaseSubscriber
+
+from handler.objects import ObjectRef
+from model.errors import (
+    ConfigError,
+    InputError,
+    ObjectMissingError,
+    RasterfnError,
+    RasterTooLargeError,
+    TransientError,
+)
+
+MB = 1024**2
+# botocore's "standard" mode retries throttling, 5xx and connection errors with jittered backoff and a retry
+# quota; "adaptive" only adds a per-client rate limiter, which does not help one-object-at-a-time containers.
+DEFAULT_MAX_ATTEMPTS = 5
+CONNECT_TIMEOUT_S = 5
+READ_TIMEOUT_S = 60
+MULTIPART_THRESHOLD = 64 * MB
+MULTIPART_CHUNKSIZE = 16 * MB
+MAX_TRANSFER_CONCURRENCY = 8
+# Room left on the temp disk besides the input: the predictor writes its output there before the upload.
+DISK_HEADROOM_BYTES = 16 * MB
+OUTPUT_CONTENT_TYPE = "application/octet-stream"
+JSON_CONTENT_TYPE = "application/json"
+_SAFE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}")
+
+_MISSING_CODES = frozenset({"404", "NoSuchKey", "NoSuchVersion", "NoSuchBucket", "NotFound"})
+_CHANGED_CODES = frozenset({"412", "PreconditionFailed"})
+_DENIED_CODES = frozenset(
+    {"403", "AccessDenied", "Forbidden", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+)
+_TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "TooManyRequests",
+        "RequestLimitExceeded",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "ServiceUnavailable",
+        "InternalError",
+        "OperationAborted",
+        "ExpiredToken",
+    }
+)
+_ARCHIVED_CODES = frozenset({"InvalidObjectState"})
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What HeadObject says about one object version. ``etag`` is without the quotes S3 puts around it."""
+
+    bucket: str
+    key: str
+    size: int
+    etag: str
+    version_id: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict, hash=False)
+    last_modified: datetime | None = None
+
+    @property
+    def uri(self) -> str:
+        return s3_uri(self.bucket, self.key)
+
+
+def s3_uri(bucket: str, key: str) -> str:
+    return f"s3://{bucket}/{key}"
+
+
+def normalize_etag(etag: str | None) -> str | None:
+    """``'"abc"'`` and ``'abc'`` -> ``'abc'``: events carry ETags bare, HeadObject quoted."""
+    if etag is None:
+        return None
+    etag = etag.strip()
+    if etag.startswith("W/"):
+        etag = etag[2:]
+    return etag.strip('"') or None
+
+
+def translate_client_error(exc: ClientError, uri: str, *, writing: bool = False) -> RasterfnError:
+    """Map one botocore ``ClientError`` to our error tree (pure; see the module docstring for the table)."""
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", ""))
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    what = f"{exc.operation_name} {uri}: {code or status} {error.get('Message', '')}".strip()
+    if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+        return TransientError(f"S3 is unavailable, retry later ({what})")
+    if code in _DENIED_CODES or status == 403:
+        return ConfigError(f"access denied: the function's role or the bucket policy does not allow {what}")
+    if code in _MISSING_CODES or status == 404:
+        if writing:
+            return ConfigError(f"the output location does not exist ({what})")
+        return ObjectMissingError(f"{uri} no longer exists ({code or status})")
+    if code in _CHANGED_CODES or status == 412:
+        return ObjectMissingError(f"{uri} was replaced by a newer upload while it was read")
+    if code in _ARCHIVED_CODES:
+        return InputError(f"{uri} is archived; restore it before processing ({what})")
+    return ConfigError(f"S3 refused the request ({what})")
+
+
+@contextlib.contextmanager
+def s3_errors(uri: str, *, writing: bool = False) -> Iterator[None]:
+    """Translate whatever boto3/s3transfer raise inside the block into our error tree (``raise ... from``)."""
+    try:
+        yield
+    except ClientError as exc:
+        raise translate_client_error(exc, uri, writing=writing) from exc
+    except (ConnectionError, HTTPClientError, ResponseStreamingError, RetriesExceededError) as exc:
+        raise TransientError(f"S3 connection failed for {uri}, retry later: {exc}") from exc
+    except NoCredentialsError as exc:
+        raise ConfigError(f"no AWS credentials to access {uri}") from exc
+    except BotoCoreError as exc:
+        raise ConfigError(f"S3 client error for {uri}: {exc}") from exc
+
+
+def make_s3_client(endpoint_url: str | None = None, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Any:
+    """An S3 client with retries and timeouts; ``endpoint_url`` None lets boto3 read ``AWS_ENDPOINT_URL*``."""
+    config = Config(
+        retries={"mode": "standard", "max_attempts": max_attempts},
+        connect_timeout=CONNECT_TIMEOUT_S,
+        read_timeout=READ_TIMEOUT_S,
+        tcp_keepalive=True,
+        max_pool_connections=MAX_TRANSFER_CONCURRENCY + 2,
+    )
+    session = boto3.session.Session()
+    client = session.client("s3", endpoint_url=endpoint_url, config=config)
+    if not _is_aws_endpoint(client.meta.endpoint_url):
+        # MinIO and moto serve buckets under the path, not as sub-domains of the endpoint host.
+        path_style = config.merge(Config(s3={"addressing_style": "path"}))
+        client = session.client("s3", endpoint_url=endpoint_url, config=path_style)
+    return client
+
+
+def _is_aws_endpoint(url: str) -> bool:
+    host = urlparse(url).hostname or ""
+    return host.endswith((".amazonaws.com", ".amazonaws.com.cn", ".api.aws"))
+
+
+class _KnownObject(BaseSubscriber):
+    """Hands s3transfer the size and ETag from our HeadObject: no second HEAD, and every ranged GET carries
+    ``IfMatch``, so an object replaced mid-download fails with 412 instead of mixing two versions."""
+
+    def __init__(self, size: int, etag: str) -> None:
+        self._size = size
+        self._etag = f'"{etag}"'
+
+    def on_queued(self, future: Any, **kwargs: Any) -> None:
+        future.meta.provide_transfer_size(self._size)
+        future.meta.provide_object_etag(self._etag)
+
+
+@dataclass(frozen=True)
+class Storage:
+    """S3 operations the function needs, over one thread-safe boto3 client."""
+
+    client: Any
+    transfer_config: TransferConfig = field(
+        default_factory=lambda: TransferConfig(
+            multipart_threshold=MULTIPART_THRESHOLD,
+            multipart_chunksize=MULTIPART_CHUNKSIZE,
+            max_concurrency=MAX_TRANSFER_CONCURRENCY,
+        )
+    )
+
+    @classmethod
+    def from_defaults(
+        cls, endpoint_url: str | None = None, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    ) -> Storage:
+        return cls(make_s3_client(endpoint_url, max_attempts=max_attempts))
+
+    def head(self, bucket: str, key: str, *, version_id: str | None = None) -> ObjectInfo | None:
+        """The object's metadata, or None when it does not exist."""
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if version_id:
+            kwargs["VersionId"] = version_id
+        try:
+            with s3_errors(s3_uri(bucket, key)):
+                response = self.client.head_object(**kwargs)
+        except ObjectMissingError:
+            return None
+        return ObjectInfo(
+            bucket=bucket,
+            key=key,
+            size=int(response["ContentLength"]),
+            etag=normalize_etag(response.get("ETag")) or "",
+            version_id=response.get("VersionId"),
+            metadata=dict(response.get("Metadata") or {}),
+            last_modified=response.get("LastModified"),
+        )
+
+    def locate(self, ref: ObjectRef) -> ObjectInfo:
+        """The current object ``ref`` names, trying ``ref.raw_key`` when ``ref.key`` is not found.
+
+        Raises :class:`ObjectMissingError` when it is gone, or when a newer upload replaced the version the
+        event is about (that upload has its own event; processing the old one could overwrite its result).
+        """
+        keys = [ref.key] + ([ref.raw_key] if ref.raw_key and ref.raw_key != ref.key else [])
+        for key in keys:
+            info = self.head(ref.bucket, key)
+            if info is not None:
+                break
+        else:
+            raise ObjectMissingError(f"{s3_uri(ref.bucket, ref.key)} no longer exists")
+        if ref.version_id and info.version_id and ref.version_id != info.version_id:
+            raise ObjectMissingError(f"{info.uri} version {ref.version_id} was replaced by {info.version_id}")
+        if not ref.version_id and ref.etag and normalize_etag(ref.etag) != info.etag:
+            raise ObjectMissingError(f"{info.uri} with ETag {ref.etag} was replaced (now {info.etag})")
+        return info
+
+    def download(
+        self,
+        info: ObjectInfo,
+        dest_dir: str | Path,
+        *,
+        max_bytes: int,
+        reserve_bytes: int = DISK_HEADROOM_BYTES,
+    ) -> Path:
+        """Download exactly ``info``'s version into a new private (0600) file in ``dest_dir``.
+
+        Returns the file's path.
+
+        The file name never comes from the key. Objects over ``max_bytes``, or that would not fit the free
+        space of ``dest_dir`` with ``reserve_bytes`` to spare, are refused before any byte is read.
+        """
+        if info.size > max_bytes:
+            raise RasterTooLargeError(
+                f"{info.uri} is {info.size} bytes, over the {max_bytes}-byte limit (MAX_INPUT_BYTES)"
+            )
+        free = shutil.disk_usage(dest_dir).free
+        if info.size + reserve_bytes > free:
+            raise RasterTooLargeError(
+                f"{info.uri} is {info.size} bytes but only {free} bytes of temporary space are free "
+                f"(raise the function's ephemeral storage)"
+            )
+        suffix = os.path.splitext(info.key)[1]
+        fd, name = tempfile.mkstemp(
+            prefix="rasterfn-in-", suffix=suffix if _SAFE_SUFFIX.fullmatch(suffix) else "", dir=dest_dir
+        )
+        extra_args = {"VersionId": info.version_id} if info.version_id else {}
+        try:
+            with (
+                os.fdopen(fd, "wb") as fh,
+                s3_errors(info.uri),
+                create_transfer_manager(self.client, self.transfer_config) as manager,
+            ):
+                future = manager.download(
+                    info.bucket,
+                    info.key,
+                    fh,
+                    extra_args=extra_args,
+                    subscribers=[_KnownObject(info.size, info.etag)],
+                )
+                future.result()
+            written = os.path.getsize(name)
+            if written != info.size:
+                raise TransientError(f"{info.uri}: downloaded {written} of {info.size} bytes")
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+            raise
+        return Path(name)
+
+    def upload_file(
+        self,
+        path: str | Path,
+        bucket: str,
+        key: str,
+        *,
+        metadata: Mapping[str, str],
+        content_type: str = OUTPUT_CONTENT_TYPE,
+    ) -> int:
+        """Upload a finished file (multipart above the threshold); returns its size in bytes."""
+        extra_args = {"Metadata": dict(metadata), "ContentType": content_type}
+        with (
+            s3_errors(s3_uri(bucket, key), writing=True),
+            create_transfer_manager(self.client, self.transfer_config) as manager,
+        ):
+            manager.upload(str(path), bucket, key, extra_args=extra_args).result()
+        return os.path.getsize(path)
+
+    def put_json(self, bucket: str, key: str, doc: Any, *, metadata: Mapping[str, str]) -> int:
+        """Write a small JSON document; returns its size in bytes."""
+        body = json.dumps(doc, indent=2, ensure_ascii=False).encode() + b"\n"
+        with s3_errors(s3_uri(bucket, key), writing=True):
+            self.client.put_object(
+                Bucket=bucket, Key=key, Body=body, ContentType=JSON_CONTENT_TYPE, Metadata=dict(metadata)
+            )
+        return len(body)
+
+    def delete(self, bucket: str, key: str) -> None:
+        with s3_errors(s3_uri(bucket, key), writing=True):
+            self.client.delete_object(Bucket=bucket, Key=key)
