@@ -1,0 +1,54 @@
+"""``rasterfn predict IN.tif [-o OUT.npy] [--output ...] [--model CARD.json]``: segment one local raster.
+
+Settings come from the environment (:func:`handler.settings.get_settings`); flags given on the command line
+win. Prints where the output went, its shape, the positive fraction and the time; a raster that cannot be
+processed is a one-line message and exit status 2, with no output file left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from handler.settings import get_settings
+from model.errors import InputError
+
+EXIT_INPUT_ERROR = 2
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from model.checkpoint import load_model
+    from model.predict import PredictOptions, predict_file
+
+    settings = get_settings()
+    overrides = {
+        "model_card": Path(args.model) if args.model else None,
+        "output_mode": args.output,
+        "precision": args.precision,
+        "device": args.device,
+    }
+    settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    src = Path(args.input)
+    dst = Path(args.out) if args.out else src.with_suffix(".npy")
+    options = PredictOptions(
+        output=settings.output_mode,
+        precision=settings.precision,
+        device=settings.device,
+        max_pixels=settings.max_pixels,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    model = load_model(settings.model_card)
+    try:
+        result = predict_file(model, src, dst, options)
+    except InputError as exc:
+        print(f"rasterfn predict: {src}: {exc}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    height, width = result.shape
+    print(
+        f"{result.out_path}  {height} x {width} {result.dtype} ({result.output}), "
+        f"{result.positive_fraction:.1%} of {result.valid_pixels:,} valid pixels above "
+        f"{model.card.threshold}, {result.tiles} tile(s), {result.seconds:.2f} s"
+    )
+    return 0

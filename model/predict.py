@@ -1,0 +1,408 @@
+"""Segment a whole raster with the U-Net, tile by tile, streaming: ``predict_file(model, src, dst)``.
+
+The procedure is the old service's, made to scale:
+
+1. The header is checked against the limits before any pixel is read (bands, ``max_pixels``, data type).
+2. Pass 1 reads the raster in strips and computes each band's 90th percentile over the WHOLE raster, exactly
+   (see :mod:`model.stats`), leaving out invalid pixels (nodata, masked, non-finite).
+3. Pass 2 reads strips of tile rows (plus the overlap), normalises each band in float64 exactly as the old
+   service did (``clip(band, 0, p90) / p90``, 0 when ``p90 <= 0``) and casts to float32 (for 8/16-bit
+   integers through a per-band lookup table holding those same float64 results), runs the network on each
+   tile and writes the finished rows of the ``.npy`` as soon as no later tile can touch them. Peak memory
+   depends on the raster's width and the tile size, never on its height.
+
+A raster no larger than one tile is one forward pass over the whole (padded to a multiple of 16 only if it is
+not one already) in contiguous fp32, so a 512 x 512 input gives exactly the old service's array. Larger
+rasters run tiles in ``channels_last`` memory format, about 20% faster on CPU, whose float results differ
+from contiguous ones in the last bits (~1e-7); the tiling itself changes far more than that (see
+:mod:`model.tiling` for the seam handling and its measured agreement with one pass).
+
+Invalid pixels are 0 in the network's input and 0 in the output, whatever the mode.
+
+Example:
+    >>> from model.checkpoint import load_model
+    >>> result = predict_file(load_model(), "data/test-1.tif", "/tmp/test-1.npy")   # doctest: +SKIP
+    >>> result.shape, result.output
+    ((512, 512), 'mask')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rasterio.windows import Window
+from tqdm import tqdm
+
+from model.checkpoint import LoadedModel
+from model.errors import ConfigError, InputError
+from model.npy_writer import NpyWriter
+from model.raster import RasterHeader, check_header, open_raster, read_header, read_window
+from model.stats import DEFAULT_EXACT_BUDGET_BYTES, PercentileAccumulator, split_budget
+from model.tiling import DEFAULT_SEAM, Span, TilePlan, axis_weights, pad_tile, plan_tiles
+
+log = logging.getLogger(__name__)
+
+OUTPUT_DTYPES = {"mask": "float32", "mask-uint8": "uint8", "score": "float32"}
+PRECISIONS = ("fp32", "bf16")
+DEVICES = ("cpu", "auto", "cuda")
+PERCENTILE = 90.0
+CPU_BATCH = 1  # on CPU a batch only adds memory: one 512 x 512 tile already keeps every core busy
+CUDA_BATCH = 8
+STATS_STRIP_PIXELS = 4 * 1024 * 1024  # pixels per band read at once in pass 1
+READ_GROUP_WIDTH = 8192  # pass 2 reads at most this many columns (plus one tile) at once
+LUT_MAX_BITS = 16
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    output: str = "mask"  # mask | mask-uint8 | score
+    precision: str = "fp32"  # fp32 | bf16
+    device: str = "cpu"  # cpu | auto | cuda
+    max_pixels: int = 150_000_000
+    tile_size: int | None = None  # None: the card's
+    tile_overlap: int | None = None
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class PredictionResult:
+    out_path: Path
+    shape: tuple[int, int]
+    dtype: str
+    output: str
+    crs: str | None  # WKT or "EPSG:xxxx"
+    transform: tuple[float, ...]  # affine a, b, c, d, e, f (rasterio Affine[:6])
+    tiles: int
+    valid_pixels: int
+    positive_fraction: float  # of the valid pixels, above the card's threshold
+    seconds: float
+
+
+def predict_file(
+    model: LoadedModel,
+    src: str | Path,
+    dst: str | Path,
+    options: PredictOptions = PredictOptions(),
+) -> PredictionResult:
+    """Segment raster ``src`` into ``dst`` (.npy, H x W), written atomically; see the module docstring.
+
+    Raises :class:`InputError` subclasses for rasters that cannot be processed (nothing is left at ``dst``)
+    and :class:`ConfigError` for invalid options.
+    """
+    started = time.perf_counter()
+    src, dst = Path(src), Path(dst)
+    card = model.card
+    _check_options(options)
+    device = resolve_device(options.device)
+    tile = options.tile_size or card.tile_size
+    overlap = card.tile_overlap if options.tile_overlap is None else options.tile_overlap
+    if tile % card.size_multiple or not 0 <= overlap < tile // 2:
+        raise ConfigError(
+            f"tile {tile} / overlap {overlap} do not fit the network (multiple {card.size_multiple})"
+        )
+    _check_destination(src, dst)
+
+    with open_raster(src) as ds:
+        header = read_header(ds, src)
+        check_header(header, card.bands, options.max_pixels)
+        p90s = compute_percentiles(ds, header, card.bands, PERCENTILE)
+        normalise = make_normaliser(np.dtype(header.dtypes[card.bands[0] - 1]), p90s)
+        plan = plan_tiles(header.height, header.width, tile, overlap, card.size_multiple)
+        runner = get_runner(model, device, options.precision, channels_last=plan.tiles > 1)
+        counts = _Counts()
+        with NpyWriter(dst, (header.height, header.width), OUTPUT_DTYPES[options.output]) as writer:
+            for rows, valid in _predict_rows(ds, header, card.bands, plan, normalise, runner, options):
+                counts.add(rows, valid, card.threshold)
+                writer.write_rows(_to_output(rows, valid, card.threshold, options.output))
+
+    return PredictionResult(
+        out_path=dst,
+        shape=(header.height, header.width),
+        dtype=OUTPUT_DTYPES[options.output],
+        output=options.output,
+        crs=header.crs,
+        transform=header.transform,
+        tiles=plan.tiles,
+        valid_pixels=counts.valid,
+        positive_fraction=counts.positive / counts.valid if counts.valid else 0.0,
+        seconds=time.perf_counter() - started,
+    )
+
+
+# -- pass 1: statistics --------------------------------------------------------------------------------------
+
+
+def compute_percentiles(ds, header: RasterHeader, bands: Sequence[int], q: float = PERCENTILE) -> list[float]:
+    """Each band's ``q``-th percentile over the valid pixels of the whole raster, reading strip by strip."""
+    dtype = np.dtype(header.dtypes[bands[0] - 1])
+    budget = split_budget(DEFAULT_EXACT_BUDGET_BYTES, len(bands))
+    accumulators = [PercentileAccumulator(dtype, q, budget) for _ in bands]
+    for window in _stat_windows(ds, header):
+        data, valid = read_window(ds, bands, window, header.all_valid)
+        for acc, band in zip(accumulators, data, strict=True):
+            acc.add(band if valid is None else band[valid])
+    return [acc.result() for acc in accumulators]
+
+
+def _stat_windows(ds, header: RasterHeader) -> Iterator[Window]:
+    block_height = max(1, int(ds.block_shapes[0][0]))
+    rows = max(1, STATS_STRIP_PIXELS // header.width)
+    rows = max(block_height, rows // block_height * block_height)  # whole blocks: each decoded once
+    for top in range(0, header.height, rows):
+        yield Window(0, top, header.width, min(rows, header.height - top))
+
+
+# -- normalisation -------------------------------------------------------------------------------------------
+
+
+def normalise_values(values: np.ndarray, p90: float) -> np.ndarray:
+    """The old service's per-band normalisation of float64 ``values`` -> float32 (the reference formula)."""
+    if p90 <= 0:
+        return np.zeros(values.shape, dtype=np.float32)
+    return (np.clip(values, 0, p90) / p90).astype(np.float32)
+
+
+def make_normaliser(dtype: np.dtype, p90s: Sequence[float]) -> Callable[[np.ndarray], np.ndarray]:
+    """A function (bands, h, w) raw -> (bands, h, w) float32, bit-identical to :func:`normalise_values`.
+
+    8/16-bit integers go through per-band lookup tables of :func:`normalise_values` over every possible
+    value: one gather instead of a float64 convert, clip and divide per pixel, with identical results.
+    """
+    if dtype.kind in "iu" and dtype.itemsize * 8 <= LUT_MAX_BITS:
+        # Index with the raw bits as unsigned, so signed data needs no offset (and no copy).
+        unsigned = np.dtype(f"u{dtype.itemsize}")
+        every_value = np.arange(2 ** (8 * dtype.itemsize), dtype=unsigned).view(dtype).astype(np.float64)
+        tables = [normalise_values(every_value, p) for p in p90s]
+
+        def by_table(data: np.ndarray) -> np.ndarray:
+            out = np.empty(data.shape, dtype=np.float32)
+            for table, band, dest in zip(tables, data, out, strict=True):
+                np.take(table, band.view(unsigned), out=dest, mode="clip")
+            return out
+
+        return by_table
+
+    def by_formula(data: np.ndarray) -> np.ndarray:
+        out = np.empty(data.shape, dtype=np.float32)
+        for p90, band, dest in zip(p90s, data, out, strict=True):
+            dest[...] = normalise_values(band.astype(np.float64), p90)
+        return out
+
+    return by_formula
+
+
+# -- pass 2: tiles -------------------------------------------------------------------------------------------
+
+
+def _predict_rows(
+    ds, header: RasterHeader, bands: Sequence[int], plan: TilePlan, normalise, runner: TileRunner, options
+) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """Yield (score rows, validity rows or None) top to bottom, each row exactly once, blending the seams."""
+    width = header.width
+    row_weights = axis_weights(plan.rows, DEFAULT_SEAM)
+    col_weights = axis_weights(plan.cols, DEFAULT_SEAM)
+    capacity = max(span.size for span in plan.rows)
+    scores = np.zeros((capacity, width), dtype=np.float32)
+    valid = None if header.all_valid else np.ones((capacity, width), dtype=bool)
+    top = 0  # raster row held in scores[0]
+    groups = _column_groups(plan.cols)
+    with tqdm(
+        total=plan.tiles, unit="tile", disable=not options.progress, file=sys.stderr, leave=False
+    ) as bar:
+        for r, rspan in enumerate(plan.rows):
+            offset = rspan.start - top
+            for group in groups:
+                left, right = group[0].start, group[-1].stop
+                window = Window(left, rspan.start, right - left, rspan.size)
+                data, strip_valid = read_window(ds, bands, window, header.all_valid)
+                inputs = normalise(data)
+                del data
+                if strip_valid is not None:
+                    inputs[:, ~strip_valid] = 0  # invalid pixels are 0 for the network (NaN included)
+                    if valid is not None:
+                        valid[offset : offset + rspan.size, left:right] = strip_valid
+                elif valid is not None:
+                    valid[offset : offset + rspan.size, left:right] = True
+                for batch in _batches(group, runner.batch_size):
+                    tiles = [
+                        pad_tile(inputs[:, :, c.start - left : c.stop - left], rspan.padded, c.padded)
+                        for c in batch
+                    ]
+                    outputs = runner(tiles)
+                    for cspan, out in zip(batch, outputs, strict=True):
+                        _accumulate(
+                            scores, out, offset, rspan, cspan, row_weights[r], col_weights[cspan.index]
+                        )
+                    bar.update(len(batch))
+            done = plan.rows[r + 1].start if r + 1 < len(plan.rows) else header.height
+            count = done - top
+            yield scores[:count].copy(), None if valid is None else valid[:count].copy()
+            # Keep the rows later tiles still add to at the top of the buffers.
+            keep = capacity - count
+            scores[:keep] = scores[count:].copy()
+            scores[keep:] = 0
+            if valid is not None:
+                valid[:keep] = valid[count:].copy()
+            top = done
+
+
+def _accumulate(scores, out, offset: int, rspan: Span, cspan: Span, wy: np.ndarray, wx: np.ndarray) -> None:
+    out = out[: rspan.size, : cspan.size]
+    target = scores[offset : offset + rspan.size, cspan.start : cspan.stop]
+    if wy.min() == 1 and wx.min() == 1:
+        target += out  # a lone tile (weights all 1) keeps its scores bit for bit
+    else:
+        target += out * wy[:, None] * wx[None, :]
+
+
+def _column_groups(cols: Sequence[Span]) -> list[list[Span]]:
+    """Column spans in groups read together: wide rasters are read in pieces to bound memory."""
+    groups: list[list[Span]] = [[cols[0]]]
+    for span in cols[1:]:
+        if span.stop - groups[-1][0].start > READ_GROUP_WIDTH + span.size:
+            groups.append([span])
+        else:
+            groups[-1].append(span)
+    return groups
+
+
+def _batches(items: Sequence[Span], size: int) -> Iterator[Sequence[Span]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+# -- the network ---------------------------------------------------------------------------------------------
+
+
+class TileRunner:
+    """Runs the network on equally sized (bands, h, w) float32 tiles -> (h, w) float32 scores."""
+
+    def __init__(self, net: torch.nn.Module, device: str, precision: str, channels_last: bool) -> None:
+        self.net = net
+        self.device = torch.device(device)
+        self.channels_last = channels_last
+        self.batch_size = CUDA_BATCH if self.device.type == "cuda" else CPU_BATCH
+        self.autocast_dtype = torch.bfloat16 if precision == "bf16" and bf16_supported(self.device) else None
+
+    def __call__(self, tiles: Sequence[np.ndarray]) -> list[np.ndarray]:
+        batch = np.stack(tiles) if len(tiles) > 1 else tiles[0][None]
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            context = (
+                torch.autocast(self.device.type, dtype=self.autocast_dtype)
+                if self.autocast_dtype is not None
+                else contextlib.nullcontext()
+            )
+            with context:
+                y = self.net(x)
+            y = y[:, 0].float().cpu().numpy()
+        return list(y)
+
+
+_runner_lock = threading.Lock()
+_prepared: dict[tuple[int, str, bool], torch.nn.Module] = {}
+_threads_set = False
+_bf16_warned = False
+
+
+def get_runner(model: LoadedModel, device: str, precision: str, channels_last: bool) -> TileRunner:
+    """A runner over a copy of the network prepared for ``device`` and memory format (cached per process)."""
+    global _threads_set
+    with _runner_lock:
+        if not _threads_set:
+            # Lambda and containers restrict the CPUs a process may use; torch would count the host's.
+            torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+            _threads_set = True
+        key = (id(model.net), device, channels_last)
+        if key not in _prepared:
+            net = model.net
+            if device != "cpu" or channels_last:
+                # Never mutate the shared cached network: the one-tile path needs it contiguous on the CPU.
+                net = copy.deepcopy(net).to(device)
+                if channels_last:
+                    net = net.to(memory_format=torch.channels_last)
+            _prepared[key] = net
+        net = _prepared[key]
+    return TileRunner(net, device, precision, channels_last)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast is worth using on ``device``; logs once when bf16 falls back to fp32."""
+    global _bf16_warned
+    if device.type == "cuda":
+        supported = torch.cuda.is_bf16_supported()
+    else:
+        supported = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if not supported and not _bf16_warned:
+        _bf16_warned = True
+        log.warning(
+            "PRECISION=bf16 requested but this %s has no native bf16 support (CPU capability %s): using fp32",
+            device.type,
+            torch.backends.cpu.get_cpu_capability(),
+        )
+    return supported
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available else ``cpu``; ``cuda`` without a GPU is a :class:`ConfigError`."""
+    if device not in DEVICES:
+        raise ConfigError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("DEVICE=cuda but no CUDA device is available (use cpu or auto)")
+    return device
+
+
+# -- output --------------------------------------------------------------------------------------------------
+
+
+def _to_output(scores: np.ndarray, valid: np.ndarray | None, threshold: float, output: str) -> np.ndarray:
+    result = scores if output == "score" else (scores > threshold).astype(OUTPUT_DTYPES[output])
+    if valid is not None:
+        result[~valid] = 0
+    return result
+
+
+class _Counts:
+    def __init__(self) -> None:
+        self.valid = 0
+        self.positive = 0
+
+    def add(self, scores: np.ndarray, valid: np.ndarray | None, threshold: float) -> None:
+        above = scores > threshold
+        if valid is None:
+            self.valid += scores.size
+            self.positive += int(np.count_nonzero(above))
+        else:
+            self.valid += int(np.count_nonzero(valid))
+            self.positive += int(np.count_nonzero(above & valid))
+
+
+def _check_options(options: PredictOptions) -> None:
+    if options.output not in OUTPUT_DTYPES:
+        raise ConfigError(f"output must be one of {tuple(OUTPUT_DTYPES)}, got {options.output!r}")
+    if options.precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {PRECISIONS}, got {options.precision!r}")
+    if options.max_pixels < 1:
+        raise ConfigError(f"max_pixels must be >= 1, got {options.max_pixels}")
+
+
+def _check_destination(src: Path, dst: Path) -> None:
+    if not dst.parent.is_dir():
+        raise InputError(f"output directory {dst.parent} does not exist")
+    if dst.exists() and src.exists() and dst.resolve() == src.resolve():
+        raise InputError(f"refusing to overwrite the input {src.name} with its own output")
