@@ -1,0 +1,108 @@
+# The function's role: exactly what handler/process.py and handler/storage.py do, on exactly these resources.
+
+data "aws_iam_policy_document" "lambda_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["lambda.amazonaws.com"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [local.account_id]
+    }
+  }
+}
+
+resource "aws_iam_role" "lambda" {
+  name               = "${var.name}-function"
+  assume_role_policy = data.aws_iam_policy_document.lambda_assume.json
+}
+
+resource "aws_iam_role_policy" "lambda" {
+  name   = "${var.name}-function"
+  role   = aws_iam_role.lambda.id
+  policy = data.aws_iam_policy_document.lambda.json
+}
+
+data "aws_iam_policy_document" "lambda" {
+  statement {
+    sid       = "ReadUploads"
+    actions   = ["s3:GetObject", "s3:GetObjectVersion"]
+    resources = ["${aws_s3_bucket.input.arn}/${var.input_prefix}*"]
+  }
+
+  # Without ListBucket a missing object answers 403 instead of 404, and the handler could not tell "deleted
+  # since the event" (skip) from "not allowed" (deployment fault).
+  statement {
+    sid       = "TellMissingFromForbidden"
+    actions   = ["s3:ListBucket"]
+    resources = distinct([aws_s3_bucket.input.arn, local.output_bucket_arn])
+  }
+
+  statement {
+    sid     = "WriteMasksAndErrorMarkers"
+    actions = ["s3:PutObject"]
+    resources = [
+      "${local.output_bucket_arn}/${local.output_key_prefix}*.npy",
+      "${local.output_bucket_arn}/${local.output_key_prefix}*.error.json",
+    ]
+  }
+
+  # HeadObject on an existing mask: a redelivered event whose output is already there is a duplicate.
+  statement {
+    sid       = "SeeExistingMasks"
+    actions   = ["s3:GetObject"]
+    resources = ["${local.output_bucket_arn}/${local.output_key_prefix}*.npy"]
+  }
+
+  # A stale error marker is removed once its raster succeeds; masks and uploads are never deleted.
+  statement {
+    sid       = "RemoveStaleErrorMarkers"
+    actions   = ["s3:DeleteObject"]
+    resources = ["${local.output_bucket_arn}/${local.output_key_prefix}*.error.json"]
+  }
+
+  statement {
+    sid = "ConsumeUploadEvents"
+    actions = [
+      "sqs:ReceiveMessage",
+      "sqs:DeleteMessage",
+      "sqs:GetQueueAttributes",
+      "sqs:ChangeMessageVisibility",
+    ]
+    resources = [aws_sqs_queue.uploads.arn]
+  }
+
+  # Objects, messages and the environment are encrypted with the project key.
+  statement {
+    sid       = "UseTheProjectKey"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [aws_kms_key.this.arn]
+  }
+
+  statement {
+    sid       = "WriteOwnLogs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = ["${aws_cloudwatch_log_group.lambda.arn}:*"]
+  }
+
+  # X-Ray's PutTraceSegments/PutTelemetryRecords support no resource-level permissions: "*" is the only
+  # valid resource (the actions themselves are named).
+  statement {
+    sid       = "SendTraces"
+    actions   = ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]
+    resources = ["*"]
+  }
+
+  dynamic "statement" {
+    for_each = local.model_uri_match == null ? [] : [local.model_uri_match]
+    content {
+      sid     = "ReadModel"
+      actions = ["s3:GetObject"]
+      # The card and the weights file it names sit under the card's "directory".
+      resources = ["arn:${local.partition}:s3:::${statement.value[0]}/${trimsuffix(statement.value[1], basename(statement.value[1]))}*"]
+    }
+  }
+}

@@ -1,0 +1,261 @@
+# --- Naming and placement
+
+variable "name" {
+  description = "Name of the function and prefix of every resource (queue, repository, role, alarms)."
+  type        = string
+  default     = "rasterfn"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,40}$", var.name))
+    error_message = "name must be 2-41 characters: lower-case letters, digits and hyphens, starting with a letter."
+  }
+}
+
+variable "region" {
+  description = "AWS region; null uses AWS_REGION / the profile's region."
+  type        = string
+  default     = null
+}
+
+variable "tags" {
+  description = "Extra tags for every resource."
+  type        = map(string)
+  default     = {}
+}
+
+# --- Image
+
+variable "image_tag" {
+  description = "Tag of the image in the ECR repository to run (immutable tags: one per build, e.g. the git SHA)."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", var.image_tag)) && var.image_tag != "latest"
+    error_message = "image_tag must be a valid Docker tag other than \"latest\" (tags are immutable here)."
+  }
+}
+
+variable "ecr_keep_images" {
+  description = "How many tagged images the ECR lifecycle policy keeps (older ones are expired)."
+  type        = number
+  default     = 20
+}
+
+# --- Bucket and notifications
+
+variable "bucket_name" {
+  description = "Input bucket name; null: <name>-input-<account>-<region>."
+  type        = string
+  default     = null
+}
+
+variable "input_prefix" {
+  description = "Only objects under this key prefix trigger the function (\"\" = the whole bucket)."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = !startswith(var.input_prefix, "/")
+    error_message = "input_prefix is an S3 key prefix: no leading slash."
+  }
+}
+
+variable "input_suffixes" {
+  description = "Object-created events for keys ending with one of these (case-sensitive in S3) reach the queue."
+  type        = list(string)
+  default     = [".tif", ".tiff"]
+
+  validation {
+    condition     = length(var.input_suffixes) > 0 && alltrue([for s in var.input_suffixes : startswith(s, ".") && s != ".npy"])
+    error_message = "input_suffixes must be a non-empty list of suffixes starting with a dot, never .npy (the outputs)."
+  }
+}
+
+variable "output_bucket_name" {
+  description = "Existing bucket for the .npy outputs; null writes them beside the inputs."
+  type        = string
+  default     = null
+}
+
+variable "output_prefix" {
+  description = "Key prefix prepended to every output key (OUTPUT_PREFIX); \"\" writes beside the input."
+  type        = string
+  default     = ""
+}
+
+variable "noncurrent_version_expiration_days" {
+  description = "Days before replaced or deleted object versions are removed for good."
+  type        = number
+  default     = 30
+}
+
+variable "force_destroy" {
+  description = "Let `terraform destroy` delete a non-empty bucket (and its uploads). Keep false outside sandboxes."
+  type        = bool
+  default     = false
+}
+
+variable "access_log_bucket" {
+  description = "Existing bucket for S3 server access logs of the input bucket; null: no access logs."
+  type        = string
+  default     = null
+}
+
+# --- Function
+
+variable "memory_mb" {
+  description = "Lambda memory in MB (CPU scales with it: 3008 MB is about 2 vCPUs, 10240 MB is 6)."
+  type        = number
+  default     = 3008
+
+  validation {
+    condition     = var.memory_mb >= 1024 && var.memory_mb <= 10240
+    error_message = "memory_mb must be between 1024 (torch and a tile need it) and 10240."
+  }
+}
+
+variable "function_timeout_seconds" {
+  description = "Lambda timeout in seconds; the queue's visibility timeout is derived from it."
+  type        = number
+  default     = 300
+
+  validation {
+    condition     = var.function_timeout_seconds >= 60 && var.function_timeout_seconds <= 900
+    error_message = "function_timeout_seconds must be between 60 and 900."
+  }
+}
+
+variable "ephemeral_storage_mb" {
+  description = "Size of /tmp in MB: holds the downloaded raster and the .npy before upload."
+  type        = number
+  default     = 4096
+
+  validation {
+    condition     = var.ephemeral_storage_mb >= 512 && var.ephemeral_storage_mb <= 10240
+    error_message = "ephemeral_storage_mb must be between 512 and 10240."
+  }
+}
+
+variable "reserved_concurrency" {
+  description = "Concurrent executions reserved for (and capping) the function; -1: unreserved."
+  type        = number
+  default     = 10
+}
+
+variable "log_retention_days" {
+  description = "CloudWatch Logs retention of the function's log group."
+  type        = number
+  default     = 365
+}
+
+variable "log_level" {
+  description = "Log level of the function's powertools Logger (POWERTOOLS_LOG_LEVEL)."
+  type        = string
+  default     = "INFO"
+}
+
+variable "metrics_namespace" {
+  description = "CloudWatch namespace of the function's own metrics (POWERTOOLS_METRICS_NAMESPACE)."
+  type        = string
+  default     = "rasterfn"
+}
+
+# --- Settings passed to the code (handler/settings.py); null keeps the code's default.
+
+variable "precision" {
+  description = "PRECISION: fp32 or bf16 (bf16 is faster only on CPUs with AVX512-BF16 / AMX)."
+  type        = string
+  default     = null
+}
+
+variable "output_mode" {
+  description = "OUTPUT_MODE: mask, mask-uint8 or score."
+  type        = string
+  default     = null
+}
+
+variable "max_pixels" {
+  description = "MAX_PIXELS: larger rasters are rejected from their header, before any pixel is read."
+  type        = number
+  default     = null
+}
+
+variable "max_input_bytes" {
+  description = "MAX_INPUT_BYTES: larger objects are rejected before download (keep below ephemeral_storage_mb)."
+  type        = number
+  default     = null
+}
+
+variable "min_remaining_ms" {
+  description = "MIN_REMAINING_MS: records not started with less time left are handed back to the queue."
+  type        = number
+  default     = null
+}
+
+variable "model_uri" {
+  description = "MODEL_URI: s3://bucket/key of a model card to load instead of the baked-in demo card (read access is granted)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.model_uri == null || can(regex("^s3://[^/]+/.+$", var.model_uri))
+    error_message = "model_uri must look like s3://bucket/key."
+  }
+}
+
+# --- Queue and event source mapping
+
+variable "batch_size" {
+  description = "SQS messages per invocation. 1 suits minute-long rasters; more only amortises start-up for small ones."
+  type        = number
+  default     = 1
+}
+
+variable "maximum_batching_window_seconds" {
+  description = "How long the event source mapping waits to fill a batch (0 = invoke as soon as a message arrives)."
+  type        = number
+  default     = 0
+}
+
+variable "maximum_concurrency" {
+  description = "Most concurrent invocations the SQS event source starts (2-1000; keep <= reserved_concurrency)."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.maximum_concurrency >= 2 && var.maximum_concurrency <= 1000
+    error_message = "maximum_concurrency must be between 2 and 1000 (an SQS event source limit)."
+  }
+}
+
+variable "max_receive_count" {
+  description = "Deliveries of a message before it moves to the dead-letter queue."
+  type        = number
+  default     = 3
+}
+
+variable "message_retention_seconds" {
+  description = "How long an unprocessed event waits in the queue (the DLQ keeps messages 14 days)."
+  type        = number
+  default     = 345600
+}
+
+# --- Alarms
+
+variable "alarm_email" {
+  description = "Email subscribed to a new SNS topic for the alarms (confirm the subscription mail); null: none."
+  type        = string
+  default     = null
+}
+
+variable "alarm_topic_arn" {
+  description = "Existing SNS topic for the alarms; null: none (besides alarm_email's)."
+  type        = string
+  default     = null
+}
+
+variable "queue_age_alarm_seconds" {
+  description = "Alarm when the oldest queued event is older than this (a backlog the function does not keep up with)."
+  type        = number
+  default     = 3600
+}
