@@ -1,10 +1,11 @@
 """Bounded inference slots with a bounded wait queue, for the Knative HTTP function.
 
-One inference saturates the container's CPUs (torch already uses every core), so running two at once only makes
-both slower and doubles peak memory. :class:`InferenceSlots` lets ``max_concurrent`` inferences run, parks at
-most ``max_queued`` more, and turns anything beyond that into :class:`~model.errors.BusyError` (HTTP 503 with
-``Retry-After``) at once instead of an unbounded pile of waiting uploads. It lives on one event loop: the
-check-and-count in :meth:`InferenceSlots.acquire` has no ``await`` in between, so it needs no lock.
+One inference saturates the container's CPUs (torch already uses every core), so running two at once only
+makes both slower and doubles peak memory. :class:`InferenceSlots` lets ``max_concurrent`` inferences run,
+parks at most ``max_queued`` more, and turns anything beyond that into :class:`~model.errors.BusyError`
+(HTTP 503 with ``Retry-After``) at once instead of an unbounded pile of waiting uploads. It lives on one
+event loop: the check-and-count in :meth:`InferenceSlots.acquire` has no ``await`` in between, so it needs
+no lock.
 
 Example:
     >>> slots = InferenceSlots(max_concurrent=1, max_queued=0)
@@ -29,11 +30,15 @@ DEFAULT_RETRY_AFTER_S = 5
 
 
 class InferenceSlots:
-    """At most ``max_concurrent`` holders at once and ``max_queued`` waiters; beyond that, :class:`BusyError`."""
+    """At most ``max_concurrent`` holders, ``max_queued`` waiters; beyond that, :class:`BusyError`."""
 
-    def __init__(self, max_concurrent: int = 1, max_queued: int = 8, retry_after_s: int = DEFAULT_RETRY_AFTER_S):
+    def __init__(
+        self, max_concurrent: int = 1, max_queued: int = 8, retry_after_s: int = DEFAULT_RETRY_AFTER_S
+    ):
         if max_concurrent < 1 or max_queued < 0:
-            raise ValueError(f"need max_concurrent >= 1 and max_queued >= 0, got {max_concurrent}, {max_queued}")
+            raise ValueError(
+                f"need max_concurrent >= 1 and max_queued >= 0, got {max_concurrent}, {max_queued}"
+            )
         self.max_concurrent = max_concurrent
         self.max_queued = max_queued
         self.retry_after_s = retry_after_s
@@ -64,7 +69,7 @@ class InferenceSlots:
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[None]:
-        """Hold one slot for the ``async with`` body; wait in the queue if it has room, else raise BusyError."""
+        """Hold a slot for the ``async with`` body; wait in the queue if it has room, else raise BusyError."""
         self.check_room()
         self._admitted += 1
         try:

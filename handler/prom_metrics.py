@@ -26,7 +26,7 @@ INFERENCE_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 60
 
 @dataclass(frozen=True)
 class Metrics:
-    """The function's metrics; labels are bounded (route templates, not paths; status codes; fixed reasons)."""
+    """The function's metrics; labels are bounded (route templates, not paths; status codes; reasons)."""
 
     registry: CollectorRegistry
     requests: Counter

@@ -1,14 +1,15 @@
 """Stream an HTTP upload (a multipart ``file`` field or a raw raster body) to a private temp file, bounded.
 
-The body is never held in memory: each chunk goes to disk as it arrives, and the size limit is checked on every
-chunk, so a 50 GB upload against a 4 GB limit is refused after about 4 GB read, not after 50 GB (and at once,
-without reading anything, when ``Content-Length`` already says it is too large). Multipart bodies go through
-python-multipart's callback parser, which writes the ``file`` part straight to the temp file (Starlette's own
-``request.form()`` would spool every part, with no overall limit on the file).
+The body is never held in memory: each chunk goes to disk as it arrives, and the size limit is checked on
+every chunk, so a 50 GB upload against a 4 GB limit is refused after about 4 GB read, not after 50 GB (and
+at once, without reading anything, when ``Content-Length`` already says it is too large). Multipart bodies
+go through python-multipart's callback parser, which writes the ``file`` part straight to the temp file
+(Starlette's own ``request.form()`` would spool every part, with no overall limit on the file).
 
 Accepted bodies (the old Flask API first):
 
-- ``multipart/form-data`` with a part named ``file`` (``curl -F "file=@scene.tif"``); other small fields ignored;
+- ``multipart/form-data`` with a part named ``file`` (``curl -F "file=@scene.tif"``); small other fields
+  are ignored;
 - ``image/tiff`` or ``application/octet-stream`` raw bodies (``curl --data-binary @scene.tif -H "Content-Type:
   image/tiff"``), optionally named by a ``Content-Disposition: attachment; filename=...`` request header.
 
@@ -50,7 +51,7 @@ _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
 @dataclass(frozen=True)
 class Upload:
-    """A received upload: where its bytes are, the client's (sanitised) stem, its size and the body bytes read."""
+    """A received upload: its file, the client's (sanitised) stem, its size and the body bytes read."""
 
     path: Path
     stem: str
@@ -136,7 +137,10 @@ class _Receiver:
     def feed(self, chunk: bytes) -> None:
         self.body_bytes += len(chunk)
         if self.body_bytes > self.body_limit:
-            raise RasterTooLargeError(f"request body is over the {self.body_limit}-byte limit")
+            raise RasterTooLargeError(
+                f"request body is over the {self.body_limit}-byte limit "
+                f"(MAX_INPUT_BYTES={self.max_bytes} plus any multipart framing)"
+            )
 
     def finish(self) -> None:
         raise NotImplementedError
@@ -144,7 +148,9 @@ class _Receiver:
     def write_file(self, data: bytes) -> None:
         self.file_bytes += len(data)
         if self.file_bytes > self.max_bytes:
-            raise RasterTooLargeError(f"uploaded file is over the {self.max_bytes}-byte limit (MAX_INPUT_BYTES)")
+            raise RasterTooLargeError(
+                f"uploaded file is over the {self.max_bytes}-byte limit (MAX_INPUT_BYTES)"
+            )
         assert self.out is not None
         # A blocking write of one chunk (<= 64 KiB from the server) to local disk: cheaper than a thread hop.
         self.out.write(data)
@@ -163,7 +169,9 @@ class _RawReceiver(_Receiver):
 
     def finish(self) -> None:
         if self.file_bytes == 0:
-            raise UploadError("the request body is empty: send the raster as the body or a multipart 'file' field")
+            raise UploadError(
+                "the request body is empty: send the raster as the body or a multipart 'file' field"
+            )
 
 
 class _MultipartReceiver(_Receiver):
@@ -243,6 +251,12 @@ class _MultipartReceiver(_Receiver):
             self.found_file = True
             self._in_file = True
             self.stem = safe_stem(_param(params, b"filename"))
+        elif b"filename" in params and not self.found_file:
+            # A file under another name is the raster sent wrong: say so before reading it, not at the end.
+            raise UploadError(
+                f"multipart body has no {FILE_FIELD!r} field but a file in field {name!r}: "
+                f'send the raster as {FILE_FIELD!r} (curl -F "{FILE_FIELD}=@scene.tif")'
+            )
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._in_file:
@@ -250,7 +264,9 @@ class _MultipartReceiver(_Receiver):
             return
         self.field_bytes += end - start
         if self.field_bytes > MAX_FIELD_BYTES:
-            raise RasterTooLargeError(f"multipart fields besides {FILE_FIELD!r} are over {MAX_FIELD_BYTES} bytes")
+            raise RasterTooLargeError(
+                f"multipart fields besides {FILE_FIELD!r} are over {MAX_FIELD_BYTES} bytes"
+            )
 
     def _on_part_end(self) -> None:
         if self._in_file:
