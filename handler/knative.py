@@ -1,0 +1,175 @@
+"""The Knative function: func-python's instance protocol around the Starlette app of :mod:`handler.http_app`.
+
+func-python (``func_python.http.serve``) calls ``new()`` once, then ``start(env)`` on ASGI lifespan start-up,
+``stop()`` on shut-down, answers ``/health/liveness`` and ``/health/readiness`` itself from ``alive()`` and
+``ready()``, and hands every other request to ``handle(scope, receive, send)``.
+
+The model loads in a background thread started by ``start``: hypercorn accepts no connection until start-up
+returns (and gives up after 60 s), so loading there would fail liveness probes during a slow first download of
+the weights. ``ready()`` says false until the model is loaded, so Knative routes no traffic before; a request
+that still arrives early waits for the load instead of failing.
+
+``rasterfn serve [--host 127.0.0.1] [--port 8080]`` runs it locally with func-python's own server.
+
+Example:
+    >>> f = new()
+    >>> f.ready()
+    (False, 'not started')
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from handler.http_app import create_app
+from handler.prom_metrics import create_metrics
+from handler.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+LISTEN_ADDRESS_ENV = "LISTEN_ADDRESS"  # func-python's own variable: "host:port[,host:port]"
+
+
+class RuntimeLoader:
+    """Loads the runtime once, in a background thread; :meth:`wait` blocks until it is there."""
+
+    def __init__(self, load: Callable[[], Any] | None = None) -> None:
+        self._load_fn = load
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._runtime: Any = None
+        self._error: BaseException | None = None
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._load, name="rasterfn-model-load", daemon=True)
+                self._thread.start()
+
+    def _load(self) -> None:
+        try:
+            load = self._load_fn
+            if load is None:
+                from handler.runtime import get_runtime
+
+                load = get_runtime
+            runtime = load()
+            self._runtime = runtime
+            model = getattr(runtime, "model", None)
+            if model is not None:
+                logger.info("model %s loaded (sha256 %s)", model.card.name, model.sha256[:12])
+        except BaseException as exc:
+            logger.error("model failed to load: %s", exc)
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def state(self) -> tuple[bool, str]:
+        if self._thread is None:
+            return False, "not started"
+        if not self._done.is_set():
+            return False, "loading model"
+        if self._error is not None:
+            return False, f"model failed to load: {self._error}"
+        model = getattr(self._runtime, "model", None)
+        return True, f"ready: model {model.card.name}" if model is not None else "ready"
+
+    def failed(self) -> BaseException | None:
+        return self._error if self._done.is_set() else None
+
+    def wait(self) -> Any:
+        self.start()
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._runtime
+
+
+class Function:
+    """The function instance func-python serves (see the module docstring for the protocol)."""
+
+    def __init__(self, load: Callable[[], Any] | None = None, settings: Settings | None = None) -> None:
+        self._load = load
+        self._settings = settings
+        self.loader: RuntimeLoader | None = None
+        self.app: Any = None
+
+    def start(self, cfg: Mapping[str, str]) -> None:
+        """Build the app and start loading the model. ``cfg`` is func-python's copy of the environment."""
+        # Settings come from the process environment (the one settings module), which ``cfg`` copies.
+        settings = self._settings or get_settings()
+        self.loader = RuntimeLoader(self._load)
+        self.app = create_app(settings, self.loader, metrics=create_metrics())
+        self.loader.start()
+        logger.info(
+            "rasterfn function started: %d inference slot(s), %d queued, max input %d bytes",
+            settings.max_concurrent_inferences,
+            settings.max_queued_requests,
+            settings.max_input_bytes,
+        )
+
+    def stop(self) -> None:
+        logger.info("rasterfn function stopping")
+
+    def alive(self) -> tuple[bool, str]:
+        # A model that cannot load never will: failing liveness lets Kubernetes restart and surface it.
+        if self.loader is not None and (error := self.loader.failed()) is not None:
+            return False, f"model failed to load: {error}"
+        return True, "alive"
+
+    def ready(self) -> tuple[bool, str]:
+        if self.loader is None:
+            return False, "not started"
+        return self.loader.state()
+
+    async def handle(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if self.app is None:
+            await _send_plain_error(send, 503, b'{"error": "unavailable", "detail": "function not started"}')
+            return
+        try:
+            await self.app(scope, receive, send)
+        except Exception:
+            # Starlette has already answered 500 (its ServerErrorMiddleware re-raises after responding);
+            # func-python would try to answer a second time.
+            logger.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+
+
+def new() -> Function:
+    """func-python's constructor hook: ``func_python.http.serve(new)``."""
+    return Function()
+
+
+def listen_address(host: str, port: int) -> str:
+    """func-python's ``LISTEN_ADDRESS`` for one host and port (IPv6 hosts in brackets).
+
+    >>> listen_address("127.0.0.1", 8080), listen_address("::1", 9000)
+    ('127.0.0.1:8080', '[::1]:9000')
+    """
+    if not 0 < port < 65536:
+        raise ValueError(f"port must be in 1..65535, got {port}")
+    return f"[{host.strip('[]')}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """``rasterfn serve``: func-python's server (hypercorn) on ``--host``/``--port``, until SIGINT/SIGTERM."""
+    import func_python.http
+
+    # func-python binds only what LISTEN_ADDRESS says (default: every interface on 8080).
+    os.environ[LISTEN_ADDRESS_ENV] = listen_address(args.host, args.port)
+    get_settings()  # a bad setting fails here, with its message, not inside the server's start-up
+    print(f"rasterfn serve: listening on http://{os.environ[LISTEN_ADDRESS_ENV]}", flush=True)
+    func_python.http.serve(new)
+    return 0
+
+
+async def _send_plain_error(send: Callable, status: int, body: bytes) -> None:
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]}
+    )
+    await send({"type": "http.response.body", "body": body})
