@@ -31,7 +31,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
 import boto3
@@ -45,7 +45,7 @@ from botocore.exceptions import (
     NoCredentialsError,
     ResponseStreamingError,
 )
-from s3transfer.exceptions import RetriesExceededError
+from s3transfer.exceptions import RetriesExceededError, S3DownloadFailedError
 from s3transfer.subscribers import BaseSubscriber
 
 from handler.objects import ObjectRef
@@ -69,6 +69,7 @@ MULTIPART_CHUNKSIZE = 16 * MB
 MAX_TRANSFER_CONCURRENCY = 8
 # Room left on the temp disk besides the input: the predictor writes its output there before the upload.
 DISK_HEADROOM_BYTES = 16 * MB
+IO_CHUNK_BYTES = 1 * MB
 OUTPUT_CONTENT_TYPE = "application/octet-stream"
 JSON_CONTENT_TYPE = "application/json"
 _SAFE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}")
@@ -133,6 +134,9 @@ def translate_client_error(exc: ClientError, uri: str, *, writing: bool = False)
     code = str(error.get("Code", ""))
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
     what = f"{exc.operation_name} {uri}: {code or status} {error.get('Message', '')}".strip()
+    # The code is more specific than the status (InvalidObjectState comes with 403), so codes decide first.
+    if code in _ARCHIVED_CODES:
+        return InputError(f"{uri} is archived; restore it before processing ({what})")
     if code in _TRANSIENT_CODES or status >= 500 or status == 429:
         return TransientError(f"S3 is unavailable, retry later ({what})")
     if code in _DENIED_CODES or status == 403:
@@ -143,8 +147,6 @@ def translate_client_error(exc: ClientError, uri: str, *, writing: bool = False)
         return ObjectMissingError(f"{uri} no longer exists ({code or status})")
     if code in _CHANGED_CODES or status == 412:
         return ObjectMissingError(f"{uri} was replaced by a newer upload while it was read")
-    if code in _ARCHIVED_CODES:
-        return InputError(f"{uri} is archived; restore it before processing ({what})")
     return ConfigError(f"S3 refused the request ({what})")
 
 
@@ -155,6 +157,11 @@ def s3_errors(uri: str, *, writing: bool = False) -> Iterator[None]:
         yield
     except ClientError as exc:
         raise translate_client_error(exc, uri, writing=writing) from exc
+    except S3DownloadFailedError as exc:
+        # s3transfer re-raises a ranged GET's 412 as this, with the ClientError as its context.
+        if isinstance(exc.__context__, ClientError):
+            raise translate_client_error(exc.__context__, uri, writing=writing) from exc
+        raise TransientError(f"download of {uri} failed, retry later: {exc}") from exc
     except (ConnectionError, HTTPClientError, ResponseStreamingError, RetriesExceededError) as exc:
         raise TransientError(f"S3 connection failed for {uri}, retry later: {exc}") from exc
     except NoCredentialsError as exc:
@@ -166,7 +173,7 @@ def s3_errors(uri: str, *, writing: bool = False) -> Iterator[None]:
 def make_s3_client(endpoint_url: str | None = None, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Any:
     """An S3 client with retries and timeouts; ``endpoint_url`` None lets boto3 read ``AWS_ENDPOINT_URL*``."""
     config = Config(
-        retries={"mode": "standard", "max_attempts": max_attempts},
+        retries={"mode": "standard", "total_max_attempts": max_attempts},
         connect_timeout=CONNECT_TIMEOUT_S,
         read_timeout=READ_TIMEOUT_S,
         tcp_keepalive=True,
@@ -286,21 +293,12 @@ class Storage:
         fd, name = tempfile.mkstemp(
             prefix="rasterfn-in-", suffix=suffix if _SAFE_SUFFIX.fullmatch(suffix) else "", dir=dest_dir
         )
-        extra_args = {"VersionId": info.version_id} if info.version_id else {}
         try:
-            with (
-                os.fdopen(fd, "wb") as fh,
-                s3_errors(info.uri),
-                create_transfer_manager(self.client, self.transfer_config) as manager,
-            ):
-                future = manager.download(
-                    info.bucket,
-                    info.key,
-                    fh,
-                    extra_args=extra_args,
-                    subscribers=[_KnownObject(info.size, info.etag)],
-                )
-                future.result()
+            with os.fdopen(fd, "wb") as fh, s3_errors(info.uri):
+                if info.size < self.transfer_config.multipart_threshold:
+                    self._get_into(info, fh)
+                else:
+                    self._get_ranges_into(info, fh)
             written = os.path.getsize(name)
             if written != info.size:
                 raise TransientError(f"{info.uri}: downloaded {written} of {info.size} bytes")
@@ -309,6 +307,26 @@ class Storage:
                 os.unlink(name)
             raise
         return Path(name)
+
+    def _get_into(self, info: ObjectInfo, fh: BinaryIO) -> None:
+        # One GET with If-Match (s3transfer sends it on ranged GETs only): a replaced version fails with 412.
+        kwargs: dict[str, Any] = {"Bucket": info.bucket, "Key": info.key}
+        if info.version_id:
+            kwargs["VersionId"] = info.version_id
+        if info.etag:
+            kwargs["IfMatch"] = f'"{info.etag}"'
+        with contextlib.closing(self.client.get_object(**kwargs)["Body"]) as body:
+            for chunk in body.iter_chunks(IO_CHUNK_BYTES):
+                fh.write(chunk)
+
+    def _get_ranges_into(self, info: ObjectInfo, fh: BinaryIO) -> None:
+        # Parallel ranged GETs, each with If-Match on the ETag from our HEAD (see _KnownObject).
+        extra_args = {"VersionId": info.version_id} if info.version_id else {}
+        with create_transfer_manager(self.client, self.transfer_config) as manager:
+            subscribers = [_KnownObject(info.size, info.etag)]
+            manager.download(
+                info.bucket, info.key, fh, extra_args=extra_args, subscribers=subscribers
+            ).result()
 
     def upload_file(
         self,

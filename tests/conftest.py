@@ -183,3 +183,215 @@ def make_bucket(s3_client) -> Callable[..., str]:
         return name
 
     return make
+
+
+class _FaultBody:
+    """The ``raw`` of a canned botocore response: all it needs is ``stream()``."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def stream(self, **_: Any):
+        yield self._body
+
+
+@pytest.fixture
+def inject_s3_fault() -> Callable[..., dict[str, int]]:
+    """``inject_s3_fault(client, "PutObject", times=1, status=503, code="SlowDown")``.
+
+    The next ``times`` calls of that operation on that boto3 client get the error instead of reaching the
+    server (botocore's ``before-send`` hook), so botocore's retries and our error translation run for real.
+    Returns a live counter ``{"left": ..., "failed": ...}``; matches only keys containing ``key_contains``.
+    """
+    from botocore.awsrequest import AWSResponse
+
+    def inject(
+        client: Any,
+        operation: str,
+        *,
+        times: int = 1,
+        status: int = 503,
+        code: str = "SlowDown",
+        key_contains: str = "",
+    ) -> dict[str, int]:
+        state = {"left": times, "failed": 0}
+        body = f"<Error><Code>{code}</Code><Message>injected by the test</Message></Error>".encode()
+
+        def fail(request: Any, **_: Any) -> Any:
+            if state["left"] <= 0 or key_contains not in request.url:
+                return None
+            state["left"] -= 1
+            state["failed"] += 1
+            return AWSResponse(request.url, status, {"Content-Type": "application/xml"}, _FaultBody(body))
+
+        client.meta.events.register(f"before-send.s3.{operation}", fail)
+        return state
+
+    return inject
+
+
+# --- Model cards (demo-model helper): a valid card for any weights file, for the card and checkpoint tests.
+
+
+@pytest.fixture
+def make_card() -> Callable[..., Any]:
+    """``make_card(weights_path, threshold=0.4, tile_size=None)``: write a valid card beside the weights.
+
+    The card names the weights by relative path with their real sha256 unless ``sha256=`` is given; keyword
+    arguments replace top-level card keys (``None`` deletes one). Returns the card's path.
+    """
+    from pathlib import Path
+
+    from model.checkpoint import sha256_file
+
+    def make(weights_path: Any, *, sha256: str | None = None, name: str = "card.json", **fields: Any) -> Path:
+        weights_path = Path(weights_path)
+        card: dict[str, Any] = {
+            "name": "test-model",
+            "architecture": {"num_classes": 1, "in_channels": 10, "depth": 5, "start_filts": 16},
+            "bands": list(range(1, 11)),
+            "normalisation": "p90",
+            "threshold": 0.5,
+            "tile_size": 512,
+            "tile_overlap": 64,
+            "weights": {"file": weights_path.name, "sha256": sha256 or sha256_file(weights_path)},
+        }
+        for key, value in fields.items():
+            if value is None:
+                card.pop(key, None)
+            else:
+                card[key] = value
+        path = weights_path.parent / name
+        path.write_text(json.dumps(card))
+        return path
+
+    return make
+
+
+# --- Rasters and models (predictor helper): GeoTIFFs of any layout, and a small seeded U-Net with its card.
+
+
+def smooth_bands(seed: int, bands: int, height: int, width: int, dtype: str = "uint16") -> Any:
+    """Deterministic, spatially smooth multi-band data (blobs at a few scales), scaled to ``dtype``."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = np.zeros((bands, height, width), dtype=np.float64)
+    yy = np.linspace(0, 1, height)[:, None]
+    xx = np.linspace(0, 1, width)[None, :]
+    for b in range(bands):
+        for scale in (1.5, 4.0, 11.0):
+            fy, fx, py, px = rng.uniform(0.5, 1.5, 2).tolist() + rng.uniform(0, 6.3, 2).tolist()
+            out[b] += np.sin(scale * fy * 6.3 * yy + py) * np.cos(scale * fx * 6.3 * xx + px) / scale
+        out[b] += rng.normal(0, 0.05, (height, width))
+    out = (out - out.min()) / (np.ptp(out) or 1.0)
+    kind = np.dtype(dtype).kind
+    if kind == "f":
+        return (out * 0.6 - 0.05).astype(dtype)  # reflectance-like, a few negatives
+    info = np.iinfo(dtype)
+    low, high = max(info.min, -2000), min(info.max, 9000)
+    return (low + out * (high - low)).round().astype(dtype)
+
+
+@pytest.fixture
+def make_raster(tmp_path) -> Callable[..., Any]:
+    """``make_raster(height, width, bands=10, dtype="uint16", data=None, nodata=None, **creation)`` -> Path.
+
+    Writes a georeferenced GeoTIFF under ``tmp_path`` and returns its Path. ``creation`` takes rasterio/GDAL
+    creation options: ``tiled=True, blockxsize=256, compress="zstd", interleave="band", BIGTIFF="YES"``.
+    ``data`` defaults to :func:`smooth_bands` with ``seed``.
+    """
+    import rasterio
+    from rasterio.transform import from_origin
+
+    def make(
+        height: int,
+        width: int,
+        bands: int = 10,
+        dtype: str = "uint16",
+        data: Any = None,
+        nodata: float | None = None,
+        name: str = "r.tif",
+        seed: int = 0,
+        **creation: Any,
+    ) -> Any:
+        if data is None:
+            data = smooth_bands(seed, bands, height, width, dtype)
+        path = tmp_path / name
+        profile = {
+            "driver": "GTiff",
+            "height": height,
+            "width": width,
+            "count": bands,
+            "dtype": dtype,
+            "crs": "EPSG:32633",
+            "transform": from_origin(399_960.0, 5_300_040.0, 10.0, 10.0),
+            "nodata": nodata,
+            **creation,
+        }
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
+        return path
+
+    return make
+
+
+def build_random_unet(seed: int = 0, **architecture: Any) -> Any:
+    """A seeded random U-Net whose scores straddle 0.5 on smooth inputs (so masks are not all 0 or all 1)."""
+    import torch
+
+    from model.unet import UNet
+
+    torch.manual_seed(seed)
+    net = UNet(**architecture).eval()
+    probe = torch.from_numpy(smooth_bands(seed + 1, net.in_channels, 128, 128, "float32")[None] / 0.6)
+    with torch.inference_mode():
+        captured = {}
+        handle = net.conv_final.register_forward_hook(lambda _m, _i, out: captured.setdefault("pre", out))
+        net(probe)
+        handle.remove()
+        pre = captured["pre"]
+        # Shift and scale the last layer so its pre-activation is centred on 0.5 with a spread of ~0.5.
+        scale = 0.5 / float(pre.std().clamp_min(1e-6))
+        net.conv_final.weight.mul_(scale)
+        net.conv_final.bias.mul_(scale).add_(0.5 - float(pre.median()) * scale)
+    return net
+
+
+@pytest.fixture
+def random_model_card(tmp_path) -> Callable[..., Any]:
+    """``random_model_card(seed=0, bands=None, tile_size=512, tile_overlap=64, **architecture)`` -> card Path.
+
+    Saves a seeded random U-Net (see :func:`build_random_unet`) and its model card into ``tmp_path``; load it
+    with ``model.checkpoint.load_model(path)`` or ``build_model(load_card(path))``.
+    """
+    from model.checkpoint import save_checkpoint
+
+    def make(
+        seed: int = 0,
+        bands: Any = None,
+        tile_size: int = 512,
+        tile_overlap: int = 64,
+        threshold: float = 0.5,
+        name: str = "random",
+        **architecture: Any,
+    ) -> Any:
+        architecture = {"num_classes": 1, "in_channels": 10, "depth": 5, "start_filts": 16, **architecture}
+        net = build_random_unet(seed, **architecture)
+        weights = tmp_path / f"{name}.pt"
+        digest = save_checkpoint(net, weights, fp16=False)
+        card = {
+            "name": name,
+            "weights": {"file": weights.name, "sha256": digest},
+            "architecture": architecture,
+            "bands": list(bands) if bands is not None else list(range(1, architecture["in_channels"] + 1)),
+            "normalisation": "p90",
+            "threshold": threshold,
+            "tile_size": tile_size,
+            "tile_overlap": tile_overlap,
+        }
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(card, indent=2))
+        return path
+
+    return make
