@@ -9,6 +9,7 @@ TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo test lint static pytest bench predict train-demo serve
+.PHONY: image image-size push-image tf-init tf-ecr tf-plan tf-apply
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -24,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 demo: install  ## the main job: embedded S3 + SQS, upload data/test-1.tif, get its .npy beside it
 	$(VENV)/bin/rasterfn demo
 
-test: install lint pytest  ## lint, static checks and the whole test suite
+test: install lint static pytest  ## lint, static checks and the whole test suite
 
 lint: install  ## ruff (lint + format check)
 	$(VENV)/bin/ruff check .
@@ -45,3 +46,44 @@ train-demo: install  ## retrain the demo weights (about 10 minutes on 2 CPU core
 
 serve: install  ## run the Knative function locally on 127.0.0.1:8080
 	$(VENV)/bin/rasterfn serve
+
+# --- Deployment: one image for Lambda and Knative, Terraform for AWS (infra/terraform/README.md).
+# Immutable ECR tags: the commit, marked -dirty for uncommitted trees (push-image refuses those).
+VERSION ?= $(shell git describe --always --dirty --abbrev=12 2>/dev/null || echo dev)
+IMAGE ?= rasterfn
+# Lambda runs x86_64 here (infra/terraform); --provenance=false: Lambda rejects image indexes with attestations.
+DOCKER_BUILD_FLAGS ?= --platform linux/amd64 --provenance=false
+IMAGE_MAX_MB ?= 1200
+TF_DIR ?= infra/terraform
+TF := terraform -chdir=$(TF_DIR)
+
+static: install  ## checkov (own venv .venv-checkov) on infra/terraform, hadolint on the Dockerfile
+	VENV=$(VENV) CHECKOV_VENV=$(CHECKOV_VENV) PYTHON=$(PYTHON) scripts/static_checks.sh
+
+image:  ## build the Lambda/Knative image rasterfn:VERSION (git commit)
+	docker build $(DOCKER_BUILD_FLAGS) -t $(IMAGE):$(VERSION) .
+
+image-size:  ## size of the image in MB; fails above IMAGE_MAX_MB (1200)
+	@size=$$(docker image inspect --format '{{.Size}}' $(IMAGE):$(VERSION)) && \
+	mb=$$(( size / 1000000 )) && echo "$(IMAGE):$(VERSION) $$mb MB (limit $(IMAGE_MAX_MB) MB)" && \
+	[ $$mb -le $(IMAGE_MAX_MB) ]
+
+tf-init:  ## terraform init in infra/terraform
+	$(TF) init
+
+tf-ecr:  ## first deployment only: create the ECR repository (and its key) so an image can be pushed
+	$(TF) apply -var image_tag=$(VERSION) -target=aws_ecr_repository.this \
+		-target=aws_ecr_lifecycle_policy.this -target=aws_ecr_repository_policy.this
+
+tf-plan:  ## terraform plan for image tag VERSION
+	$(TF) plan -var image_tag=$(VERSION)
+
+tf-apply:  ## terraform apply for image tag VERSION (push it first)
+	$(TF) apply -var image_tag=$(VERSION)
+
+push-image: image  ## build, then push the image to the ECR repository Terraform created
+	@case "$(VERSION)" in *-dirty|dev) echo "push-image: commit first; ECR tags are immutable and $(VERSION) names no commit" >&2; exit 1;; esac
+	repo=$$($(TF) output -raw ecr_repository_url) && region=$$($(TF) output -raw region) && \
+	aws ecr get-login-password --region "$$region" | docker login --username AWS --password-stdin "$${repo%%/*}" && \
+	docker tag $(IMAGE):$(VERSION) "$$repo:$(VERSION)" && \
+	docker push "$$repo:$(VERSION)"

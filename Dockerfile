@@ -1,0 +1,91 @@
+# syntax=docker/dockerfile:1
+# rasterfn: one image for AWS Lambda (container image) and Knative. docker/entrypoint.sh picks the runtime.
+#   make image              # docker build --platform linux/amd64 --provenance=false -t rasterfn:$(VERSION) .
+# Builder: a venv with CPU-only torch, rasterio's GDAL-bundling wheels and rasterfn; runtime: that venv only.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS builder
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PATH=/opt/venv/bin:$PATH
+
+RUN python -m venv /opt/venv
+
+# torch first and from PyTorch's CPU index: PyPI's Linux wheel pulls ~3 GB of CUDA libraries that Lambda and
+# CPU-only Knative nodes cannot use. The version must match pyproject.toml's pin, so pip keeps this build.
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+
+WORKDIR /src
+
+# Dependencies in their own layer, keyed on pyproject.toml only: code changes do not reinstall them.
+# Empty stand-in packages let pip resolve the project; the real code replaces them below.
+COPY pyproject.toml README.md ./
+RUN mkdir model handler \
+    && touch model/__init__.py handler/__init__.py \
+    && pip install --no-cache-dir . \
+    && pip uninstall --yes rasterfn \
+    && rm -rf build ./*.egg-info
+
+COPY model ./model
+COPY handler ./handler
+# Non-editable, no dependency changes: only rasterfn itself, with the demo weights and card (package data).
+# The checks use -P (no cwd on sys.path) so they import the installed package, not /src.
+RUN pip install --no-cache-dir --no-deps . \
+    && python -P -c "from model.card import DEFAULT_CARD_PATH, load_card; c = load_card(DEFAULT_CARD_PATH); assert c.weights_path.is_file(), c.weights_path"
+
+# Smaller and read-only at run time:
+# - torch's C++ headers, CMake files, C++ test binaries and test libraries are for building extensions/tests;
+# - test suites of all packages; pip, only needed here;
+# - then precompile everything once (unchecked-hash: no source stat on import), because at run time
+#   site-packages is read-only (Lambda) and PYTHONDONTWRITEBYTECODE=1, so nothing would ever be cached.
+RUN site=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \
+    && rm -rf "${site}/torch/include" "${site}/torch/share/cmake" "${site}/torch/test" \
+              "${site}/torch/lib/libtorchbind_test.so" "${site}/torch/lib/libaoti_custom_ops.so" \
+    && find "${site}/torch/bin" -type f ! -name torch_shm_manager -delete \
+    && find "${site}" -depth -type d -name tests -exec rm -rf {} + \
+    && find "${site}" -depth -type d -name __pycache__ -exec rm -rf {} + \
+    && python -m pip uninstall --yes pip \
+    && python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/venv \
+    && python -P -c "import torch, rasterio, awslambdaric, handler.settings; print('torch', torch.__version__)"
+
+
+FROM ${PYTHON_IMAGE} AS runtime
+
+LABEL org.opencontainers.image.title="rasterfn" \
+      org.opencontainers.image.description="Event-driven GeoTIFF segmentation for AWS Lambda and Knative" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+# Writable paths are all under /tmp: Lambda's only writable (and size-configurable) directory, and an
+# emptyDir-friendly one on Knative. The model cache follows TMPDIR.
+ENV PATH=/opt/venv/bin:$PATH \
+    HOME=/tmp \
+    TMPDIR=/tmp \
+    MODEL_CACHE_DIR=/tmp/rasterfn-model \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+# Same base image, so the venv's interpreter symlinks resolve. Root-owned and world-readable: Lambda runs
+# the image as its own unprivileged user, Knative as uid 10001 below; neither can modify the code.
+COPY --from=builder /opt/venv /opt/venv
+COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/rasterfn-entrypoint
+
+RUN groupadd --system --gid 10001 rasterfn \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home \
+               --shell /usr/sbin/nologin rasterfn
+
+USER 10001:10001
+WORKDIR /tmp
+
+# Knative's default container port (infra/knative, func.yaml); Lambda ignores it.
+EXPOSE 8080
+
+# No HEALTHCHECK: Lambda and Knative both ignore Docker health checks; Knative probes the HTTP health
+# routes itself, and Lambda has its own init/invoke lifecycle.
+
+ENTRYPOINT ["/usr/local/bin/rasterfn-entrypoint"]
+CMD []
