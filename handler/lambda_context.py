@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 DEFAULT_FUNCTION_NAME = "rasterfn"
 DEFAULT_FUNCTION_VERSION = "$LATEST"
-# Lambda's maximum: a full Sentinel-2 tile on CPU needs minutes, and Terraform deploys the function so.
-DEFAULT_TIMEOUT_S = 900.0
-DEFAULT_MEMORY_MB = 10_240
+# Terraform's defaults (infra/terraform/variables.tf): function_timeout_seconds and memory_mb.
+DEFAULT_TIMEOUT_S = 300.0
+DEFAULT_MEMORY_MB = 3008
 DEFAULT_REGION = "us-east-1"
 # The account id moto (and the AWS docs' examples) use: obviously not a real account.
 DEFAULT_ACCOUNT_ID = "123456789012"

@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[dict[str, Any], Any], Any]
 
 SQS_MAX_MESSAGES = 10  # ReceiveMessage's own limit per call
-DEFAULT_BATCH_SIZE = 10
+DEFAULT_BATCH_SIZE = 1  # Terraform's batch_size: one scene per invocation, each gets the whole timeout
 DEFAULT_WAIT_TIME_S = 1
 # After a failed ReceiveMessage (the endpoint going away, a network blip): wait before polling again.
 ERROR_BACKOFF_S = 0.5

@@ -10,7 +10,7 @@ Example:
     >>> with MotoServer() as server:
     ...     stack = create_stack(server.endpoint_url, StackSpec(bucket="my-demo"))
     ...     stack.queue_arn
-    'arn:aws:sqs:us-east-1:123456789012:rasterfn-demo-events'
+    'arn:aws:sqs:us-east-1:123456789012:rasterfn-uploads'
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ from model.errors import ConfigError
 
 DEFAULT_REGION = "us-east-1"
 DEMO_BUCKET = "rasterfn-demo"
-DEMO_QUEUE = "rasterfn-demo-events"
-DEMO_DLQ = "rasterfn-demo-events-dlq"
+DEMO_QUEUE = "rasterfn-uploads"  # Terraform: "${var.name}-uploads"
+DEMO_DLQ = "rasterfn-uploads-dlq"
 DEFAULT_SUFFIXES = (".tif", ".tiff")
-# AWS's advice for an SQS-triggered function: visibility timeout >= 6 x the function timeout (900 s).
-DEFAULT_VISIBILITY_TIMEOUT_S = 5_400
+# Terraform's: AWS's advice for an SQS-triggered function, 6 x the function timeout (300 s).
+DEFAULT_VISIBILITY_TIMEOUT_S = 6 * 300
 DEFAULT_MAX_RECEIVE_COUNT = 3
 DEFAULT_RETENTION_S = 4 * 24 * 3600
 DLQ_RETENTION_S = 14 * 24 * 3600  # the maximum: a dead letter must outlive the original message

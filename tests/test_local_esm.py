@@ -90,6 +90,7 @@ def send(sqs, url: str, *bodies: str) -> None:
 
 
 def make_esm(sqs, url: str, arn: str, handler, **config: Any) -> LocalEventSourceMapping:
+    config = {"batch_size": 10, **config}  # real multi-message batches (Terraform's default is 1)
     return LocalEventSourceMapping(sqs, EsmConfig(url, arn, wait_time_s=0, **config), handler)
 
 
@@ -205,6 +206,7 @@ def test_batch_item_failures_are_redelivered_after_the_visibility_timeout(sqs, m
     poll_until_quiet(esm)
     # THEN "a" and "c" were deleted, "b" is in flight (invisible), not lost
     assert sorted(handler.bodies) == ["a", "b", "c"]
+    assert max(len(inv.message_ids) for inv in esm.invocations) > 1  # a partial batch failure, not 3 calls
     failed = [i for inv in esm.invocations for i in inv.failed_ids]
     assert len(failed) == 1
     assert queue_depth(sqs, url) == 1
@@ -279,7 +281,11 @@ def test_background_thread_processes_messages_and_stops_promptly(sqs, make_queue
     handler = RecordingHandler()
     received, results = [], []
     esm = LocalEventSourceMapping(
-        sqs, EsmConfig(url, arn, wait_time_s=1), handler, on_receive=received.append, on_result=results.append
+        sqs,
+        EsmConfig(url, arn, wait_time_s=1, batch_size=10),
+        handler,
+        on_receive=received.append,
+        on_result=results.append,
     )
     with esm:
         # WHEN messages arrive
