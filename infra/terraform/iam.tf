@@ -38,7 +38,7 @@ data "aws_iam_policy_document" "lambda" {
   statement {
     sid       = "TellMissingFromForbidden"
     actions   = ["s3:ListBucket"]
-    resources = distinct([aws_s3_bucket.input.arn, local.output_bucket_arn])
+    resources = [aws_s3_bucket.input.arn, local.output_bucket_arn] # the same ARN twice is fine for IAM
   }
 
   statement {
