@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import shutil
 import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -46,11 +47,12 @@ from starlette.routing import Route
 
 from handler.concurrency import InferenceSlots
 from handler.events import MAX_EVENT_BYTES, parse_event
-from handler.filters import skip_reason
-from handler.objects import ObjectRef, output_key
+from handler.objects import ObjectRef
+from handler.process import process_object
 from handler.prom_metrics import Metrics, create_metrics, render_metrics
+from handler.runtime import Runtime
 from handler.settings import OUTPUT_MODES, Settings
-from handler.uploads import check_content_length, media_type, receive_upload
+from handler.uploads import Upload, check_content_length, media_type, receive_upload
 from model.errors import (
     BusyError,
     ConfigError,
@@ -61,6 +63,7 @@ from model.errors import (
     TransientError,
     UploadError,
 )
+from model.predict import PredictionResult, predict_file
 
 logger = logging.getLogger(__name__)
 
@@ -166,10 +169,10 @@ class _App:
             upload = await receive_upload(
                 request.headers, self._counted(request, "/inference"), workdir, self.settings.max_input_bytes
             )
-            runtime = await run_in_threadpool(self.runtime.wait)
+            runtime: Runtime = await run_in_threadpool(self.runtime.wait)
             dst = workdir / "output.npy"
             async with self.slots.acquire():
-                result = await run_in_threadpool(self._predict, runtime, upload.path, dst, output)
+                result = await run_in_threadpool(self._predict, runtime, upload, dst, output)
             # The input is not needed for sending: free its disk space now, the output after the response.
             upload.path.unlink(missing_ok=True)
         except BaseException:
@@ -191,7 +194,7 @@ class _App:
         body = await self._read_body(request, "/", MAX_EVENT_BYTES)
         headers = {k.lower(): v for k, v in request.headers.items()}
         refs = parse_event(body, headers)
-        runtime = await run_in_threadpool(self.runtime.wait)
+        runtime: Runtime = await run_in_threadpool(self.runtime.wait)
         async with self.slots.acquire():
             outcomes = await run_in_threadpool(self._process_refs, refs, runtime)
         for outcome in outcomes:
@@ -215,32 +218,28 @@ class _App:
 
     # --- the shared processing path (runs in a worker thread)
 
-    def _predict(self, runtime: Any, src: Path, dst: Path, output: str) -> Any:
-        from handler.runtime import options_from_settings
-        from model.predict import predict_file
-
-        options = replace(options_from_settings(runtime.settings), output=output, progress=False)
-        started = time.perf_counter()
+    def _predict(self, runtime: Runtime, upload: Upload, dst: Path, output: str) -> PredictionResult:
+        options = replace(runtime.options, output=output, progress=False)
         try:
-            return predict_file(runtime.model, src, dst, options)
-        finally:
-            self.metrics.inference_seconds.observe(time.perf_counter() - started)
+            result = predict_file(runtime.model, upload.path, dst, options)
+        except InputError as exc:
+            # The predictor names our temp file; the client knows its upload by the name it sent.
+            raise type(exc)(str(exc).replace(upload.path.name, upload.name)) from exc
+        self.metrics.inference_seconds.observe(result.seconds)
+        return result
 
-    def _process_refs(self, refs: list[ObjectRef], runtime: Any) -> list[dict[str, Any]]:
-        """Lambda's per-record path: skip what is no upload, else process it (TransientError propagates)."""
-        from handler.process import process_object
+    def _process_refs(self, refs: list[ObjectRef], runtime: Runtime) -> list[dict[str, Any]]:
+        """Lambda's per-record path: ``process_object`` skips (``skip_reason``) or processes each reference.
 
+        A :class:`TransientError` propagates: the whole event is answered 503 and MinIO sends it again; the
+        objects already written then come back as ``duplicate``.
+        """
         outcomes = []
         for ref in refs:
-            reason = skip_reason(ref, runtime.settings.input_suffixes)
-            if reason is not None:
-                outcomes.append(_skipped(ref, reason, runtime.settings.output_prefix))
-                continue
-            started = time.perf_counter()
             outcome = process_object(ref, runtime)
-            if outcome.status == "written":
-                self.metrics.inference_seconds.observe(time.perf_counter() - started)
-            outcomes.append(asdict(outcome))
+            if outcome.inference_seconds:
+                self.metrics.inference_seconds.observe(outcome.inference_seconds)
+            outcomes.append(outcome.as_dict())
         return outcomes
 
     # --- plumbing
@@ -259,8 +258,7 @@ class _App:
                 route=route, method=request.method, status=str(response.status_code)
             ).inc()
             self.metrics.latency.labels(route=route).observe(time.perf_counter() - started)
-            if (length := response.headers.get("content-length")) is not None:
-                self.metrics.bytes_out.labels(route=route).inc(int(length))
+            self.metrics.bytes_out.labels(route=route).inc(_body_length(response))
             return response
 
         return instrumented
@@ -324,14 +322,10 @@ class _App:
         return bytes(body)
 
 
-def _skipped(ref: ObjectRef, reason: str, prefix: str) -> dict[str, Any]:
-    return {
-        "status": "skipped",
-        "bucket": ref.bucket,
-        "input_key": ref.key,
-        "output_key": output_key(ref.key, prefix),
-        "detail": reason,
-    }
+def _body_length(response: Response) -> int:
+    if isinstance(response, FileResponse):  # its Content-Length is only set while it is sent
+        return os.stat(response.path).st_size
+    return int(response.headers.get("content-length", 0))
 
 
 def _count_statuses(outcomes: list[dict[str, Any]]) -> dict[str, int]:

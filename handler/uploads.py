@@ -45,7 +45,9 @@ RAW_MEDIA_TYPES = ("image/tiff", "image/tif", "image/geotiff", "application/octe
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 MAX_FIELD_BYTES = 16 * 1024  # all non-file form fields together: they are ignored, so they stay small
 MAX_STEM_CHARS = 100
-DEFAULT_STEM = "output"
+MAX_SUFFIX_CHARS = 16
+DEFAULT_STEM = "output"  # names the response: output.npy, like the old README's command
+DEFAULT_NAME = "upload"  # names the upload in error messages when the client gave no file name
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -57,6 +59,7 @@ class Upload:
     stem: str
     size: int
     body_bytes: int
+    name: str = DEFAULT_NAME  # the client's file name, sanitised: for messages ("scene.tif is not a TIFF")
 
 
 def safe_stem(filename: str | None, default: str = DEFAULT_STEM) -> str:
@@ -67,6 +70,14 @@ def safe_stem(filename: str | None, default: str = DEFAULT_STEM) -> str:
     stem, _ = posixpath.splitext(base)
     stem = _UNSAFE_CHARS.sub("_", stem).strip("._")[:MAX_STEM_CHARS]
     return stem or default
+
+
+def safe_name(filename: str | None, default: str = DEFAULT_NAME) -> str:
+    """The file name with its suffix, sanitised as by :func:`safe_stem`: ``a/b c.tif`` -> ``b_c.tif``."""
+    if not filename:
+        return default
+    suffix = posixpath.splitext(filename.replace("\\", "/").rsplit("/", 1)[-1])[1]
+    return safe_stem(filename, default) + _UNSAFE_CHARS.sub("_", suffix)[:MAX_SUFFIX_CHARS]
 
 
 def media_type(headers: Mapping[str, str]) -> str:
@@ -115,7 +126,13 @@ async def receive_upload(
             async for chunk in chunks:
                 receiver.feed(chunk)
             receiver.finish()
-        return Upload(path=path, stem=receiver.stem, size=receiver.file_bytes, body_bytes=receiver.body_bytes)
+        return Upload(
+            path=path,
+            stem=safe_stem(receiver.filename),
+            size=receiver.file_bytes,
+            body_bytes=receiver.body_bytes,
+            name=safe_name(receiver.filename),
+        )
     except BaseException:
         with contextlib.suppress(OSError):
             path.unlink()
@@ -132,7 +149,7 @@ class _Receiver:
         self.out: BinaryIO | None = None
         self.body_bytes = 0
         self.file_bytes = 0
-        self.stem = DEFAULT_STEM
+        self.filename: str | None = None  # as the client sent it: only ever sanitised before use
 
     def feed(self, chunk: bytes) -> None:
         self.body_bytes += len(chunk)
@@ -161,7 +178,7 @@ class _RawReceiver(_Receiver):
         super().__init__(max_bytes)
         self.body_limit = max_bytes
         _, params = parse_options_header(headers.get("content-disposition", ""))
-        self.stem = safe_stem(_param(params, b"filename"))
+        self.filename = _param(params, b"filename")
 
     def feed(self, chunk: bytes) -> None:
         super().feed(chunk)
@@ -250,7 +267,7 @@ class _MultipartReceiver(_Receiver):
         if name == FILE_FIELD and not self.found_file:
             self.found_file = True
             self._in_file = True
-            self.stem = safe_stem(_param(params, b"filename"))
+            self.filename = _param(params, b"filename")
         elif b"filename" in params and not self.found_file:
             # A file under another name is the raster sent wrong: say so before reading it, not at the end.
             raise UploadError(
