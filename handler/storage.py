@@ -271,6 +271,7 @@ class Storage:
         *,
         max_bytes: int,
         reserve_bytes: int = DISK_HEADROOM_BYTES,
+        prefix: str = "rasterfn-in-",
     ) -> Path:
         """Download exactly ``info``'s version into a new private (0600) file in ``dest_dir``.
 
@@ -291,7 +292,7 @@ class Storage:
             )
         suffix = os.path.splitext(info.key)[1]
         fd, name = tempfile.mkstemp(
-            prefix="rasterfn-in-", suffix=suffix if _SAFE_SUFFIX.fullmatch(suffix) else "", dir=dest_dir
+            prefix=prefix, suffix=suffix if _SAFE_SUFFIX.fullmatch(suffix) else "", dir=dest_dir
         )
         try:
             with os.fdopen(fd, "wb") as fh, s3_errors(info.uri):
@@ -355,6 +356,10 @@ class Storage:
             )
         return len(body)
 
-    def delete(self, bucket: str, key: str) -> None:
+    def delete(self, bucket: str, key: str, *, version_id: str | None = None) -> None:
+        """Delete one object; with ``version_id``, exactly that version (no delete marker, nothing newer)."""
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if version_id:
+            kwargs["VersionId"] = version_id
         with s3_errors(s3_uri(bucket, key), writing=True):
-            self.client.delete_object(Bucket=bucket, Key=key)
+            self.client.delete_object(**kwargs)

@@ -395,3 +395,77 @@ def random_model_card(tmp_path) -> Callable[..., Any]:
         return path
 
     return make
+
+
+# --- Runtimes (handler-runtime helper): a warm container's state over moto, with a tiny model.
+
+
+@pytest.fixture(scope="session")
+def tiny_model_card(tmp_path_factory) -> Any:
+    """A seeded 2-level, 4-filter U-Net card with 64-pixel tiles (milliseconds per 64 x 64 raster), made once.
+
+    Same recipe as ``random_model_card``; session-scoped so the model cache loads it once for all tests.
+    """
+    from model.checkpoint import save_checkpoint
+
+    architecture = {"num_classes": 1, "in_channels": 10, "depth": 2, "start_filts": 4}
+    folder = tmp_path_factory.mktemp("tiny-model")
+    digest = save_checkpoint(build_random_unet(0, **architecture), folder / "tiny.pt", fp16=False)
+    card = {
+        "name": "tiny",
+        "weights": {"file": "tiny.pt", "sha256": digest},
+        "architecture": architecture,
+        "bands": list(range(1, 11)),
+        "normalisation": "p90",
+        "threshold": 0.5,
+        "tile_size": 64,
+        "tile_overlap": 8,
+    }
+    (folder / "tiny.json").write_text(json.dumps(card, indent=2))
+    return folder / "tiny.json"
+
+
+@pytest.fixture
+def make_runtime(moto_endpoint, tiny_model_card, tmp_path) -> Callable[..., Any]:
+    """``make_runtime(max_attempts=1, model_card=None, **settings)`` -> ``handler.runtime.Runtime`` on moto.
+
+    One S3 attempt by default, so injected faults surface at once; ``settings`` are ``Settings`` fields
+    (``output_bucket="out", output_prefix="masks/", max_input_bytes=...``). The temp dir is
+    ``tmp_path / "work"``, which tests can check is left empty.
+    """
+    from handler.runtime import build_runtime
+    from handler.settings import Settings
+    from handler.storage import Storage
+
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+
+    def make(max_attempts: int = 1, model_card: Any = None, **settings: Any) -> Any:
+        config = Settings(
+            model_card=model_card or tiny_model_card,
+            tmp_dir=work,
+            model_cache_dir=tmp_path / "model-cache",
+            **settings,
+        )
+        return build_runtime(config, Storage.from_defaults(max_attempts=max_attempts))
+
+    return make
+
+
+@pytest.fixture
+def upload_raster(s3_client, make_raster) -> Callable[..., dict[str, Any]]:
+    """``upload_raster(bucket, key, height=64, width=64, body=None, **make_raster_args)`` -> PutObject reply.
+
+    Uploads a generated GeoTIFF (or ``body`` bytes as given) under ``key``; the reply has ``ETag`` (quoted)
+    and, in versioned buckets, ``VersionId``.
+    """
+    import uuid
+
+    def upload(
+        bucket: str, key: str, height: int = 64, width: int = 64, body: bytes | None = None, **kw: Any
+    ) -> dict[str, Any]:
+        if body is None:
+            body = make_raster(height, width, name=f"{uuid.uuid4().hex}.tif", **kw).read_bytes()
+        return s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+
+    return upload

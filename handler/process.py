@@ -1,0 +1,296 @@
+"""The one processing function, shared by Lambda and Knative: ``process_object(ref, runtime) -> Outcome``.
+
+For one uploaded object:
+
+1. skip what is not ours to process (:func:`handler.filters.skip_reason`) -> ``skipped``;
+2. find the current object (HeadObject, falling back to the raw key); gone, or replaced by a newer upload
+   -> ``missing`` (never retried: a newer upload has its own event);
+3. idempotency: if ``<stem>.npy`` (or our ``<stem>.error.json``) already records this object's ETag, this
+   model's sha256 and this output mode -> ``duplicate``; nothing is downloaded;
+4. download exactly that version into a private temp dir (size limits checked before), segment it, upload
+   ``<stem>.npy`` with metadata that keeps the georeferencing, then remove a stale error marker of ours
+   -> ``written``;
+5. an :class:`InputError` (not a raster, too big, too few bands, archived) writes ``<stem>.error.json``
+   -> ``rejected`` (not retried).
+
+:class:`TransientError` (S3 throttled, 5xx, connection) and :class:`ConfigError` (access denied, missing
+output bucket) propagate: the event source retries, then dead-letters. Nothing is written until the result
+is complete, and the user's input is never written or deleted.
+
+Example:
+    >>> outcome = process_object(ObjectRef("scenes", "a/b/scene.tif"), get_runtime())   # doctest: +SKIP
+    >>> outcome.status, outcome.output_key
+    ('written', 'a/b/scene.npy')
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from handler.filters import skip_reason
+from handler.objects import ObjectRef, error_key, output_key
+from handler.runtime import Runtime
+from handler.storage import ObjectInfo, s3_uri
+from model.errors import ConfigError, InputError, ObjectMissingError, RasterTooLargeError
+from model.predict import PredictionResult, predict_file
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("written", "duplicate", "skipped", "rejected", "missing")
+PRODUCER = "rasterfn"
+# S3 user metadata (x-amz-meta-*): ASCII, at most 2 KB for all keys and values together.
+META_PRODUCER = "producer"
+META_SOURCE_ETAG = "source-etag"
+META_SOURCE_VERSION = "source-version-id"
+META_MODEL_SHA256 = "model-sha256"
+META_OUTPUT = "output"
+META_SHAPE = "shape"
+META_DTYPE = "dtype"
+META_CRS = "crs"
+META_TRANSFORM = "transform"
+METADATA_LIMIT_BYTES = 2048
+NO_CRS = "none"
+WKT_HASH_PREFIX = "wkt-sha256:"
+# Room for the output beside the input on the temp disk: a mask is at most ~1/2 of a compressed
+# 10-band input (float32 per pixel vs 20 raw bytes per pixel).
+OUTPUT_RESERVE_FRACTION = 0.5
+OUTPUT_RESERVE_MIN_BYTES = 16 * 1024**2
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one object. ``output_key`` is the ``.npy`` (or, when rejected, the error marker)."""
+
+    status: str
+    bucket: str
+    input_key: str
+    output_key: str | None = None
+    detail: str = ""
+    seconds: float = 0.0  # the whole object: HEADs, download, inference, upload
+    pixels: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    output_bucket: str | None = None
+    inference_seconds: float = 0.0
+    error_type: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def process_object(ref: ObjectRef, runtime: Runtime) -> Outcome:
+    """Process one object end to end; see the module docstring for the statuses and what raises."""
+    started = time.perf_counter()
+    settings = runtime.settings
+    reason = skip_reason(ref, settings.input_suffixes)
+    if reason is not None:
+        return Outcome("skipped", ref.bucket, ref.key, detail=reason)
+    try:
+        info = runtime.storage.locate(ref)
+    except ObjectMissingError as exc:
+        return Outcome("missing", ref.bucket, ref.key, detail=str(exc), seconds=_since(started))
+
+    target = _Target(
+        bucket=settings.output_bucket or info.bucket,
+        key=output_key(info.key, settings.output_prefix),
+        marker=error_key(info.key, settings.output_prefix),
+    )
+    _refuse_to_overwrite_input(info, target)
+    try:
+        done = _find_previous_result(runtime, info, target)
+        if done is not None:
+            return replace(done, seconds=_since(started))
+        return _segment(runtime, info, target, started)
+    except ObjectMissingError as exc:  # deleted or replaced while we read it
+        return Outcome("missing", info.bucket, info.key, detail=str(exc), seconds=_since(started))
+    except InputError as exc:
+        return _reject(runtime, info, target, exc, started)
+
+
+@dataclass(frozen=True)
+class _Target:
+    bucket: str
+    key: str  # the .npy
+    marker: str  # the .error.json
+
+
+def _find_previous_result(runtime: Runtime, info: ObjectInfo, target: _Target) -> Outcome | None:
+    storage, expected = runtime.storage, _identity(info, runtime)
+    marker = storage.head(target.bucket, target.marker)
+    if marker is not None and _matches(marker.metadata, expected):
+        return Outcome(
+            "duplicate",
+            info.bucket,
+            info.key,
+            output_key=target.marker,
+            output_bucket=target.bucket,
+            detail=f"already rejected, see {s3_uri(target.bucket, target.marker)}",
+        )
+    existing = storage.head(target.bucket, target.key)
+    if existing is None or not _matches(existing.metadata, expected):
+        return None
+    # A crash between the upload and the marker's removal must not leave the marker forever.
+    _remove_stale_marker(runtime, target, marker)
+    return Outcome(
+        "duplicate",
+        info.bucket,
+        info.key,
+        output_key=target.key,
+        output_bucket=target.bucket,
+        detail=f"{s3_uri(target.bucket, target.key)} already holds this upload's result",
+    )
+
+
+def _segment(runtime: Runtime, info: ObjectInfo, target: _Target, started: float) -> Outcome:
+    settings, storage = runtime.settings, runtime.storage
+    reserve = max(OUTPUT_RESERVE_MIN_BYTES, int(info.size * OUTPUT_RESERVE_FRACTION))
+    # A private (0700) directory per object: fixed names inside, nothing derived from the key, all removed.
+    with tempfile.TemporaryDirectory(prefix="rasterfn-", dir=settings.tmp_dir) as workdir:
+        src = storage.download(info, workdir, max_bytes=settings.max_input_bytes, reserve_bytes=reserve)
+        dst = Path(workdir) / "output.npy"
+        try:
+            result = predict_file(runtime.model, src, dst, runtime.options)
+        except InputError as exc:
+            # The predictor names our temp file; the user knows the object by its key.
+            raise type(exc)(str(exc).replace(src.name, info.key)) from exc
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise RasterTooLargeError(
+                    f"{info.uri}: its output does not fit the temporary space (raise ephemeral storage)"
+                ) from exc
+            raise
+        metadata = output_metadata(info, runtime.model.sha256, result)
+        bytes_out = storage.upload_file(dst, target.bucket, target.key, metadata=metadata)
+    _remove_stale_marker(runtime, target, storage.head(target.bucket, target.marker))
+    height, width = result.shape
+    return Outcome(
+        "written",
+        info.bucket,
+        info.key,
+        output_key=target.key,
+        output_bucket=target.bucket,
+        detail=f"{result.tiles} tiles, {result.positive_fraction:.1%} positive",
+        seconds=_since(started),
+        pixels=height * width,
+        bytes_in=info.size,
+        bytes_out=bytes_out,
+        inference_seconds=result.seconds,
+    )
+
+
+def _reject(runtime: Runtime, info: ObjectInfo, target: _Target, exc: InputError, started: float) -> Outcome:
+    doc = error_document(info, exc, runtime.model.sha256, runtime.function_version)
+    metadata = {
+        META_PRODUCER: PRODUCER,
+        **{k: v for k, v in _identity(info, runtime).items() if v},
+    }
+    runtime.storage.put_json(target.bucket, target.marker, doc, metadata=metadata)
+    log.warning("rejected %s: %s", info.uri, exc)
+    return Outcome(
+        "rejected",
+        info.bucket,
+        info.key,
+        output_key=target.marker,
+        output_bucket=target.bucket,
+        detail=str(exc),
+        seconds=_since(started),
+        bytes_in=info.size,
+        error_type=type(exc).__name__,
+    )
+
+
+def _remove_stale_marker(runtime: Runtime, target: _Target, marker: ObjectInfo | None) -> None:
+    # Only a marker this function wrote, and only the version we saw: never someone else's object.
+    if marker is not None and marker.metadata.get(META_PRODUCER) == PRODUCER:
+        runtime.storage.delete(target.bucket, target.marker, version_id=marker.version_id)
+        log.info("removed stale %s", s3_uri(target.bucket, target.marker))
+
+
+def _refuse_to_overwrite_input(info: ObjectInfo, target: _Target) -> None:
+    # Unreachable with the filters (inputs never end in .npy / .error.json); kept as the last line of defence.
+    if target.bucket == info.bucket and info.key in (target.key, target.marker):
+        raise ConfigError(
+            f"refusing to write over the input {info.uri}: check INPUT_SUFFIXES / OUTPUT_PREFIX"
+        )
+
+
+def _identity(info: ObjectInfo, runtime: Runtime) -> dict[str, str]:
+    """What makes a result reusable: the same bytes, the same weights, the same output mode."""
+    return {
+        META_SOURCE_ETAG: info.etag,
+        META_MODEL_SHA256: runtime.model.sha256,
+        META_OUTPUT: runtime.settings.output_mode,
+    }
+
+
+def _matches(metadata: Mapping[str, str], expected: Mapping[str, str]) -> bool:
+    return metadata.get(META_PRODUCER) == PRODUCER and all(metadata.get(k) == v for k, v in expected.items())
+
+
+def output_metadata(info: ObjectInfo, model_sha256: str, result: PredictionResult) -> dict[str, str]:
+    """S3 user metadata for a ``.npy``: provenance and georeferencing, ASCII, within S3's 2 KB (pure)."""
+    metadata = {
+        META_PRODUCER: PRODUCER,
+        META_SOURCE_ETAG: info.etag,
+        META_SOURCE_VERSION: info.version_id or "",
+        META_MODEL_SHA256: model_sha256,
+        META_OUTPUT: result.output,
+        META_SHAPE: ",".join(str(n) for n in result.shape),
+        META_DTYPE: result.dtype,
+        META_TRANSFORM: ",".join(repr(float(v)) for v in result.transform),
+    }
+    metadata = {k: v for k, v in metadata.items() if v}
+    room = METADATA_LIMIT_BYTES - _metadata_bytes(metadata) - len(META_CRS)
+    metadata[META_CRS] = crs_for_metadata(result.crs, room)
+    return metadata
+
+
+def crs_for_metadata(crs: str | None, room: int) -> str:
+    """``EPSG:xxxx`` as is; a WKT as is when it is ASCII and fits ``room`` bytes, else its sha256 (pure).
+
+    >>> crs_for_metadata("EPSG:32633", 100), crs_for_metadata(None, 100)
+    ('EPSG:32633', 'none')
+    >>> crs_for_metadata('PROJCS["x"]' * 50, 100)[:11]
+    'wkt-sha256:'
+    """
+    if not crs:
+        return NO_CRS
+    flat = " ".join(crs.split())  # header values cannot hold newlines
+    if flat.isascii() and flat.isprintable() and len(flat) <= room:
+        return flat
+    return WKT_HASH_PREFIX + hashlib.sha256(crs.encode()).hexdigest()
+
+
+def error_document(
+    info: ObjectInfo, exc: Exception, model_sha256: str, function_version: str
+) -> dict[str, Any]:
+    """The body of ``<stem>.error.json``: what was refused, why, and by which model and code (pure)."""
+    return {
+        "error": type(exc).__name__,
+        "message": str(exc),
+        "bucket": info.bucket,
+        "key": info.key,
+        "etag": info.etag,
+        "version_id": info.version_id,
+        "size": info.size,
+        "model_sha256": model_sha256,
+        "time": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "function_version": function_version,
+    }
+
+
+def _metadata_bytes(metadata: Mapping[str, str]) -> int:
+    return sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items())
+
+
+def _since(started: float) -> float:
+    return time.perf_counter() - started

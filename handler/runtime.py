@@ -1,0 +1,82 @@
+"""What a warm container holds between events: settings, the loaded model and the S3 storage.
+
+Built once per process (Lambda's INIT phase, a Knative worker's start-up) by :func:`get_runtime`; every
+event reuses it. A bad setting, card or checkpoint fails here, at start-up, with one clear error.
+
+Example:
+    >>> runtime = get_runtime()                       # doctest: +SKIP
+    >>> outcome = process_object(ref, runtime)        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
+
+from handler.model_source import load_runtime_model
+from handler.settings import Settings, get_settings
+from handler.storage import Storage
+from model.checkpoint import LoadedModel
+from model.errors import ConfigError
+from model.predict import PredictOptions
+
+log = logging.getLogger(__name__)
+
+
+def _package_version() -> str:
+    try:
+        return version("rasterfn")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+FUNCTION_VERSION = f"rasterfn {_package_version()}"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """One container's long-lived state; immutable, shared by every event (and thread) it serves."""
+
+    settings: Settings
+    model: LoadedModel
+    storage: Storage
+    function_version: str = FUNCTION_VERSION
+
+    @property
+    def options(self) -> PredictOptions:
+        return options_from_settings(self.settings)
+
+
+def options_from_settings(settings: Settings) -> PredictOptions:
+    """The predictor's options from the deployment's settings (tile geometry stays the card's)."""
+    return PredictOptions(
+        output=settings.output_mode,
+        precision=settings.precision,
+        device=settings.device,
+        max_pixels=settings.max_pixels,
+    )
+
+
+def build_runtime(settings: Settings, storage: Storage | None = None) -> Runtime:
+    """Check the directories, make the S3 client and load the model; any problem is a :class:`ConfigError`."""
+    if not settings.tmp_dir.is_dir():
+        raise ConfigError(f"TMPDIR {settings.tmp_dir} is not a directory")
+    storage = storage if storage is not None else Storage.from_defaults()
+    model = load_runtime_model(settings, storage)
+    log.info(
+        "runtime ready: model %s (sha256 %s), output %s, precision %s, device %s",
+        model.card.name,
+        model.sha256[:12],
+        settings.output_mode,
+        settings.precision,
+        settings.device,
+    )
+    return Runtime(settings=settings, model=model, storage=storage)
+
+
+@cache
+def get_runtime() -> Runtime:
+    """The process's runtime, built on first use from :func:`get_settings` (the environment, read once)."""
+    return build_runtime(get_settings())
