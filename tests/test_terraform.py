@@ -309,6 +309,7 @@ def test_function_policy_resources_are_scoped(lambda_policy):
     [
         ("s3:PutObject", ("*.npy", "*.error.json")),  # masks and error markers only: never a user's upload
         ("s3:DeleteObject", ("*.error.json",)),  # stale error markers only
+        ("s3:DeleteObjectVersion", ("*.error.json",)),
     ],
 )
 def test_function_writes_only_its_own_outputs(lambda_policy, action, allowed_suffixes):
@@ -321,6 +322,41 @@ def test_function_writes_only_its_own_outputs(lambda_policy, action, allowed_suf
     assert resources
     assert [r for r in resources if not r.endswith(allowed_suffixes)] == []
     assert all("${local.output_bucket_arn}/${local.output_key_prefix}" in r for r in resources)
+
+
+# What each S3 call of handler/storage.py needs (AWS's "Actions defined by Amazon S3" table); a call not
+# listed here fails the test below until its actions are added here and to iam.tf.
+_S3_ACTIONS_BY_CALL = {
+    "head_object": {"s3:GetObject", "s3:GetObjectVersion"},  # with VersionId: GetObjectVersion
+    "get_object": {"s3:GetObject", "s3:GetObjectVersion"},
+    "put_object": {"s3:PutObject"},
+    "delete_object": {"s3:DeleteObject", "s3:DeleteObjectVersion"},
+    "download": {"s3:GetObject", "s3:GetObjectVersion"},  # s3transfer: ranged GetObject
+    "upload": {"s3:PutObject", "s3:AbortMultipartUpload"},  # s3transfer: multipart above the threshold
+}
+
+
+def storage_s3_calls() -> set[str]:
+    """Methods handler/storage.py calls on its boto3 client (``self.client.x``) or transfer manager."""
+    tree = ast.parse((ROOT / "handler" / "storage.py").read_text())
+    calls = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = node.func.value
+            on_client = isinstance(owner, ast.Attribute) and owner.attr == "client"
+            on_manager = isinstance(owner, ast.Name) and owner.id == "manager"
+            if on_client or on_manager:
+                calls.add(node.func.attr)
+    return calls
+
+
+def test_role_allows_every_s3_call_the_code_makes(lambda_policy):
+    calls = storage_s3_calls()
+    assert {"head_object", "put_object"} <= calls, "the call finder no longer finds storage.py's calls"
+    assert calls - set(_S3_ACTIONS_BY_CALL) == set(), "map the new call's IAM actions above"
+    granted = {action for statement in lambda_policy for action in statement["actions"]}
+    needed = set().union(*(_S3_ACTIONS_BY_CALL[call] for call in calls))
+    assert needed - granted == set()
 
 
 def test_function_consumes_only_its_queue(lambda_policy):

@@ -50,17 +50,29 @@ data "aws_iam_policy_document" "lambda" {
     ]
   }
 
-  # HeadObject on an existing mask: a redelivered event whose output is already there is a duplicate.
+  # HeadObject on an existing mask or error marker: a redelivered event whose result is already there is a
+  # duplicate, and nothing is downloaded again.
   statement {
-    sid       = "SeeExistingMasks"
-    actions   = ["s3:GetObject"]
+    sid     = "SeeEarlierResults"
+    actions = ["s3:GetObject"]
+    resources = [
+      "${local.output_bucket_arn}/${local.output_key_prefix}*.npy",
+      "${local.output_bucket_arn}/${local.output_key_prefix}*.error.json",
+    ]
+  }
+
+  # Masks above 64 MB go up in parts; a failed upload is aborted instead of waiting for the lifecycle rule.
+  statement {
+    sid       = "AbortFailedMaskUploads"
+    actions   = ["s3:AbortMultipartUpload"]
     resources = ["${local.output_bucket_arn}/${local.output_key_prefix}*.npy"]
   }
 
-  # A stale error marker is removed once its raster succeeds; masks and uploads are never deleted.
+  # A stale error marker is removed once its raster succeeds (exactly the version seen, hence
+  # DeleteObjectVersion in the versioned bucket); masks and uploads are never deleted.
   statement {
     sid       = "RemoveStaleErrorMarkers"
-    actions   = ["s3:DeleteObject"]
+    actions   = ["s3:DeleteObject", "s3:DeleteObjectVersion"]
     resources = ["${local.output_bucket_arn}/${local.output_key_prefix}*.error.json"]
   }
 
@@ -96,13 +108,13 @@ data "aws_iam_policy_document" "lambda" {
     resources = ["*"]
   }
 
+  # MODEL_URI names one weights file (handler/model_source.py): that object only.
   dynamic "statement" {
     for_each = local.model_uri_match == null ? [] : [local.model_uri_match]
     content {
-      sid     = "ReadModel"
-      actions = ["s3:GetObject"]
-      # The card and the weights file it names sit under the card's "directory".
-      resources = ["arn:${local.partition}:s3:::${statement.value[0]}/${trimsuffix(statement.value[1], basename(statement.value[1]))}*"]
+      sid       = "ReadModelWeights"
+      actions   = ["s3:GetObject"]
+      resources = ["arn:${local.partition}:s3:::${statement.value[0]}/${statement.value[1]}"]
     }
   }
 }

@@ -193,7 +193,7 @@ variable "min_remaining_ms" {
 }
 
 variable "model_uri" {
-  description = "MODEL_URI: s3://bucket/key of a model card to load instead of the baked-in demo card (read access is granted)."
+  description = "MODEL_URI: s3://bucket/key.pt of weights matching the image's card, fetched at start-up instead of the baked-in file (read access is granted)."
   type        = string
   default     = null
 
