@@ -87,3 +87,43 @@ push-image: image  ## build, then push the image to the ECR repository Terraform
 	aws ecr get-login-password --region "$$region" | docker login --username AWS --password-stdin "$${repo%%/*}" && \
 	docker tag $(IMAGE):$(VERSION) "$$repo:$(VERSION)" && \
 	docker push "$$repo:$(VERSION)"
+
+# --- Knative on minikube (see infra/knative/): a local cluster, Knative Serving + kourier, MinIO webhooks.
+# Runs on your machine (needs minikube, kubectl, curl); nothing here runs in CI.
+MINIKUBE_PROFILE ?= rasterfn
+KUBERNETES_VERSION ?= v1.30.0
+KNATIVE_VERSION ?= 1.15.2
+KOURIER_VERSION ?= 1.15.1
+KNATIVE_IMAGE ?= rasterfn:0.1.0
+# Magic DNS: with `minikube tunnel` running, http://rasterfn.default.127.0.0.1.sslip.io reaches kourier.
+KNATIVE_DOMAIN ?= 127.0.0.1.sslip.io
+KUBECTL ?= kubectl --context $(MINIKUBE_PROFILE)
+KNATIVE_RELEASES := https://github.com/knative
+.PHONY: minikube knative-install knative-image knative-deploy knative-smoke
+
+minikube:  ## start the local cluster for Knative (profile rasterfn, 4 CPUs, 8 GB)
+	minikube start -p $(MINIKUBE_PROFILE) --kubernetes-version=$(KUBERNETES_VERSION) --cpus=4 --memory=8g
+
+knative-install:  ## install pinned Knative Serving + kourier into the minikube cluster
+	$(KUBECTL) apply -f $(KNATIVE_RELEASES)/serving/releases/download/knative-v$(KNATIVE_VERSION)/serving-crds.yaml
+	$(KUBECTL) wait --for=condition=Established --timeout=120s crd/services.serving.knative.dev
+	$(KUBECTL) apply -f $(KNATIVE_RELEASES)/serving/releases/download/knative-v$(KNATIVE_VERSION)/serving-core.yaml
+	$(KUBECTL) apply -f $(KNATIVE_RELEASES)/net-kourier/releases/download/knative-v$(KOURIER_VERSION)/kourier.yaml
+	$(KUBECTL) patch configmap/config-network -n knative-serving --type merge \
+		-p '{"data":{"ingress-class":"kourier.ingress.networking.knative.dev"}}'
+	$(KUBECTL) patch configmap/config-domain -n knative-serving --type merge -p '{"data":{"$(KNATIVE_DOMAIN)":""}}'
+	$(KUBECTL) wait deployment --all -n knative-serving --for=condition=Available --timeout=300s
+	$(KUBECTL) wait deployment --all -n kourier-system --for=condition=Available --timeout=300s
+
+knative-image:  ## build the image (Dockerfile) straight into minikube's container runtime
+	minikube -p $(MINIKUBE_PROFILE) image build -t $(KNATIVE_IMAGE) .
+
+knative-deploy:  ## MinIO (webhook to the function), its bucket setup Job, and the rasterfn Knative Service
+	$(KUBECTL) apply -f infra/knative/minio.yaml
+	$(KUBECTL) apply -f infra/knative/
+	$(KUBECTL) wait --for=condition=Available --timeout=300s deployment/minio
+	$(KUBECTL) wait --for=condition=Complete --timeout=300s job/minio-setup
+	$(KUBECTL) wait --for=condition=Ready --timeout=600s ksvc/rasterfn
+
+knative-smoke: install  ## upload data/test-1.tif to MinIO, wait for its .npy; POST /inference via kourier
+	KUBECTL="$(KUBECTL)" PY="$(PY)" bash infra/knative/smoke.sh
