@@ -480,6 +480,11 @@ def test_only_the_failing_records_go_back_to_the_queue(container, s3, bucket, up
     assert kind == "response", body
     failed = sorted(item["itemIdentifier"] for item in body["batchItemFailures"])
     assert failed == ["message-1", "message-2"], container.log_tail()
+    # ...for the injected reasons: a transient S3 error and a deployment (permission) fault
+    log = container.log_path.read_text()
+    failures = [line for line in log.splitlines() if '"level":"ERROR"' in line]
+    assert any(EXPIRED_KEY_PART in line and "ExpiredToken" in line for line in failures), log
+    assert any(DENIED_KEY_PART in line and "HeadObject" in line and "403" in line for line in failures), log
     # AND the good record's mask is written, and nothing is written for the failed ones
     assert mask_of(s3, bucket, "scenes/2024/tile-b.npy").shape == (64, 64)
     assert not exists(s3, bucket, f"scenes/2024/{EXPIRED_KEY_PART}.npy")
