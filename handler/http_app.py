@@ -237,6 +237,15 @@ class _App:
         outcomes = []
         for ref in refs:
             outcome = process_object(ref, runtime)
+            logger.info(
+                "s3://%s/%s: %s %s (%.2f s) %s",
+                outcome.bucket,
+                outcome.input_key,
+                outcome.status,
+                outcome.output_key or "",
+                outcome.seconds,
+                outcome.detail,
+            )
             if outcome.inference_seconds:
                 self.metrics.inference_seconds.observe(outcome.inference_seconds)
             outcomes.append(outcome.as_dict())
