@@ -159,6 +159,74 @@ def test_project_installed_non_editable_with_its_weights(instructions, ignore_pa
     assert "weights_path.is_file()" in runs
 
 
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def runtime_distributions() -> set[str]:
+    """Every distribution ``pip install .`` brings (pyproject's dependencies, their extras, transitively)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    todo = [Requirement(r) for r in pyproject["project"]["dependencies"]]
+    seen: set[str] = set()
+    while todo:
+        requirement = todo.pop()
+        name = _normalise(requirement.name)
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = metadata.requires(requirement.name) or []
+        except metadata.PackageNotFoundError:
+            continue  # not installed here: nothing to follow
+        for raw in requires:
+            child = Requirement(raw)
+            extras = requirement.extras or {""}
+            if child.marker is None or any(child.marker.evaluate({"extra": e}) for e in extras):
+                todo.append(child)
+    return seen
+
+
+def imported_top_level_modules(*packages: str) -> set[str]:
+    """Absolute imports in our packages' sources, by top-level name (pure AST, nothing imported)."""
+    import ast
+
+    names = set()
+    for package in packages:
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names.add(node.module.split(".")[0])
+    return names
+
+
+def test_code_imports_only_what_the_image_installs():
+    # GIVEN the image installs pyproject's dependencies only (no dev extra)
+    from importlib.metadata import packages_distributions
+
+    installed = runtime_distributions()
+    providers = packages_distributions()
+    # WHEN every third-party module our packages import is traced to its distribution
+    third_party = (
+        imported_top_level_modules("handler", "model") - set(sys.stdlib_module_names) - {"handler", "model"}
+    )
+    missing = {
+        module: providers.get(module)
+        for module in third_party
+        if not any(_normalise(d) in installed for d in providers.get(module, []))
+    }
+    # THEN each is installed by the image
+    assert missing == {}
+    # AND powertools' Tracer, which imports aws-xray-sdk itself in Lambda, has it
+    if "Tracer" in (ROOT / "handler" / "observability.py").read_text():
+        assert "aws-xray-sdk" in installed
+
+
 def test_runtime_stage_has_no_build_tools(final_stage):
     runs = " ".join(i.args for i in final_stage if i.keyword == "RUN")
     assert "pip install" not in runs
