@@ -107,6 +107,8 @@ class Function:
         self.loader = RuntimeLoader(self._load)
         self.app = create_app(settings, self.loader, metrics=create_metrics())
         self.loader.start()
+        if not settings.webhook_token:
+            logger.warning("WEBHOOK_TOKEN is not set: POST / accepts events from anyone who can reach it")
         logger.info(
             "rasterfn function started: %d inference slot(s), %d queued, max input %d bytes",
             settings.max_concurrent_inferences,
