@@ -1,6 +1,6 @@
 # One customer-managed key for everything at rest: uploads and outputs, both queues, the logs, the function's
-# environment, the images and the alarm topic. Services that write encrypted data on our behalf (S3 into
-# SQS, CloudWatch into SNS, CloudWatch Logs) are allowed only for this account's resources.
+# environment, the images and the alarm topic. Services that write encrypted data on our behalf are named in
+# the key policy: S3 (into the queue), CloudWatch (into the alarm topic), CloudWatch Logs (this log group only).
 
 resource "aws_kms_key" "this" {
   description             = "${var.name}: S3, SQS, CloudWatch Logs, Lambda environment, ECR, SNS"
@@ -30,6 +30,9 @@ data "aws_iam_policy_document" "kms" {
     }
   }
 
+  # AWS's documented statements for S3 notifications into an SSE-KMS queue and CloudWatch alarms into an
+  # SSE-KMS topic. No source conditions: those services do not document passing them to KMS here, and the
+  # queue policy (aws:SourceArn = this bucket) already decides who may send.
   statement {
     sid       = "S3NotificationsToEncryptedQueue"
     actions   = ["kms:GenerateDataKey", "kms:Decrypt"]
@@ -37,11 +40,6 @@ data "aws_iam_policy_document" "kms" {
     principals {
       type        = "Service"
       identifiers = ["s3.amazonaws.com"]
-    }
-    condition {
-      test     = "StringEquals"
-      variable = "aws:SourceAccount"
-      values   = [local.account_id]
     }
   }
 
@@ -52,11 +50,6 @@ data "aws_iam_policy_document" "kms" {
     principals {
       type        = "Service"
       identifiers = ["cloudwatch.amazonaws.com"]
-    }
-    condition {
-      test     = "StringEquals"
-      variable = "aws:SourceAccount"
-      values   = [local.account_id]
     }
   }
 
