@@ -1,10 +1,10 @@
 """``rasterfn``: the command line. Thin: each sub-command parses flags and calls one function elsewhere.
 
-    rasterfn predict IN.tif [-o OUT.npy] [--output mask|mask-uint8|score] [--model CARD.json]
-    rasterfn replay EVENT.json [--endpoint-url URL] [--seed]
-    rasterfn demo [FILES...] [--serve]
-    rasterfn serve [--host 127.0.0.1] [--port 8080]
-    rasterfn train-demo [--out-dir model/weights]
+rasterfn predict IN.tif [-o OUT.npy] [--output mask|mask-uint8|score] [--model CARD.json]
+rasterfn replay EVENT.json [--endpoint-url URL] [--seed]
+rasterfn demo [FILES...] [--serve]
+rasterfn serve [--host 127.0.0.1] [--port 8080]
+rasterfn train-demo [--out-dir model/weights]
 """
 
 from __future__ import annotations
