@@ -9,7 +9,8 @@ point ``MODEL_CARD`` etc. at what they need before importing this module.
   that raised are delivered again (and dead-lettered after the queue's ``maxReceiveCount``). Rejected rasters
   and vanished objects are acknowledged, not failed: retrying them cannot help. When less than
   ``MIN_REMAINING_MS`` of the invocation is left, the remaining records are failed unprocessed, for retry.
-- **Anything else** (an S3 notification, EventBridge, a direct ``{"bucket", "key"}`` invoke) is processed
+- **Anything else** (an S3 notification, EventBridge, a direct ``{"bucket", "key"}`` invoke, a function-URL
+  style ``{"headers", "body"}`` request such as a saved CloudEvent) is processed
   synchronously and answered with a JSON summary; a transient error raises, so Lambda's async retry applies.
   An event of unknown shape raises :class:`EventError` (it goes to the failure destination, where it can be
   inspected).
@@ -22,6 +23,8 @@ Example (what ``rasterfn replay`` does):
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -34,7 +37,7 @@ from handler.objects import ObjectRef
 from handler.observability import logger, metrics, record_deferred, record_failure, record_outcome, tracer
 from handler.process import Outcome, process_object
 from handler.runtime import Runtime, get_runtime
-from model.errors import RasterfnError, TransientError
+from model.errors import EventError, RasterfnError, TransientError
 
 SQS_SOURCE = "aws:sqs"
 
@@ -85,7 +88,7 @@ def handle_sqs_batch(event: Mapping[str, Any], context: Any, runtime: Runtime) -
 
 def handle_event(event: Any, context: Any, runtime: Runtime) -> dict[str, Any]:
     """Any other envelope: process synchronously and summarise; transient errors raise (async retry)."""
-    refs = parse_event(event)
+    refs = parse_event(*unwrap_http_event(event))
     outcomes = [process_and_record(ref, context, runtime) for ref in refs]
     return summarise(outcomes)
 
@@ -117,6 +120,22 @@ def ensure_time_left(context: Any, runtime: Runtime, what: str) -> None:
 def remaining_ms(context: Any) -> int | None:
     getter = getattr(context, "get_remaining_time_in_millis", None)
     return int(getter()) if callable(getter) else None
+
+
+def unwrap_http_event(event: Any) -> tuple[Any, Mapping[str, str] | None]:
+    """``(body, headers)`` of a function-URL / API Gateway event, ``(event, None)`` of any other (pure).
+
+    CloudEvents in binary mode carry their attributes as HTTP headers, so the headers must travel along.
+    """
+    if not (isinstance(event, Mapping) and "body" in event and isinstance(event.get("headers"), Mapping)):
+        return event, None
+    body = event["body"] or ""
+    if event.get("isBase64Encoded"):
+        try:
+            body = base64.b64decode(body, validate=True)
+        except (binascii.Error, TypeError) as exc:
+            raise EventError(f"isBase64Encoded but the body is not base64: {exc}") from exc
+    return body, event["headers"]
 
 
 def is_sqs_batch(event: Any) -> bool:

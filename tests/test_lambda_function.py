@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import importlib
 import io
 import json
@@ -98,9 +99,7 @@ def test_keys_with_spaces_unicode_and_plus_work_end_to_end(
     assert keys_in(s3_client, bucket) == {key, key.rsplit(".", 1)[0] + ".npy"}
 
 
-def test_second_delivery_is_a_duplicate(
-    lambda_fn, runtime, bucket, s3_client, upload_raster, make_sqs_event, s3_body
-):
+def test_second_delivery_is_a_duplicate(lambda_fn, runtime, bucket, s3_client, upload_raster, make_sqs_event, s3_body):
     put = upload_raster(bucket, "d.tif")
     event = make_sqs_event(s3_body(bucket, "d.tif", put))
     lambda_fn.lambda_handler(event, make_context())
@@ -111,9 +110,7 @@ def test_second_delivery_is_a_duplicate(
     assert s3_client.head_object(Bucket=bucket, Key="d.npy")["LastModified"] == first
 
 
-def test_bad_raster_is_acknowledged_not_retried(
-    lambda_fn, bucket, s3_client, upload_raster, make_sqs_event, s3_body
-):
+def test_bad_raster_is_acknowledged_not_retried(lambda_fn, bucket, s3_client, upload_raster, make_sqs_event, s3_body):
     put = upload_raster(bucket, "bad.tif", body=b"\x89PNG\r\n\x1a\nnot a tiff")
     event = make_sqs_event(s3_body(bucket, "bad.tif", put))
     assert lambda_fn.lambda_handler(event, make_context()) == {"batchItemFailures": []}
@@ -184,9 +181,7 @@ def test_time_guard_stops_taking_records_mid_batch(
     runtime.storage.client.meta.events.register("after-call.s3.PutObject", spend_time)
     # WHEN it runs THEN the first is written and the other two are handed back without processing
     response = lambda_fn.lambda_handler(event, context)
-    assert response == {
-        "batchItemFailures": [{"itemIdentifier": r["messageId"]} for r in event["Records"][1:]]
-    }
+    assert response == {"batchItemFailures": [{"itemIdentifier": r["messageId"]} for r in event["Records"][1:]]}
     assert keys_in(s3_client, bucket) == {"a.tif", "b.tif", "c.tif", "a.npy"}
 
 
@@ -205,9 +200,7 @@ def test_direct_s3_notification_returns_a_summary(lambda_fn, bucket, s3_client, 
 
 def test_direct_invoke_and_eventbridge(lambda_fn, bucket, upload_raster, make_eventbridge_event):
     upload_raster(bucket, "x.tif")
-    assert lambda_fn.lambda_handler({"bucket": bucket, "key": "x.tif"}, make_context())["counts"] == {
-        "written": 1
-    }
+    assert lambda_fn.lambda_handler({"bucket": bucket, "key": "x.tif"}, make_context())["counts"] == {"written": 1}
     summary = lambda_fn.lambda_handler(make_eventbridge_event("x.tif", bucket=bucket), make_context())
     assert summary["counts"] == {"duplicate": 1}
 
@@ -224,6 +217,29 @@ def test_direct_event_time_guard_raises(lambda_fn, bucket):
         lambda_fn.lambda_handler({"bucket": bucket, "key": "t.tif"}, make_context(timeout_s=1))
 
 
+def test_http_style_event_with_binary_cloudevent(lambda_fn, bucket, upload_raster):
+    # What `rasterfn replay` sends for a saved HTTP request: function-URL shape, CloudEvent attributes as headers
+    upload_raster(bucket, "ce.tif")
+    headers = {"ce-specversion": "1.0", "ce-type": "com.amazonaws.s3.ObjectCreated:Put", "ce-id": "1"}
+    headers |= {"ce-source": "minio", "Content-Type": "application/json"}
+    body = json.dumps({"bucket": bucket, "key": "ce.tif"})
+    event = {"headers": headers, "body": base64.b64encode(body.encode()).decode(), "isBase64Encoded": True}
+    assert lambda_fn.lambda_handler(event, make_context())["counts"] == {"written": 1}
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [
+        ({"headers": {"a": "b"}, "body": "{}"}, ("{}", {"a": "b"})),
+        ({"headers": {}, "body": "e30=", "isBase64Encoded": True}, (b"{}", {})),
+        ({"headers": {}, "body": None}, ("", {})),
+        ({"bucket": "b", "key": "k"}, ({"bucket": "b", "key": "k"}, None)),
+    ],
+)
+def test_unwrap_http_event(lambda_fn, event, expected):
+    assert lambda_fn.unwrap_http_event(event) == expected
+
+
 def test_unknown_event_shape_raises_event_error(lambda_fn):
     with pytest.raises(EventError):
         lambda_fn.lambda_handler({"hello": "world"}, make_context())
@@ -238,9 +254,7 @@ def test_metrics_and_logs(lambda_fn, bucket, upload_raster, make_sqs_event, s3_b
     monkeypatch.setattr(lambda_fn.logger.registered_handler, "stream", log_buffer)
     put = upload_raster(bucket, "m.tif")
     upload_raster(bucket, "r.tif", body=b"junk")
-    lambda_fn.lambda_handler(
-        make_sqs_event(s3_body(bucket, "m.tif", put), s3_body(bucket, "r.tif")), make_context()
-    )
+    lambda_fn.lambda_handler(make_sqs_event(s3_body(bucket, "m.tif", put), s3_body(bucket, "r.tif")), make_context())
     out = capsys.readouterr().out
     blobs = [json.loads(line) for line in out.splitlines() if '"_aws"' in line]
     values = {k: v[0] if isinstance(v, list) else v for blob in blobs for k, v in blob.items()}

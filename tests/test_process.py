@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from handler.process import (
     process_object,
 )
 from handler.storage import ObjectInfo
+from model.card import DEFAULT_CARD_PATH
 from model.errors import TransientError
 from model.predict import PredictionResult, predict_file
 
@@ -89,9 +91,7 @@ def test_written_output_is_the_predictors_result_with_georeferencing(
     # AND the input is untouched, the counters add up, and no temp file is left
     assert s3_client.head_object(Bucket=bucket, Key=key)["ETag"] == put["ETag"]
     assert keys_in(s3_client, bucket) == {key, f"{stem}.npy"}
-    assert (
-        outcome.pixels == 64 * 64 and outcome.bytes_in == local.stat().st_size and outcome.bytes_out > 64 * 64
-    )
+    assert outcome.pixels == 64 * 64 and outcome.bytes_in == local.stat().st_size and outcome.bytes_out > 64 * 64
     assert list((tmp_path / "work").iterdir()) == []
 
 
@@ -108,9 +108,7 @@ def test_event_without_etag_uses_the_current_object(runtime, bucket, s3_client, 
     put = upload_raster(bucket, "direct.tif")
     outcome = process_object(ObjectRef(bucket, "direct.tif"), runtime)  # a direct invoke: no etag, no event
     assert outcome.status == "written"
-    assert s3_client.head_object(Bucket=bucket, Key="direct.npy")["Metadata"]["source-etag"] == put[
-        "ETag"
-    ].strip('"')
+    assert s3_client.head_object(Bucket=bucket, Key="direct.npy")["Metadata"]["source-etag"] == put["ETag"].strip('"')
 
 
 def test_raw_key_fallback(runtime, bucket, s3_client, upload_raster):
@@ -190,9 +188,7 @@ def test_another_model_reprocesses(make_runtime, random_model_card, bucket, uplo
 def test_another_output_mode_reprocesses(make_runtime, bucket, upload_raster):
     put = upload_raster(bucket, "o.tif")
     assert process_object(ref_for(bucket, "o.tif", put), make_runtime()).status == "written"
-    assert (
-        process_object(ref_for(bucket, "o.tif", put), make_runtime(output_mode="score")).status == "written"
-    )
+    assert process_object(ref_for(bucket, "o.tif", put), make_runtime(output_mode="score")).status == "written"
 
 
 # --- rejections
@@ -351,9 +347,7 @@ def make_result(crs: str | None) -> PredictionResult:
     ],
 )
 def test_output_metadata_is_ascii_and_fits_s3s_limit(crs, expected_prefix):
-    info = ObjectInfo(
-        "b", "k.tif", 1, "d41d8cd98f00b204e9800998ecf8427e-12", "3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY"
-    )
+    info = ObjectInfo("b", "k.tif", 1, "d41d8cd98f00b204e9800998ecf8427e-12", "3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY")
     meta = output_metadata(info, "ab" * 32, make_result(crs))
     assert meta["crs"].startswith(expected_prefix)
     assert all(k.isascii() and v.isascii() and v.isprintable() for k, v in meta.items())
@@ -388,3 +382,28 @@ def test_error_document_fields():
 def test_outcome_as_dict_is_json_serialisable():
     outcome = Outcome("written", "b", "k.tif", "k.npy", seconds=1.5)
     assert json.loads(json.dumps(outcome.as_dict()))["status"] == "written"
+
+
+# --- the real thing
+
+
+DEMO_SCENE = Path(__file__).resolve().parent.parent / "data" / "test-1.tif"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (DEFAULT_CARD_PATH.exists() and DEMO_SCENE.exists()), reason="needs the demo weights and data/test-1.tif"
+)
+def test_demo_model_on_the_demo_scene(make_runtime, bucket, s3_client, upload_raster, tmp_path):
+    # GIVEN the shipped demo model and the old service's test scene
+    runtime = make_runtime(model_card=DEFAULT_CARD_PATH)
+    put = upload_raster(bucket, "scenes/test-1.tif", body=DEMO_SCENE.read_bytes())
+    # WHEN processed THEN the .npy equals the local prediction, with the scene's georeferencing
+    outcome = process_object(ref_for(bucket, "scenes/test-1.tif", put), runtime)
+    assert outcome.status == "written" and outcome.pixels == 512 * 512
+    expected = predict_file(runtime.model, DEMO_SCENE, tmp_path / "local.npy", runtime.options)
+    np.testing.assert_array_equal(read_npy(s3_client, bucket, "scenes/test-1.npy"), np.load(tmp_path / "local.npy"))
+    meta = s3_client.head_object(Bucket=bucket, Key="scenes/test-1.npy")["Metadata"]
+    info = ObjectInfo(bucket, "scenes/test-1.tif", DEMO_SCENE.stat().st_size, put["ETag"].strip('"'))
+    assert meta == output_metadata(info, runtime.model.sha256, expected)
+    assert meta["shape"] == "512,512"
