@@ -42,7 +42,13 @@ KNOWN_MAGICS = {
     b"%PDF": "a PDF document",
 }
 # No sidecar lookups (.aux.xml, .ovr, .msk): only the uploaded bytes count, and listing a directory is slow.
-GDAL_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_NUM_THREADS": "ALL_CPUS"}
+# The block cache defaults to 5% of the host's RAM; every block is decoded at most twice here (stats pass,
+# overlap rows), so a small cache keeps peak memory flat on big hosts and inside a Lambda's limit.
+GDAL_ENV = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "GDAL_NUM_THREADS": "ALL_CPUS",
+    "GDAL_CACHEMAX": "128",  # MB
+}
 
 
 @dataclass(frozen=True)

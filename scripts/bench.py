@@ -1,0 +1,258 @@
+"""``make bench``: speed and memory of ``predict_file``, measured side by side with its baselines in one run.
+
+Prints, each beside its target:
+
+1. the old service's procedure (whole image, float64 normalise, autograd ON, contiguous fp32) vs
+   ``predict_file`` on the same 512 x 512 file;
+2. tiles/s and GFLOP/s (24.8 GFLOP per 512 x 512 tile) end to end on a 4096 x 4096 raster vs a bare
+   ``channels_last`` + ``inference_mode`` forward of the same tiles;
+3. peak RSS of a child process predicting an 8192 x 8192 x 10 uint16 raster;
+4. bf16 vs fp32: speed-up and mask agreement.
+
+Rasters are generated once into ``.bench/`` (gitignored) by mirroring data/test-1.tif. Uses the demo model
+when model/weights/demo.json exists, else a seeded random U-Net of the same architecture (same FLOPs).
+``--quick`` uses 2048 x 2048 for (2) and 4096 x 4096 for (3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from model.card import DEFAULT_CARD_PATH, load_card  # noqa: E402
+from model.checkpoint import build_model, save_checkpoint  # noqa: E402
+from model.predict import PredictOptions, predict_file  # noqa: E402
+from model.tiling import pad_tile, plan_tiles  # noqa: E402
+from model.unet import UNet  # noqa: E402
+
+CACHE = ROOT / ".bench"
+SCENE = ROOT / "data" / "test-1.tif"
+GFLOP_PER_TILE = 24.8
+TARGETS = {
+    "old": 2.0,  # predict_file >= 2x the old procedure per 512 x 512 tile, fp32
+    "e2e": 0.8,  # end to end >= 0.8x the bare forward on 4096 x 4096
+    "bf16": 5.0,  # bf16 >= 5x the old procedure ...
+    "bf16_agree": 0.995,  # ... with >= 99.5% mask agreement with fp32
+    "rss_gb": 1.5,  # 8192 x 8192 x 10 uint16 peak RSS
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller rasters (about 3 minutes on 2 cores)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rss-child", nargs=2, metavar=("RASTER", "CARD"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_child:
+        return rss_child(*args.rss_child)
+
+    CACHE.mkdir(exist_ok=True)
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    card_path = bench_card()
+    model = build_model(load_card(card_path))
+    capability = torch.backends.cpu.get_cpu_capability()
+    print(f"model: {model.card.name} ({card_path.name}), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, CPU capability {capability}")  # fmt: skip
+
+    # 1. old procedure vs predict_file on the same 512 x 512 file, interleaved so drift hits both alike.
+    old_net = copy.deepcopy(model.net).requires_grad_(True)  # as the old service loaded it: autograd on
+    old_s, new_s = [], []
+    for _ in range(args.repeats):
+        old_s.append(timed(lambda: old_procedure(SCENE, old_net, model.card, CACHE / "old.npy")))
+        new_s.append(timed(lambda: predict_file(model, SCENE, CACHE / "new.npy")))
+    same = np.array_equal(np.load(CACHE / "old.npy"), np.load(CACHE / "new.npy"))
+    t_old, t_new = statistics.median(old_s), statistics.median(new_s)
+    print(f"\n[1] 512 x 512 file, fp32 (median of {args.repeats})")
+    row("old procedure (autograd, float64 norm)", f"{t_old:.3f} s")
+    row("predict_file", f"{t_new:.3f} s   identical output: {same}")
+    row("speed-up (target >= 2.0x)", ratio(t_old / t_new, TARGETS["old"]))
+
+    # 2. throughput on a large raster vs the bare forward of the same tiles.
+    size = 2048 if args.quick else 4096
+    big = make_big(size)
+    result = predict_file(model, big, CACHE / "big.npy")
+    e2e_tps = result.tiles / result.seconds
+    bare_tps = bare_forward_tiles_per_s(model, big, limit=12 if args.quick else 24)
+    old_tps = 1 / t_old
+    print(f"\n[2] {size} x {size} x 10 uint16, {result.tiles} tiles of {model.card.tile_size}, fp32")
+    row("predict_file end to end", f"{e2e_tps:.3f} tiles/s = {e2e_tps * GFLOP_PER_TILE:.1f} GFLOP/s "
+        f"({result.seconds:.1f} s)")  # fmt: skip
+    row("bare channels_last forward", f"{bare_tps:.3f} tiles/s = {bare_tps * GFLOP_PER_TILE:.1f} GFLOP/s")
+    row("end to end / bare (target >= 0.8x)", ratio(e2e_tps / bare_tps, TARGETS["e2e"]))
+    row("per tile vs old procedure (target >= 2.0x)", ratio(e2e_tps / old_tps, TARGETS["old"]))
+
+    # 3. peak RSS in a child process.
+    rss_size = 4096 if args.quick else 8192
+    rss_raster = make_big(rss_size)
+    peak_gb, base_gb, seconds = measure_rss(rss_raster, card_path)
+    print(f"\n[3] peak RSS, {rss_size} x {rss_size} x 10 uint16 (child process)")
+    row("after imports + model load", f"{base_gb:.2f} GB")
+    row("peak (ru_maxrss of the child)", f"{peak_gb:.2f} GB  ({seconds:.0f} s)   "
+        + verdict(peak_gb <= TARGETS["rss_gb"], f"<= {TARGETS['rss_gb']} GB"))  # fmt: skip
+
+    # 4. bf16.
+    bf16_s = [timed(lambda: predict_file(model, SCENE, CACHE / "bf16.npy", PredictOptions(precision="bf16")))]
+    agree = float((np.load(CACHE / "bf16.npy") == np.load(CACHE / "new.npy")).mean())
+    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    forced = forced_bf16_forward(model)
+    print("\n[4] bf16 (PRECISION=bf16) on the 512 x 512 file")
+    row("native bf16 on this CPU", f"{native} (without it predict_file logs once and runs fp32)")
+    row("bf16 speed-up vs predict_file fp32", f"{t_new / bf16_s[0]:.2f}x" + ("" if native else " (ran fp32)"))
+    row("bf16 vs old procedure (target >= 5.0x)", ratio(t_old / bf16_s[0], TARGETS["bf16"]))
+    row("bf16 mask agreement (target >= 99.5%)", f"{agree:.4%}   " + verdict(agree >= 0.995, ">= 99.5%"))
+    row("forced bf16 autocast forward, one tile", f"{forced[0]:.3f} s vs fp32 {forced[1]:.3f} s")
+
+
+# -- the old service's procedure -----------------------------------------------------------------------------
+
+
+def old_procedure(path: Path, net: torch.nn.Module, card, out: Path) -> None:
+    """The Flask service's steps: read all, float64 normalise per band, fp32 forward with autograd, save."""
+    with rasterio.open(path) as src:
+        image = src.read(list(card.bands)).astype(np.float64)
+    for i, band in enumerate(image):
+        p90 = np.percentile(band, 90)
+        image[i] = np.clip(band, 0, p90) / p90 if p90 > 0 else 0
+    x = torch.from_numpy(image.astype(np.float32)[None]).contiguous()
+    y = net(x)
+    np.save(out, (y[0, 0] > card.threshold).float().detach().numpy())
+
+
+# -- measurements --------------------------------------------------------------------------------------------
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bare_forward_tiles_per_s(model, raster: Path, limit: int) -> float:
+    """The network alone on the raster's first ``limit`` tiles (already normalised, channels_last)."""
+    card = model.card
+    with rasterio.open(raster) as src:
+        plan = plan_tiles(src.height, src.width, card.tile_size, card.tile_overlap, card.size_multiple)
+        tiles = []
+        for rspan in plan.rows:
+            for cspan in plan.cols:
+                if len(tiles) < limit:
+                    window = ((rspan.start, rspan.stop), (cspan.start, cspan.stop))
+                    data = src.read(list(card.bands), window=window).astype(np.float32) / 10_000
+                    tiles.append(torch.from_numpy(pad_tile(data, rspan.padded, cspan.padded)[None]))
+    net = copy.deepcopy(model.net).to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        net(tiles[0].contiguous(memory_format=torch.channels_last))  # warm-up
+        start = time.perf_counter()
+        for tile in tiles:
+            net(tile.contiguous(memory_format=torch.channels_last))
+        return len(tiles) / (time.perf_counter() - start)
+
+
+def forced_bf16_forward(model) -> tuple[float, float]:
+    """One 512 x 512 tile with bf16 autocast forced on (whatever the CPU), vs fp32: why bf16 is gated."""
+    net = copy.deepcopy(model.net).to(memory_format=torch.channels_last)
+    x = torch.rand(1, len(model.card.bands), 512, 512).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        net(x)
+        fp32 = timed(lambda: net(x))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            net(x)
+            bf16 = timed(lambda: net(x))
+    return bf16, fp32
+
+
+def measure_rss(raster: Path, card_path: Path) -> tuple[float, float, float]:
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, __file__, "--rss-child", str(raster), str(card_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    seconds = time.perf_counter() - start
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
+    base_kb = json.loads(proc.stdout.strip().splitlines()[-1])["base_kb"]
+    return peak_kb / 1024**2, base_kb / 1024**2, seconds
+
+
+def rss_child(raster: str, card: str) -> None:
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    model = build_model(load_card(card))
+    base_kb = vm_kb("VmRSS")
+    predict_file(model, raster, CACHE / "rss.npy", PredictOptions(output="mask-uint8"))
+    print(json.dumps({"base_kb": base_kb, "hwm_kb": vm_kb("VmHWM")}))
+
+
+def vm_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+# -- inputs --------------------------------------------------------------------------------------------------
+
+
+def bench_card() -> Path:
+    """The demo card, or a seeded random U-Net of the default architecture saved into .bench/."""
+    if DEFAULT_CARD_PATH.exists():
+        return DEFAULT_CARD_PATH
+    path = CACHE / "random.json"
+    if not path.exists():
+        torch.manual_seed(0)
+        digest = save_checkpoint(UNet().eval(), CACHE / "random.pt", fp16=False)
+        path.write_text(json.dumps({"name": "random-unet", "weights": {"file": "random.pt", "sha256": digest}}))
+    return path
+
+
+def make_big(size: int) -> Path:
+    """A size x size x 10 uint16 GeoTIFF mirroring data/test-1.tif, written strip by strip (cached)."""
+    path = CACHE / f"mirror-{size}.tif"
+    if path.exists():
+        return path
+    with rasterio.open(SCENE) as src:
+        scene, profile = src.read(), src.profile
+    row_of_scenes = np.concatenate([scene if i % 2 == 0 else scene[:, :, ::-1] for i in range(size // 512)], 2)
+    profile.update(width=size, height=size, tiled=True, blockxsize=512, blockysize=512, compress="zstd",
+                   predictor=2, interleave="pixel", BIGTIFF="IF_SAFER")  # fmt: skip
+    tmp = path.with_suffix(".tmp")
+    with rasterio.open(tmp, "w", **profile) as dst:
+        for i in range(size // 512):
+            strip = row_of_scenes if i % 2 == 0 else row_of_scenes[:, ::-1, :]
+            dst.write(np.ascontiguousarray(strip), window=((i * 512, (i + 1) * 512), (0, size)))
+    tmp.rename(path)
+    return path
+
+
+# -- printing ------------------------------------------------------------------------------------------------
+
+
+def row(label: str, value: str) -> None:
+    print(f"  {label:<44} {value}")
+
+
+def ratio(value: float, target: float) -> str:
+    return f"{value:.2f}x   " + verdict(value >= target, f">= {target}x")
+
+
+def verdict(ok: bool, target: str) -> str:
+    return f"[{'met' if ok else 'NOT met'}: target {target}]"
+
+
+if __name__ == "__main__":
+    main()
