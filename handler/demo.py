@@ -17,16 +17,22 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
+
+from boto3.exceptions import S3UploadFailedError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from handler.local_esm import EsmConfig, Handler, Invocation, LocalEventSourceMapping
 from handler.moto_stack import (
@@ -50,6 +56,7 @@ UPLOAD_PREFIX = "uploads/"
 UPLOAD_WORKERS = 8
 POLL_INTERVAL_S = 0.2
 DLQ_CHECK_INTERVAL_S = 1.0
+UPLOAD_WAIT_S = 30.0
 TRIGGER_SUFFIXES = (".tif", ".tiff")
 
 # The handler's environment in this process (and only this process). Logs and metrics stay quiet unless the
@@ -117,6 +124,7 @@ class Tracker:
     t0: float = field(default_factory=time.time)
     tracks: dict[str, Track] = field(default_factory=dict)
     invocations: int = 0
+    uploading: set[str] = field(default_factory=set)
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _changed: threading.Condition = field(init=False)
 
@@ -127,11 +135,25 @@ class Tracker:
         with self._lock:
             return self.tracks.setdefault(key, Track(key))
 
+    def uploads_started(self, keys: list[str]) -> None:
+        with self._lock:
+            self.uploading.update(keys)
+
     def uploaded(self, upload: Upload, started: float, finished: float) -> None:
         with self._lock:
+            self.uploading.discard(upload.key)
+            self._changed.notify_all()
             t = self.track(upload.key)
             t.uploaded = started
             self._line(started, upload.key, "uploaded", f"{_mb(upload.size)} in {finished - started:.2f} s")
+
+    def upload_failed(self, upload: Upload, exc: Exception) -> None:
+        with self._lock:
+            self.uploading.discard(upload.key)
+            t = self.track(upload.key)
+            t.status, t.detail = "failed", f"upload failed: {exc}"
+            self._changed.notify_all()
+            self._line(time.time(), upload.key, "failed", t.detail)
 
     def on_receive(self, event: dict[str, Any]) -> None:
         from handler.events import parse_sqs_body
@@ -148,18 +170,16 @@ class Tracker:
                     self._line(now, "(message)", "notified", f"unparseable body: {exc}")
                     continue
                 if not refs:
-                    self._line(
-                        now, "(s3:TestEvent)", "notified", "S3's test message for the new notification"
-                    )
+                    self._line(now, "(s3:TestEvent)", "notified", "S3's test message for the new notification")
                 for ref in refs:
+                    # moto notifies before PutObject returns: let the "uploaded" line come first.
+                    self._changed.wait_for(lambda key=ref.key: key not in self.uploading, UPLOAD_WAIT_S)
                     t = self.track(ref.key)
                     t.notified, t.processing, t.receives = sent, now, receives
                     t.status, t.done = "pending", None
                     queued = f"sent at {sent - self.t0:+.2f}s, {now - sent:.2f} s in the queue"
                     self._line(now, ref.key, "notified", f"SQS message {record['messageId'][:8]} ({queued})")
-                    self._line(
-                        now, ref.key, "processing", f"receive #{receives}, batch of {len(event['Records'])}"
-                    )
+                    self._line(now, ref.key, "processing", f"receive #{receives}, batch of {len(event['Records'])}")
 
     def on_result(self, invocation: Invocation) -> None:
         from handler.events import parse_sqs_body
@@ -184,10 +204,7 @@ class Tracker:
                         what += f" ({result.detail})" if result.detail else ""
                     elif record["messageId"] in failed:
                         t.status = "failed"
-                        what = (
-                            invocation.error
-                            or "reported as failed: back in the queue after its visibility timeout"
-                        )
+                        what = invocation.error or "reported as failed: back in the queue after its visibility timeout"
                     else:
                         t.status, what = "none", "acknowledged, nothing written (skipped)"
                     self._line(now, ref.key, t.status, f"{what} [{invocation.seconds:.2f} s in the handler]")
@@ -291,6 +308,8 @@ class Demo:
                 t0 = time.perf_counter()
                 handler = self.load_handler(url)
                 init_s = time.perf_counter() - t0
+                if _is_true(os.environ.get("POWERTOOLS_METRICS_DISABLED")):
+                    handler = _without_prints(handler)
                 self._say(f"init: lambda_handler imported, model loaded once in {init_s:.2f} s")
                 return self._run_pipeline(stack, handler, init_s, t_start, timeout=timeout, serve=serve)
 
@@ -309,9 +328,7 @@ class Demo:
         )
         with esm:
             self._upload_all(s3, stack.bucket, tracker)
-            finished = tracker.wait(
-                [u.key for u in self.uploads], timeout, lambda: queue_depth(sqs, stack.dlq_url)
-            )
+            finished = tracker.wait([u.key for u in self.uploads], timeout, lambda: queue_depth(sqs, stack.dlq_url))
             checks = [self._check(s3, stack.bucket, u, tracker.track(u.key)) for u in self.uploads]
             dlq = queue_depth(sqs, stack.dlq_url)
             self._say(
@@ -332,10 +349,16 @@ class Demo:
         return code
 
     def _upload_all(self, s3: Any, bucket: str, tracker: Tracker) -> None:
+        tracker.uploads_started([u.key for u in self.uploads])
+
         def put(upload: Upload) -> None:
             started = time.time()
-            s3.upload_file(str(upload.path), bucket, upload.key)
-            tracker.uploaded(upload, started, time.time())
+            try:
+                s3.upload_file(str(upload.path), bucket, upload.key)
+            except (BotoCoreError, ClientError, S3UploadFailedError, OSError) as exc:
+                tracker.upload_failed(upload, exc)
+            else:
+                tracker.uploaded(upload, started, time.time())
 
         # All at once, as a burst of users would: the queue absorbs it.
         with ThreadPoolExecutor(max_workers=min(UPLOAD_WORKERS, len(self.uploads))) as pool:
@@ -419,6 +442,22 @@ def load_lambda_handler(endpoint_url: str) -> Handler:
             "(was the handler imported before the demo set up its environment?)"
         )
     return lambda_handler
+
+
+def _without_prints(handler: Handler) -> Handler:
+    """The handler with its ``print`` output dropped: powertools prints its cold-start EMF metric even when
+    metrics are disabled. Its logger (and the demo's own lines) write to streams bound earlier: unaffected."""
+
+    def quiet(event: dict[str, Any], context: Any) -> Any:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.filterwarnings("ignore", message="No application metrics to publish")
+            return handler(event, context)
+
+    return quiet
+
+
+def _is_true(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _mb(size: int) -> str:

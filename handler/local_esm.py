@@ -101,8 +101,7 @@ def to_lambda_record(message: Mapping[str, Any], queue_arn: str, region: str) ->
         "body": message.get("Body", ""),
         "attributes": dict(message.get("Attributes") or {}),
         "messageAttributes": {
-            name: _lambda_message_attribute(value)
-            for name, value in (message.get("MessageAttributes") or {}).items()
+            name: _lambda_message_attribute(value) for name, value in (message.get("MessageAttributes") or {}).items()
         },
         "md5OfBody": message.get("MD5OfBody", ""),
         "eventSource": "aws:sqs",
@@ -201,9 +200,7 @@ class LocalEventSourceMapping:
             response = self.handler(event, context)
         except Exception as exc:  # Lambda's "function error": the whole batch is retried
             error = f"{type(exc).__name__}: {exc}"
-            logger.warning(
-                "handler raised; %d message(s) will be retried\n%s", len(ids), traceback.format_exc()
-            )
+            logger.warning("handler raised; %d message(s) will be retried\n%s", len(ids), traceback.format_exc())
         seconds = time.perf_counter() - t0
         if error is None and context.timed_out:
             error = f"Task timed out after {cfg.function_timeout_s:.2f} seconds"
@@ -241,9 +238,7 @@ class LocalEventSourceMapping:
             except Exception:
                 if self._stop.is_set():
                     break
-                logger.warning(
-                    "polling %s failed; retrying\n%s", self.config.queue_url, traceback.format_exc()
-                )
+                logger.warning("polling %s failed; retrying\n%s", self.config.queue_url, traceback.format_exc())
                 self._stop.wait(ERROR_BACKOFF_S)
 
     def start(self) -> LocalEventSourceMapping:
@@ -303,9 +298,7 @@ class LocalEventSourceMapping:
             for ok in response.get("Successful", []):
                 deleted.append(chunk[int(ok["Id"])]["MessageId"])
             for failure in response.get("Failed", []):
-                logger.warning(
-                    "could not delete message %s: %s", chunk[int(failure["Id"])]["MessageId"], failure
-                )
+                logger.warning("could not delete message %s: %s", chunk[int(failure["Id"])]["MessageId"], failure)
         return tuple(deleted)
 
 

@@ -141,29 +141,23 @@ def create_stack(endpoint_url: str, spec: StackSpec = StackSpec()) -> Stack:
     sqs = client("sqs", endpoint_url, spec.region)
     s3 = client("s3", endpoint_url, spec.region)
 
-    dlq_url = sqs.create_queue(
-        QueueName=spec.dlq_name, Attributes={"MessageRetentionPeriod": str(DLQ_RETENTION_S)}
-    )["QueueUrl"]
+    dlq_url = sqs.create_queue(QueueName=spec.dlq_name, Attributes={"MessageRetentionPeriod": str(DLQ_RETENTION_S)})[
+        "QueueUrl"
+    ]
     dlq_arn = queue_arn(sqs, dlq_url)
     queue_attributes = {
         "VisibilityTimeout": str(spec.visibility_timeout_s),
         "MessageRetentionPeriod": str(spec.retention_s),
         "ReceiveMessageWaitTimeSeconds": "20",
-        "RedrivePolicy": json.dumps(
-            {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": spec.max_receive_count}
-        ),
+        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": spec.max_receive_count}),
     }
     queue_url = sqs.create_queue(QueueName=spec.queue_name, Attributes=queue_attributes)["QueueUrl"]
     arn = queue_arn(sqs, queue_url)
     bucket_arn = f"arn:aws:s3:::{spec.bucket}"
-    sqs.set_queue_attributes(
-        QueueUrl=queue_url, Attributes={"Policy": json.dumps(_queue_policy(arn, bucket_arn))}
-    )
+    sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"Policy": json.dumps(_queue_policy(arn, bucket_arn))})
     sqs.set_queue_attributes(
         QueueUrl=dlq_url,
-        Attributes={
-            "RedriveAllowPolicy": json.dumps({"redrivePermission": "byQueue", "sourceQueueArns": [arn]})
-        },
+        Attributes={"RedriveAllowPolicy": json.dumps({"redrivePermission": "byQueue", "sourceQueueArns": [arn]})},
     )
 
     _create_bucket(s3, spec.bucket, spec.region)
@@ -290,9 +284,7 @@ def verify_clients_local(endpoint_url: str, region: str = DEFAULT_REGION) -> Non
                 f"not the local {endpoint_url}"
             )
         if creds is None or creds.access_key != FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"]:
-            raise ConfigError(
-                f"refusing to run: a default {service} client would not use the fake credentials"
-            )
+            raise ConfigError(f"refusing to run: a default {service} client would not use the fake credentials")
 
 
 @contextmanager

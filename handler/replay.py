@@ -68,9 +68,7 @@ def run_replay(args: argparse.Namespace, out: TextIO | None = None) -> int:
         raise ConfigError(f"event file not found: {path}")
     event, headers = load_event_file(path)
     refs = parse_event(event, headers)
-    endpoint = (
-        args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
-    )
+    endpoint = args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
     with _endpoint(args.endpoint_url, embedded=args.seed and not endpoint, out=out) as endpoint_url:
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
         s3 = client("s3", endpoint_url, region)
@@ -78,7 +76,7 @@ def run_replay(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if args.seed:
             seeded = seed_objects(s3, refs, region, out=out)
             event = align_event(event, seeded)
-        return _invoke(_handler_event(event, headers), refs, s3, out=out)
+        return _invoke(handler_event(event, headers), refs, s3, out=out)
 
 
 @contextlib.contextmanager
@@ -98,9 +96,7 @@ def _endpoint(explicit: str | None, *, embedded: bool, out: TextIO) -> Iterator[
     yield None  # boto3 reads AWS_ENDPOINT_URL* itself, or talks to AWS
 
 
-def seed_objects(
-    s3: Any, refs: list[ObjectRef], region: str, *, out: TextIO
-) -> dict[tuple[str, str], Seeded]:
+def seed_objects(s3: Any, refs: list[ObjectRef], region: str, *, out: TextIO) -> dict[tuple[str, str], Seeded]:
     """Upload the sample raster under every key the handler would process; returns what each upload made."""
     from handler.filters import skip_reason
     from handler.settings import Settings
@@ -164,8 +160,9 @@ def _align(value: Any, by_key: Mapping[str, Seeded]) -> Any:
     return value
 
 
-def _handler_event(event: Any, headers: Mapping[str, str] | None) -> Any:
-    # A saved HTTP request reaches Lambda as a function-URL style event: headers plus a string body.
+def handler_event(event: Any, headers: Mapping[str, str] | None) -> Any:
+    """What Lambda is given for a saved event (pure): the event itself, or for a saved HTTP request
+    (a binary-mode CloudEvent's ``ce-*`` headers around its body) the function-URL event carrying it."""
     if headers is None:
         return event
     body = event if isinstance(event, str) else json.dumps(event)
@@ -189,9 +186,7 @@ def _invoke(event: Any, refs: list[ObjectRef], s3: Any, *, out: TextIO) -> int:
     except Exception:
         print(f"handler raised after {time.perf_counter() - t1:.2f} s:\n{traceback.format_exc()}", file=out)
         return 1
-    print(
-        f"handler returned in {time.perf_counter() - t1:.2f} s (request {context.aws_request_id})", file=out
-    )
+    print(f"handler returned in {time.perf_counter() - t1:.2f} s (request {context.aws_request_id})", file=out)
     if not refs:
         print("  nothing to do: the event names no objects (e.g. S3's s3:TestEvent)", file=out)
     for ref in refs:

@@ -39,9 +39,7 @@ def make_queue(sqs) -> Callable[..., tuple[str, str, str]]:
     def make(max_receive_count: int = 2) -> tuple[str, str, str]:
         name = f"esm-{uuid.uuid4().hex[:10]}"
         dlq = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
-        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"][
-            "QueueArn"
-        ]
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count})
         url = sqs.create_queue(
             QueueName=name, Attributes={"VisibilityTimeout": str(VISIBILITY_S), "RedrivePolicy": redrive}
@@ -162,9 +160,7 @@ def test_failed_message_ids_follow_aws_rules(response, failed, whole_batch):
     assert (problem is not None) is whole_batch
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"batch_size": 0}, {"batch_size": 11}, {"wait_time_s": 21}, {"wait_time_s": -1}]
-)
+@pytest.mark.parametrize("kwargs", [{"batch_size": 0}, {"batch_size": 11}, {"wait_time_s": 21}, {"wait_time_s": -1}])
 def test_invalid_config_is_refused(kwargs):
     with pytest.raises(ValueError):
         EsmConfig("url", "arn", **kwargs)
@@ -245,9 +241,7 @@ def test_invalid_response_fails_the_whole_batch(sqs, make_queue):
     # GIVEN a handler naming a message id that is not in the batch
     url, arn, _ = make_queue()
     send(sqs, url, "a", "b")
-    esm = make_esm(
-        sqs, url, arn, RecordingHandler(lambda e, c: {"batchItemFailures": [{"itemIdentifier": "x"}]})
-    )
+    esm = make_esm(sqs, url, arn, RecordingHandler(lambda e, c: {"batchItemFailures": [{"itemIdentifier": "x"}]}))
     # WHEN it is invoked
     poll_until_quiet(esm)
     # THEN nothing was deleted and the invocation says why

@@ -69,9 +69,7 @@ def test_stack_has_the_terraform_topology(stack, sqs, s3):
     assert policy["Statement"][0]["Condition"]["ArnEquals"]["aws:SourceArn"] == f"arn:aws:s3:::{stack.bucket}"
     # AND the bucket is versioned, encrypted, private, and notifies the queue for each suffix
     assert s3.get_bucket_versioning(Bucket=stack.bucket)["Status"] == "Enabled"
-    assert s3.get_public_access_block(Bucket=stack.bucket)["PublicAccessBlockConfiguration"][
-        "BlockPublicAcls"
-    ]
+    assert s3.get_public_access_block(Bucket=stack.bucket)["PublicAccessBlockConfiguration"]["BlockPublicAcls"]
     rules = s3.get_bucket_encryption(Bucket=stack.bucket)["ServerSideEncryptionConfiguration"]["Rules"]
     assert rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
     configs = s3.get_bucket_notification_configuration(Bucket=stack.bucket)["QueueConfigurations"]
