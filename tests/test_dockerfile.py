@@ -212,9 +212,7 @@ def test_code_imports_only_what_the_image_installs():
     installed = runtime_distributions()
     providers = packages_distributions()
     # WHEN every third-party module our packages import is traced to its distribution
-    third_party = (
-        imported_top_level_modules("handler", "model") - set(sys.stdlib_module_names) - {"handler", "model"}
-    )
+    third_party = imported_top_level_modules("handler", "model") - set(sys.stdlib_module_names) - {"handler", "model"}
     missing = {
         module: providers.get(module)
         for module in third_party

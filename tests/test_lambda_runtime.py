@@ -282,9 +282,7 @@ def s3(moto_server) -> Any:
     """The user's side: a plain client straight to moto."""
     import boto3
 
-    keys = {
-        k: FAKE_CREDENTIALS[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
-    }
+    keys = {k: FAKE_CREDENTIALS[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")}
     return boto3.client(
         "s3",
         endpoint_url=moto_server,
@@ -300,9 +298,7 @@ def bucket(s3) -> str:
     return name
 
 
-def runtime_environment(
-    api: tuple[str, int], s3_endpoint: str, model_card: Path, tmp: Path
-) -> dict[str, str]:
+def runtime_environment(api: tuple[str, int], s3_endpoint: str, model_card: Path, tmp: Path) -> dict[str, str]:
     """Roughly what Lambda gives a container, plus what Terraform sets; nothing from the test's own env."""
     work = tmp / "tmp"
     work.mkdir(exist_ok=True)

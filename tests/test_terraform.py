@@ -146,9 +146,7 @@ def test_versions_are_pinned(tf):
 
 
 def test_every_variable_and_output_is_documented(tf):
-    undocumented = [
-        f"var.{n}" for n, v in tf.variables.items() if not v.get("description") or "type" not in v
-    ]
+    undocumented = [f"var.{n}" for n, v in tf.variables.items() if not v.get("description") or "type" not in v]
     undocumented += [f"output.{n}" for n, o in tf.outputs.items() if not o.get("description")]
     assert undocumented == []
 
@@ -200,11 +198,7 @@ def test_entrypoint_handler_exists_in_the_code():
     tree = ast.parse(path.read_text())
     defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
     defined |= {
-        t.id
-        for node in tree.body
-        if isinstance(node, ast.Assign)
-        for t in node.targets
-        if isinstance(t, ast.Name)
+        t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)
     }
     assert function in defined
 
