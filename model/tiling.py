@@ -13,10 +13,13 @@ by one tile keeps that tile's score bit for bit.
   comes from the tile in which it lies furthest from an edge.
 - ``blend``: linear ramps across each overlap (the two weights at a pixel add up to 1).
 
-Measured on a 1024 x 1024 synthetic scene, tile 512, overlap 64, mask agreement with a single forward pass on
-the whole raster (see tests/test_predict.py::test_tiled_agrees_with_one_pass; figures in the PR report):
-``crop`` 99.97%, ``blend`` 99.96% with a seeded random U-Net. ``crop`` is as good, simpler and cheaper, so it
-is the default.
+Measured (scripted, seeded random U-Net of the demo architecture, two 1024 x 1024 x 10 uint16 scenes: smooth
+blobs and a model.synthetic scene), tile 512, overlap 64, against one forward pass over the whole raster:
+``crop`` 100.000% mask agreement on both (mean |score difference| < 5e-6), ``blend`` 99.998% on both (mean
+|score difference| 1.2e-4). Spreading the tiles evenly makes the overlaps 256 pixels here, so every pixel
+``crop`` keeps is at least 128 pixels from a tile edge, about the U-Net's receptive radius, while ``blend``
+still gives weight to pixels near an edge. ``crop`` is the default: better, simpler, exact for lone tiles.
+The test (tests/test_predict.py::test_tiled_agrees_with_one_pass) asserts >= 99.5%.
 
 Example:
     >>> [(s.start, s.size, s.own_start, s.own_stop) for s in plan_axis(900, 512, 64, 16)]
