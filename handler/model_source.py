@@ -60,9 +60,7 @@ def fetch_weights(card: ModelCard, uri: str, cache_dir: Path, storage: Storage) 
     if info is None:
         raise CheckpointError(f"{ENV_MODEL_URI} {uri} does not exist")
     try:
-        tmp = storage.download(
-            info, cache_dir, max_bytes=MAX_WEIGHTS_BYTES, reserve_bytes=0, prefix=".weights-"
-        )
+        tmp = storage.download(info, cache_dir, max_bytes=MAX_WEIGHTS_BYTES, reserve_bytes=0, prefix=".weights-")
     except (ObjectMissingError, InputError) as exc:
         raise CheckpointError(f"cannot fetch {ENV_MODEL_URI} {uri}: {exc}") from exc
     try:
@@ -89,6 +87,4 @@ def load_runtime_model(settings: Settings, storage: Storage | None = None) -> Lo
     if storage is None:
         storage = Storage.from_defaults()
     card = load_card(settings.model_card)
-    return load_model(
-        settings.model_card, fetch_weights(card, settings.model_uri, settings.model_cache_dir, storage)
-    )
+    return load_model(settings.model_card, fetch_weights(card, settings.model_uri, settings.model_cache_dir, storage))

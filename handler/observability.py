@@ -49,14 +49,10 @@ tracer = Tracer()
 def record_outcome(outcome: Outcome) -> None:
     """One log line and the metrics for one processed object."""
     level = "warning" if outcome.status == "rejected" else "info"
-    getattr(logger, level)(
-        f"{outcome.status}: s3://{outcome.bucket}/{outcome.input_key}", extra=outcome.as_dict()
-    )
+    getattr(logger, level)(f"{outcome.status}: s3://{outcome.bucket}/{outcome.input_key}", extra=outcome.as_dict())
     if outcome.status == "written":
         metrics.add_metric(name=METRIC_PROCESSED, unit=MetricUnit.Count, value=1)
-        metrics.add_metric(
-            name=METRIC_INFERENCE_SECONDS, unit=MetricUnit.Seconds, value=outcome.inference_seconds
-        )
+        metrics.add_metric(name=METRIC_INFERENCE_SECONDS, unit=MetricUnit.Seconds, value=outcome.inference_seconds)
         metrics.add_metric(name=METRIC_PIXELS, unit=MetricUnit.Count, value=outcome.pixels)
         metrics.add_metric(name=METRIC_BYTES_IN, unit=MetricUnit.Bytes, value=outcome.bytes_in)
         metrics.add_metric(name=METRIC_BYTES_OUT, unit=MetricUnit.Bytes, value=outcome.bytes_out)

@@ -59,6 +59,7 @@ META_CRS = "crs"
 META_TRANSFORM = "transform"
 METADATA_LIMIT_BYTES = 2048
 NO_CRS = "none"
+UNVERSIONED = "null"  # S3's own version id for objects in buckets without versioning
 WKT_HASH_PREFIX = "wkt-sha256:"
 # Room for the output beside the input on the temp disk: a mask is at most ~1/2 of a compressed
 # 10-band input (float32 per pixel vs 20 raw bytes per pixel).
@@ -218,9 +219,7 @@ def _remove_stale_marker(runtime: Runtime, target: _Target, marker: ObjectInfo |
 def _refuse_to_overwrite_input(info: ObjectInfo, target: _Target) -> None:
     # Unreachable with the filters (inputs never end in .npy / .error.json); kept as the last line of defence.
     if target.bucket == info.bucket and info.key in (target.key, target.marker):
-        raise ConfigError(
-            f"refusing to write over the input {info.uri}: check INPUT_SUFFIXES / OUTPUT_PREFIX"
-        )
+        raise ConfigError(f"refusing to write over the input {info.uri}: check INPUT_SUFFIXES / OUTPUT_PREFIX")
 
 
 def _identity(info: ObjectInfo, runtime: Runtime) -> dict[str, str]:
@@ -241,7 +240,7 @@ def output_metadata(info: ObjectInfo, model_sha256: str, result: PredictionResul
     metadata = {
         META_PRODUCER: PRODUCER,
         META_SOURCE_ETAG: info.etag,
-        META_SOURCE_VERSION: info.version_id or "",
+        META_SOURCE_VERSION: info.version_id or UNVERSIONED,
         META_MODEL_SHA256: model_sha256,
         META_OUTPUT: result.output,
         META_SHAPE: ",".join(str(n) for n in result.shape),
@@ -270,9 +269,7 @@ def crs_for_metadata(crs: str | None, room: int) -> str:
     return WKT_HASH_PREFIX + hashlib.sha256(crs.encode()).hexdigest()
 
 
-def error_document(
-    info: ObjectInfo, exc: Exception, model_sha256: str, function_version: str
-) -> dict[str, Any]:
+def error_document(info: ObjectInfo, exc: Exception, model_sha256: str, function_version: str) -> dict[str, Any]:
     """The body of ``<stem>.error.json``: what was refused, why, and by which model and code (pure)."""
     return {
         "error": type(exc).__name__,

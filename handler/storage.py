@@ -220,9 +220,7 @@ class Storage:
     )
 
     @classmethod
-    def from_defaults(
-        cls, endpoint_url: str | None = None, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    ) -> Storage:
+    def from_defaults(cls, endpoint_url: str | None = None, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Storage:
         return cls(make_s3_client(endpoint_url, max_attempts=max_attempts))
 
     def head(self, bucket: str, key: str, *, version_id: str | None = None) -> ObjectInfo | None:
@@ -325,9 +323,7 @@ class Storage:
         extra_args = {"VersionId": info.version_id} if info.version_id else {}
         with create_transfer_manager(self.client, self.transfer_config) as manager:
             subscribers = [_KnownObject(info.size, info.etag)]
-            manager.download(
-                info.bucket, info.key, fh, extra_args=extra_args, subscribers=subscribers
-            ).result()
+            manager.download(info.bucket, info.key, fh, extra_args=extra_args, subscribers=subscribers).result()
 
     def upload_file(
         self,

@@ -35,9 +35,7 @@ def weights_uri(card, s3_client, make_bucket) -> str:
 
 def count_gets(storage: Storage) -> list[str]:
     calls: list[str] = []
-    storage.client.meta.events.register(
-        "before-send.s3.GetObject", lambda request, **_: calls.append(request.url)
-    )
+    storage.client.meta.events.register("before-send.s3.GetObject", lambda request, **_: calls.append(request.url))
     return calls
 
 
@@ -49,9 +47,7 @@ def test_parse_s3_uri(uri, expected):
     assert parse_s3_uri(uri) == expected
 
 
-@pytest.mark.parametrize(
-    "uri", ["s3://", "s3://bucket", "s3://bucket/", "s3://bucket/dir/", "https://b/k.pt"]
-)
+@pytest.mark.parametrize("uri", ["s3://", "s3://bucket", "s3://bucket/", "s3://bucket/dir/", "https://b/k.pt"])
 def test_parse_s3_uri_refuses_what_is_not_an_object(uri):
     with pytest.raises(ConfigError):
         parse_s3_uri(uri)
@@ -106,9 +102,7 @@ def test_load_runtime_model_uses_the_uri_weights(tiny_model_card, card, weights_
     moved = tmp_path / "elsewhere.pt"
     card.weights_path.rename(moved)
     try:
-        settings = Settings(
-            model_card=tiny_model_card, model_uri=weights_uri, model_cache_dir=tmp_path / "cache"
-        )
+        settings = Settings(model_card=tiny_model_card, model_uri=weights_uri, model_cache_dir=tmp_path / "cache")
         model = load_runtime_model(settings, storage)
         assert model.sha256 == card.weights_sha256
         with pytest.raises(CheckpointError):

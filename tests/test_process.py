@@ -79,7 +79,7 @@ def test_written_output_is_the_predictors_result_with_georeferencing(
     assert got.shape == (64, 64) and got.dtype == np.float32
     # AND the metadata keeps provenance and georeferencing
     meta = s3_client.head_object(Bucket=bucket, Key=f"{stem}.npy")["Metadata"]
-    assert meta["source-etag"] == put["ETag"].strip('"')
+    assert meta["source-etag"] == put["ETag"].strip('"') and meta["source-version-id"] == "null"
     assert meta["model-sha256"] == runtime.model.sha256
     assert (meta["shape"], meta["dtype"], meta["crs"], meta["output"]) == (
         "64,64",

@@ -43,9 +43,7 @@ def test_build_runtime_loads_the_card_and_is_frozen(tiny_model_card, tmp_path, m
 
 def test_build_runtime_refuses_a_missing_temp_dir(tiny_model_card, tmp_path, moto_endpoint):
     with pytest.raises(ConfigError, match="TMPDIR"):
-        build_runtime(
-            Settings(model_card=tiny_model_card, tmp_dir=tmp_path / "nope"), Storage.from_defaults()
-        )
+        build_runtime(Settings(model_card=tiny_model_card, tmp_dir=tmp_path / "nope"), Storage.from_defaults())
 
 
 def test_build_runtime_refuses_a_missing_card(tmp_path, moto_endpoint):

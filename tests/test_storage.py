@@ -80,9 +80,7 @@ def test_archived_objects_are_input_errors_not_access_errors():
     assert "restore" in str(error)
 
 
-@pytest.mark.parametrize(
-    ("raw", "expected"), [('"abc"', "abc"), ("abc", "abc"), ('W/"abc"', "abc"), (None, None)]
-)
+@pytest.mark.parametrize(("raw", "expected"), [('"abc"', "abc"), ("abc", "abc"), ('W/"abc"', "abc"), (None, None)])
 def test_normalize_etag(raw, expected):
     assert normalize_etag(raw) == expected
 
@@ -198,9 +196,7 @@ def test_download_gets_the_exact_version(storage, s3_client, make_bucket, tmp_pa
     assert storage.download(old, tmp_path, max_bytes=1000).read_bytes() == b"first"
 
 
-def test_download_refuses_objects_over_the_limit_without_reading_them(
-    storage, s3_client, make_bucket, tmp_path
-):
+def test_download_refuses_objects_over_the_limit_without_reading_them(storage, s3_client, make_bucket, tmp_path):
     bucket = make_bucket()
     s3_client.put_object(Bucket=bucket, Key="big.tif", Body=b"x" * 2048)
     info = storage.locate(ObjectRef(bucket, "big.tif"))
@@ -232,9 +228,7 @@ def test_download_of_a_replaced_object_fails_cleanly(storage, s3_client, make_bu
     assert list(tmp_path.iterdir()) == []
 
 
-def test_download_throttled_is_transient_and_leaves_nothing(
-    storage, s3_client, make_bucket, tmp_path, inject_s3_fault
-):
+def test_download_throttled_is_transient_and_leaves_nothing(storage, s3_client, make_bucket, tmp_path, inject_s3_fault):
     bucket = make_bucket()
     s3_client.put_object(Bucket=bucket, Key="k.tif", Body=b"data")
     info = storage.locate(ObjectRef(bucket, "k.tif"))
@@ -264,9 +258,7 @@ def test_upload_file_multipart_above_the_threshold(moto_endpoint, s3_client, mak
     from boto3.s3.transfer import TransferConfig
 
     mb = 1024**2
-    storage = Storage(
-        make_s3_client(), TransferConfig(multipart_threshold=5 * mb, multipart_chunksize=5 * mb)
-    )
+    storage = Storage(make_s3_client(), TransferConfig(multipart_threshold=5 * mb, multipart_chunksize=5 * mb))
     bucket = make_bucket()
     src = tmp_path / "big.npy"
     src.write_bytes(os.urandom(11 * mb))
@@ -294,9 +286,7 @@ def test_upload_throttled_is_transient(storage, make_bucket, tmp_path, inject_s3
         storage.upload_file(src, bucket, "out.npy", metadata={})
 
 
-def test_default_retries_absorb_a_single_throttle(
-    moto_endpoint, s3_client, make_bucket, tmp_path, inject_s3_fault
-):
+def test_default_retries_absorb_a_single_throttle(moto_endpoint, s3_client, make_bucket, tmp_path, inject_s3_fault):
     # GIVEN the production retry settings and one 503 on the upload
     storage = Storage.from_defaults()
     bucket = make_bucket()
@@ -341,9 +331,7 @@ def test_ranged_download_reassembles_the_object(ranged_storage, s3_client, make_
     body = os.urandom(5000)
     s3_client.put_object(Bucket=bucket, Key="k.tif", Body=body)
     ranges = count_calls(ranged_storage.client, "GetObject")
-    path = ranged_storage.download(
-        ranged_storage.locate(ObjectRef(bucket, "k.tif")), tmp_path, max_bytes=10**6
-    )
+    path = ranged_storage.download(ranged_storage.locate(ObjectRef(bucket, "k.tif")), tmp_path, max_bytes=10**6)
     assert path.read_bytes() == body
     assert len(ranges) == 5
 
