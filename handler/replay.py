@@ -177,6 +177,7 @@ def _invoke(event: Any, refs: list[ObjectRef], s3: Any, *, out: TextIO) -> int:
     t0 = time.perf_counter()
     from handler.lambda_function import lambda_handler  # INIT: the model loads here
 
+    _refresh_stale_runtime(out)
     print(f"init: handler imported in {time.perf_counter() - t0:.2f} s", file=out)
     context = make_context()
     since = datetime.now(UTC)
@@ -201,6 +202,26 @@ def _invoke(event: Any, refs: list[ObjectRef], s3: Any, *, out: TextIO) -> int:
         print(f"FAILED: {len(failures)} record(s) reported in batchItemFailures", file=out)
         return 1
     return 0
+
+
+def _refresh_stale_runtime(out: TextIO) -> None:
+    """Rebuild the handler's runtime when its S3 client targets another endpoint than this replay.
+
+    Only when the handler was imported earlier in this process (several replays in one process): its
+    runtime would still talk to the previous replay's endpoint, possibly a moto server that is gone.
+    """
+    from handler.runtime import get_runtime
+    from handler.settings import get_settings
+    from handler.storage import make_s3_client
+
+    if not get_runtime.cache_info().currsize:
+        return
+    wanted = make_s3_client().meta.endpoint_url
+    if get_runtime().storage.client.meta.endpoint_url != wanted:
+        get_settings.cache_clear()
+        get_runtime.cache_clear()
+        get_runtime()
+        print(f"  runtime rebuilt for {wanted} (the handler was imported for another endpoint)", file=out)
 
 
 def _describe_result(s3: Any, ref: ObjectRef, settings: Any, since: datetime) -> str:
