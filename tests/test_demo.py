@@ -9,8 +9,10 @@ from __future__ import annotations
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -212,12 +214,18 @@ def test_rasterfn_demo_succeeds_as_make_demo_runs_it():
         assert re.search(rf"scenes/test-1\.tif\s+{stage}\b", out), stage
 
 
+@pytest.fixture
+def quick_model_card(random_model_card):
+    """A seeded 2-level U-Net with 512-pixel tiles: data/test-1.tif in one tile, in about a second."""
+    return random_model_card(name="quick", depth=2, start_filts=4, tile_size=512, tile_overlap=64)
+
+
 @pytest.mark.slow
-def test_twenty_uploads_at_once_all_give_valid_outputs(small_rasters):
+def test_twenty_uploads_at_once_all_give_valid_outputs(small_rasters, quick_model_card):
     # GIVEN 20 small rasters uploaded at once (beside data/test-1.tif)
     files = small_rasters(20)
     # WHEN the real pipeline runs on them
-    proc, seconds = run_cli("demo", *map(str, files))
+    proc, seconds = run_cli("demo", *map(str, files), env={"MODEL_CARD": str(quick_model_card)})
     print(f"\n`rasterfn demo` with 20 extra uploads: {seconds:.1f} s")
     # THEN all 21 outputs are valid masks of their raster's shape and nothing was dead-lettered
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -225,3 +233,47 @@ def test_twenty_uploads_at_once_all_give_valid_outputs(small_rasters):
     assert len(rows) == 20, proc.stdout
     assert {(shape, dtype, check) for _output, shape, dtype, check in rows} == {("64x48", "float32", "ok")}
     assert "21/21 outputs valid | DLQ depth: 0" in proc.stdout
+
+
+@pytest.mark.slow
+def test_serve_keeps_the_stack_up_for_the_users_own_uploads(make_raster, quick_model_card):
+    # GIVEN `rasterfn demo --serve` running
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT_URL")}
+    proc = subprocess.Popen(
+        [str(RASTERFN), "demo", "--serve"],
+        cwd=REPO,
+        env={**environ, "MODEL_CARD": str(quick_model_card), "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    watchdog = threading.Timer(DEMO_TIMEOUT_S, proc.kill)  # reading stdout must not hang the suite
+    watchdog.start()
+    try:
+        endpoint = None
+        for line in proc.stdout:
+            lines.append(line)
+            if match := re.search(r"aws --endpoint-url (http://127\.0\.0\.1:\d+) s3 cp", line):
+                endpoint = match.group(1)
+                break
+        assert endpoint, "".join(lines)
+        assert any("AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing" in x for x in lines)
+        # WHEN the user uploads a raster of their own, as the printed `aws s3 cp` line would
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        s3.upload_file(str(make_raster(40, 56, name="mine.tif")), "rasterfn-demo", "uploads/mine.tif")
+        # THEN a line announces its output, and the output is there
+        for line in proc.stdout:
+            lines.append(line)
+            if re.search(r"uploads/mine\.tif\s+written\s+uploads/mine\.npy", line):
+                break
+        body = s3.get_object(Bucket="rasterfn-demo", Key="uploads/mine.npy")["Body"].read()
+        assert np.load(io.BytesIO(body)).shape == (40, 56)
+        # AND Ctrl-C stops it cleanly
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0, "".join(lines)
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
