@@ -275,16 +275,16 @@ def verify_clients_local(endpoint_url: str, region: str = DEFAULT_REGION) -> Non
 
     The handler builds its clients from the environment; this checks what it will get before it runs.
     """
+    session = boto3.session.Session(region_name=region)
     for service in ("s3", "sqs"):
-        c = boto3.session.Session(region_name=region).client(service)
-        creds = c._request_signer._credentials  # no public accessor; read-only use
-        if c.meta.endpoint_url.rstrip("/") != endpoint_url.rstrip("/"):
+        endpoint = session.client(service).meta.endpoint_url
+        if endpoint.rstrip("/") != endpoint_url.rstrip("/"):
             raise ConfigError(
-                f"refusing to run: a default {service} client would use {c.meta.endpoint_url}, "
-                f"not the local {endpoint_url}"
+                f"refusing to run: a default {service} client would use {endpoint}, not the local {endpoint_url}"
             )
-        if creds is None or creds.access_key != FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"]:
-            raise ConfigError(f"refusing to run: a default {service} client would not use the fake credentials")
+    creds = session.get_credentials()
+    if creds is None or creds.access_key != FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"]:
+        raise ConfigError("refusing to run: default clients would not use the fake credentials")
 
 
 @contextmanager
