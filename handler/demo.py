@@ -36,6 +36,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from handler.local_esm import EsmConfig, Handler, Invocation, LocalEventSourceMapping
 from handler.moto_stack import (
+    DEFAULT_SUFFIXES,
     MotoServer,
     Stack,
     StackSpec,
@@ -57,7 +58,6 @@ UPLOAD_WORKERS = 8
 POLL_INTERVAL_S = 0.2
 DLQ_CHECK_INTERVAL_S = 1.0
 UPLOAD_WAIT_S = 30.0
-TRIGGER_SUFFIXES = (".tif", ".tiff")
 
 # The handler's environment in this process (and only this process). Logs and metrics stay quiet unless the
 # user asks otherwise: the demo's own progress lines are the output.
@@ -239,7 +239,9 @@ def run_demo(args: argparse.Namespace) -> int:
     return Demo(plan_uploads(files)).run(timeout=timeout, serve=serve)
 
 
-def plan_uploads(files: list[Path], sample: Path = SAMPLE_RASTER) -> list[Upload]:
+def plan_uploads(
+    files: list[Path], sample: Path = SAMPLE_RASTER, suffixes: tuple[str, ...] = DEFAULT_SUFFIXES
+) -> list[Upload]:
     """The objects to upload: the sample under ``scenes/``, each file under ``uploads/<name>``.
 
     Refused before anything starts: a missing file, a suffix the bucket notification ignores (it would
@@ -252,9 +254,9 @@ def plan_uploads(files: list[Path], sample: Path = SAMPLE_RASTER) -> list[Upload
     for path in files:
         if not path.is_file():
             raise InputError(f"{path}: no such file")
-        if not path.name.endswith(TRIGGER_SUFFIXES):
+        if not path.name.endswith(suffixes):
             raise InputError(
-                f"{path}: only keys ending in {' or '.join(TRIGGER_SUFFIXES)} trigger the function "
+                f"{path}: only keys ending in {' or '.join(suffixes)} trigger the function "
                 "(S3 suffix filters are case-sensitive)"
             )
         if path.name in seen:
@@ -296,7 +298,12 @@ class Demo:
         t_start = time.perf_counter()
         with MotoServer() as server:
             url = server.endpoint_url
-            env = {**local_aws_environ(url, self.spec.region), **HANDLER_ENV}
+            # As Terraform does: the function filters on the suffixes the notifications use.
+            env = {
+                **local_aws_environ(url, self.spec.region),
+                **HANDLER_ENV,
+                "INPUT_SUFFIXES": ",".join(self.spec.suffixes),
+            }
             env.update({k: v for k, v in HANDLER_ENV_DEFAULTS.items() if k not in os.environ})
             with patched_environ(env):
                 verify_clients_local(url, self.spec.region)
