@@ -107,10 +107,12 @@ def process_object(ref: ObjectRef, runtime: Runtime) -> Outcome:
     )
     _refuse_to_overwrite_input(info, target)
     try:
-        done = _find_previous_result(runtime, info, target)
+        # One HEAD of our marker serves the duplicate check and, after a success, the stale-marker cleanup.
+        marker = runtime.storage.head(target.bucket, target.marker)
+        done = _find_previous_result(runtime, info, target, marker)
         if done is not None:
             return replace(done, seconds=_since(started))
-        return _segment(runtime, info, target, started)
+        return _segment(runtime, info, target, marker, started)
     except ObjectMissingError as exc:  # deleted or replaced while we read it
         return Outcome("missing", info.bucket, info.key, detail=str(exc), seconds=_since(started))
     except InputError as exc:
@@ -124,9 +126,10 @@ class _Target:
     marker: str  # the .error.json
 
 
-def _find_previous_result(runtime: Runtime, info: ObjectInfo, target: _Target) -> Outcome | None:
+def _find_previous_result(
+    runtime: Runtime, info: ObjectInfo, target: _Target, marker: ObjectInfo | None
+) -> Outcome | None:
     storage, expected = runtime.storage, _identity(info, runtime)
-    marker = storage.head(target.bucket, target.marker)
     if marker is not None and _matches(marker.metadata, expected):
         return Outcome(
             "duplicate",
@@ -151,7 +154,7 @@ def _find_previous_result(runtime: Runtime, info: ObjectInfo, target: _Target) -
     )
 
 
-def _segment(runtime: Runtime, info: ObjectInfo, target: _Target, started: float) -> Outcome:
+def _segment(runtime: Runtime, info: ObjectInfo, target: _Target, marker: ObjectInfo | None, started: float) -> Outcome:
     settings, storage = runtime.settings, runtime.storage
     reserve = max(OUTPUT_RESERVE_MIN_BYTES, int(info.size * OUTPUT_RESERVE_FRACTION))
     # A private (0700) directory per object: fixed names inside, nothing derived from the key, all removed.
@@ -171,7 +174,7 @@ def _segment(runtime: Runtime, info: ObjectInfo, target: _Target, started: float
             raise
         metadata = output_metadata(info, runtime.model.sha256, result)
         bytes_out = storage.upload_file(dst, target.bucket, target.key, metadata=metadata)
-    _remove_stale_marker(runtime, target, storage.head(target.bucket, target.marker))
+    _remove_stale_marker(runtime, target, marker)
     height, width = result.shape
     return Outcome(
         "written",

@@ -268,6 +268,12 @@ def test_metrics_and_logs(lambda_fn, bucket, upload_raster, make_sqs_event, s3_b
     assert {log["status"] for log in logs if "status" in log} == {"written", "rejected"}
 
 
+def test_tracer_is_off_outside_lambda(lambda_fn):
+    # No LAMBDA_TASK_ROOT here: powertools disables the Tracer, so nothing looks for an X-Ray daemon
+    assert "LAMBDA_TASK_ROOT" not in os.environ
+    assert lambda_fn.tracer.disabled
+
+
 @pytest.mark.parametrize(
     ("event", "expected"),
     [

@@ -258,6 +258,22 @@ def test_fixed_reupload_removes_the_stale_error_marker(runtime, bucket, s3_clien
     assert keys_in(s3_client, bucket) == {"fix.tif", "fix.npy"}
 
 
+def test_marker_left_by_a_failed_cleanup_is_removed_on_redelivery(
+    runtime, bucket, s3_client, upload_raster, inject_s3_fault
+):
+    # GIVEN a rejected upload, fixed by a re-upload whose marker cleanup is throttled after the .npy is written
+    upload_raster(bucket, "c.tif", body=b"broken")
+    assert process_object(ref_for(bucket, "c.tif"), runtime).status == "rejected"
+    good = upload_raster(bucket, "c.tif")
+    inject_s3_fault(runtime.storage.client, "DeleteObject", times=1)
+    with pytest.raises(TransientError):
+        process_object(ref_for(bucket, "c.tif", good), runtime)
+    assert keys_in(s3_client, bucket) == {"c.tif", "c.npy", "c.error.json"}
+    # WHEN the event is redelivered THEN it is a duplicate, and the stale marker goes
+    assert process_object(ref_for(bucket, "c.tif", good), runtime).status == "duplicate"
+    assert keys_in(s3_client, bucket) == {"c.tif", "c.npy"}
+
+
 def test_a_users_own_error_json_is_never_deleted(runtime, bucket, s3_client, upload_raster):
     s3_client.put_object(Bucket=bucket, Key="mine.error.json", Body=b"{}")  # not written by rasterfn
     upload_raster(bucket, "mine.tif")
