@@ -60,7 +60,9 @@ def fetch_weights(card: ModelCard, uri: str, cache_dir: Path, storage: Storage) 
     if info is None:
         raise CheckpointError(f"{ENV_MODEL_URI} {uri} does not exist")
     try:
-        tmp = storage.download(info, cache_dir, max_bytes=MAX_WEIGHTS_BYTES, reserve_bytes=0, prefix=".weights-")
+        tmp = storage.download(
+            info, cache_dir, max_bytes=MAX_WEIGHTS_BYTES, reserve_bytes=0, prefix=".weights-", limit_name="weights"
+        )
     except (ObjectMissingError, InputError) as exc:
         raise CheckpointError(f"cannot fetch {ENV_MODEL_URI} {uri}: {exc}") from exc
     try:

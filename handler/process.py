@@ -165,7 +165,8 @@ def _segment(runtime: Runtime, info: ObjectInfo, target: _Target, marker: Object
             result = predict_file(runtime.model, src, dst, runtime.options)
         except InputError as exc:
             # The predictor names our temp file; the user knows the object by its key.
-            raise type(exc)(str(exc).replace(src.name, info.key)) from exc
+            exc.args = tuple(a.replace(src.name, info.key) if isinstance(a, str) else a for a in exc.args)
+            raise
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise RasterTooLargeError(

@@ -256,9 +256,10 @@ class Storage:
                 break
         else:
             raise ObjectMissingError(f"{s3_uri(ref.bucket, ref.key)} no longer exists")
-        if ref.version_id and info.version_id and ref.version_id != info.version_id:
-            raise ObjectMissingError(f"{info.uri} version {ref.version_id} was replaced by {info.version_id}")
-        if not ref.version_id and ref.etag and normalize_etag(ref.etag) != info.etag:
+        if ref.version_id and info.version_id:
+            if ref.version_id != info.version_id:
+                raise ObjectMissingError(f"{info.uri} version {ref.version_id} was replaced by {info.version_id}")
+        elif ref.etag and normalize_etag(ref.etag) != info.etag:
             raise ObjectMissingError(f"{info.uri} with ETag {ref.etag} was replaced (now {info.etag})")
         return info
 
@@ -270,17 +271,16 @@ class Storage:
         max_bytes: int,
         reserve_bytes: int = DISK_HEADROOM_BYTES,
         prefix: str = "rasterfn-in-",
+        limit_name: str = "MAX_INPUT_BYTES",
     ) -> Path:
-        """Download exactly ``info``'s version into a new private (0600) file in ``dest_dir``.
-
-        Returns the file's path.
+        """Download exactly ``info``'s version into a new private (0600) file in ``dest_dir``; return its path.
 
         The file name never comes from the key. Objects over ``max_bytes``, or that would not fit the free
         space of ``dest_dir`` with ``reserve_bytes`` to spare, are refused before any byte is read.
         """
         if info.size > max_bytes:
             raise RasterTooLargeError(
-                f"{info.uri} is {info.size} bytes, over the {max_bytes}-byte limit (MAX_INPUT_BYTES)"
+                f"{info.uri} is {info.size} bytes, over the {max_bytes}-byte limit ({limit_name})"
             )
         free = shutil.disk_usage(dest_dir).free
         if info.size + reserve_bytes > free:

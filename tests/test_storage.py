@@ -344,3 +344,11 @@ def test_ranged_download_of_a_replaced_object_fails_cleanly(ranged_storage, s3_c
     with pytest.raises(ObjectMissingError, match="replaced"):
         ranged_storage.download(info, tmp_path, max_bytes=10**6)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_locate_checks_the_etag_when_the_bucket_has_no_versions(storage, s3_client, make_bucket):
+    # An event may carry a version id while the object has none (versioning suspended): the ETag decides
+    bucket = make_bucket()
+    s3_client.put_object(Bucket=bucket, Key="k.tif", Body=b"now")
+    with pytest.raises(ObjectMissingError, match="replaced"):
+        storage.locate(ObjectRef(bucket, "k.tif", version_id="v-old", etag="0" * 32))
