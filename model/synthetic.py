@@ -84,7 +84,7 @@ def write_scene_tif(
 ) -> Path:
     """Write ``image`` (bands, rows, cols) as a tiled, DEFLATE-compressed, georeferenced GeoTIFF."""
     import rasterio
-    from rasterio.transform import from_origin
+    from rasterio.transform import Affine
 
     path = Path(path)
     bands, height, width = image.shape
@@ -95,7 +95,7 @@ def write_scene_tif(
         "count": bands,
         "dtype": image.dtype.name,
         "crs": crs,
-        "transform": from_origin(origin[0], origin[1], pixel_size, pixel_size),
+        "transform": Affine(pixel_size, 0.0, origin[0], 0.0, -pixel_size, origin[1]),
         "compress": "deflate",
         "predictor": 2,
         "interleave": "band",
