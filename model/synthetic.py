@@ -33,15 +33,15 @@ GRASS, CROP_GREEN, CROP_DRY, SOIL, WATER, BUILT, ROAD, BROADLEAF, CONIFER = rang
 CANOPY_CLASSES = (BROADLEAF, CONIFER)
 SPECTRA = np.array(
     [
-        [0.035, 0.075, 0.045, 0.110, 0.270, 0.330, 0.360, 0.380, 0.240, 0.130],  # grass
-        [0.030, 0.070, 0.035, 0.100, 0.300, 0.380, 0.420, 0.440, 0.220, 0.110],  # green crop
+        [0.035, 0.075, 0.045, 0.110, 0.270, 0.330, 0.360, 0.380, 0.260, 0.150],  # grass
+        [0.032, 0.075, 0.038, 0.105, 0.300, 0.380, 0.420, 0.440, 0.250, 0.140],  # green crop
         [0.060, 0.090, 0.110, 0.150, 0.200, 0.230, 0.250, 0.260, 0.300, 0.220],  # senescent crop
         [0.090, 0.120, 0.160, 0.190, 0.210, 0.230, 0.250, 0.260, 0.320, 0.270],  # bare soil
         [0.055, 0.045, 0.030, 0.022, 0.016, 0.013, 0.011, 0.010, 0.006, 0.004],  # water
         [0.110, 0.120, 0.130, 0.140, 0.150, 0.160, 0.170, 0.170, 0.210, 0.190],  # built-up
         [0.080, 0.085, 0.090, 0.095, 0.100, 0.105, 0.110, 0.110, 0.130, 0.120],  # road (asphalt)
-        [0.020, 0.040, 0.022, 0.070, 0.220, 0.280, 0.310, 0.320, 0.140, 0.060],  # broadleaf canopy
-        [0.015, 0.028, 0.016, 0.050, 0.140, 0.180, 0.200, 0.210, 0.090, 0.040],  # conifer canopy
+        [0.020, 0.040, 0.022, 0.070, 0.220, 0.280, 0.310, 0.320, 0.130, 0.055],  # broadleaf canopy
+        [0.015, 0.028, 0.016, 0.050, 0.140, 0.180, 0.200, 0.210, 0.085, 0.035],  # conifer canopy
     ],
     dtype=np.float32,
 )
@@ -121,7 +121,7 @@ class _Painter:
     def paint(self, mask: np.ndarray, cls: int, gain_sd: float = 0.1) -> None:
         # Each object gets its own brightness and a slight spectral tilt, as real fields and stands do.
         gain = np.float32(np.clip(1.0 + self.rng.normal(0.0, gain_sd), 0.7, 1.3))
-        tilt = (1.0 + self.rng.normal(0.0, 0.04, len(BANDS))).astype(np.float32)
+        tilt = (1.0 + self.rng.normal(0.0, 0.03, len(BANDS))).astype(np.float32)
         self.cls[mask] = cls
         self.refl[mask] = SPECTRA[cls] * gain * tilt
 
