@@ -7,7 +7,8 @@ pre-ReLU output ``z`` of ``conv_final`` (captured with a forward hook) with BCE 
 ``relu(z) > 0.5`` exactly when ``z > 0.5``, and positives below zero still get a gradient.
 
 Example:
-    $ rasterfn train-demo --out-dir /tmp/weights --minutes 0.5   # a quick, poor model
+    $ rasterfn train-demo                                         # ~7 min on 2 idle cores, installs them
+    $ rasterfn train-demo --out-dir /tmp/w --minutes 0.5         # a quick, poor model: /tmp/w/rejected/
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from torch.nn import functional as F
 
 from model.card import DEFAULT_ARCHITECTURE, DEFAULT_CARD_PATH, load_card
 from model.checkpoint import LoadedModel, build_model, save_checkpoint
+from model.errors import ConfigError
 from model.predict import PERCENTILE, normalise_values, predict_file
 from model.synthetic import BANDS, make_scene, write_scene_tif
 from model.unet import UNet
@@ -75,32 +77,45 @@ def normalise_p90(image: np.ndarray) -> np.ndarray:
 
 
 def run_train_demo(args: argparse.Namespace) -> int:
-    """Train, save ``demo.pt`` (old checkpoint format, fp16) and ``demo.json``; exit 1 if IoU is below the bar."""
+    """Train, evaluate, and install ``demo.pt`` (old checkpoint format, fp16) and ``demo.json`` in ``out_dir``.
+
+    Weights below the quality bar never replace the installed ones: they go to ``out_dir/rejected/`` and the
+    exit status is 1.
+    """
     out_dir = Path(args.out_dir) if getattr(args, "out_dir", None) else DEFAULT_CARD_PATH.parent
     minutes = getattr(args, "minutes", None)
+    if minutes is not None and not minutes > 0:
+        raise ConfigError(f"--minutes must be positive, not {minutes}")
+    budget = 60.0 * (minutes if minutes is not None else DEFAULT_MAX_MINUTES)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(TORCH_THREADS)
     started = time.monotonic()
-    budget = 60.0 * (minutes if minutes is not None else DEFAULT_MAX_MINUTES)
     net, steps_done = train(RECIPE, max_seconds=budget)
     train_seconds = time.monotonic() - started
 
-    weights_path = out_dir / WEIGHTS_NAME
-    sha256 = save_checkpoint(net, weights_path, fp16=True)
-    card = build_card(sha256, RECIPE, steps_done, train_seconds, budget)
-    card_path = out_dir / CARD_NAME
-    _write_json(card_path, card)
-
-    loaded = build_model(load_card(card_path))
-    quality = evaluate(loaded, HELDOUT_SEEDS)
-    card["quality"] = quality
-    _write_json(card_path, card)
+    # Staged beside the target, so the final renames are atomic and a crash leaves the old files intact.
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".train-demo-") as tmp:
+        staging = Path(tmp)
+        sha256 = save_checkpoint(net, staging / WEIGHTS_NAME, fp16=True)
+        card = build_card(sha256, RECIPE, steps_done, train_seconds, budget)
+        _write_json(staging / CARD_NAME, card)
+        quality = evaluate(build_model(load_card(staging / CARD_NAME)), HELDOUT_SEEDS)
+        card["quality"] = quality
+        _write_json(staging / CARD_NAME, card)
+        passed = quality["heldout_iou"] >= QUALITY_BAR
+        target = out_dir if passed else out_dir / "rejected"
+        target.mkdir(exist_ok=True)
+        (staging / WEIGHTS_NAME).replace(target / WEIGHTS_NAME)
+        (staging / CARD_NAME).replace(target / CARD_NAME)
     print(
-        f"wrote {weights_path} and {card_path}: {steps_done} steps in {train_seconds:.0f} s, "
-        f"held-out IoU {quality['heldout_iou']:.4f}, pixel accuracy {quality['pixel_accuracy']:.4f}"
+        f"{steps_done} steps in {train_seconds:.0f} s; held-out IoU {quality['heldout_iou']:.4f}, "
+        f"pixel accuracy {quality['pixel_accuracy']:.4f}; wrote {target / WEIGHTS_NAME} and {target / CARD_NAME}"
     )
-    if quality["heldout_iou"] < QUALITY_BAR:
-        print(f"rasterfn train-demo: held-out IoU is below {QUALITY_BAR}", file=sys.stderr)
+    if not passed:
+        print(
+            f"rasterfn train-demo: held-out IoU is below {QUALITY_BAR}; the installed weights were left as they were",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -112,6 +127,8 @@ def train(recipe: Recipe, max_seconds: float = math.inf) -> tuple[UNet, int]:
     spent / ``max_seconds``: on an idle machine the steps run out first and the weights are reproducible; on a
     busy one the time budget ends training, still with a fully decayed learning rate.
     """
+    if not max_seconds > 0:
+        raise ValueError(f"max_seconds must be positive, not {max_seconds}")
     torch.manual_seed(recipe.torch_seed)
     rng = np.random.default_rng(recipe.sampler_seed)
     net = UNet(**DEFAULT_ARCHITECTURE)
