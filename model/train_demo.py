@@ -1,10 +1,11 @@
 """``rasterfn train-demo``: train the demo weights on synthetic scenes and write them with their model card.
 
 The recipe is fixed (seeds, steps, crops, loss, optimiser), so a rerun gives the same weights up to thread
-nondeterminism. Inputs are normalised exactly as inference does (:func:`normalise_p90`, per band and per
-scene). The U-Net ends in a ReLU and the product thresholds that output at 0.5; training therefore fits the
-pre-ReLU output ``z`` of ``conv_final`` (captured with a forward hook) with BCE on ``sigmoid(k * (z - 0.5))``:
-``relu(z) > 0.5`` exactly when ``z > 0.5``, and positives below zero still get a gradient.
+nondeterminism, as long as its steps finish inside the time budget (see :func:`train`). Inputs are normalised
+exactly as inference does (:func:`normalise_p90`, per band and per scene). The U-Net ends in a ReLU and the
+product thresholds that output at 0.5; training therefore fits the pre-ReLU output ``z`` of ``conv_final``
+(captured with a forward hook) with BCE + soft Dice on ``sigmoid(k * (z - 0.5))``: ``relu(z) > 0.5`` exactly
+when ``z > 0.5``, and positives below zero still get a gradient.
 
 Example:
     $ rasterfn train-demo                                         # ~7 min on 2 idle cores, installs them
