@@ -32,13 +32,9 @@ DEFAULT_RETRY_AFTER_S = 5
 class InferenceSlots:
     """At most ``max_concurrent`` holders, ``max_queued`` waiters; beyond that, :class:`BusyError`."""
 
-    def __init__(
-        self, max_concurrent: int = 1, max_queued: int = 8, retry_after_s: int = DEFAULT_RETRY_AFTER_S
-    ):
+    def __init__(self, max_concurrent: int = 1, max_queued: int = 8, retry_after_s: int = DEFAULT_RETRY_AFTER_S):
         if max_concurrent < 1 or max_queued < 0:
-            raise ValueError(
-                f"need max_concurrent >= 1 and max_queued >= 0, got {max_concurrent}, {max_queued}"
-            )
+            raise ValueError(f"need max_concurrent >= 1 and max_queued >= 0, got {max_concurrent}, {max_queued}")
         self.max_concurrent = max_concurrent
         self.max_queued = max_queued
         self.retry_after_s = retry_after_s

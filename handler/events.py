@@ -79,9 +79,7 @@ EVENTBRIDGE_EVENT_NAMES = {
 }
 
 
-def parse_event(
-    event: Mapping | list | str | bytes, headers: Mapping[str, str] | None = None
-) -> list[ObjectRef]:
+def parse_event(event: Mapping | list | str | bytes, headers: Mapping[str, str] | None = None) -> list[ObjectRef]:
     """The objects an event points at, in event order; ``[]`` for S3's test event.
 
     ``headers`` are the HTTP headers the event came with (any case), needed only for binary-mode CloudEvents.

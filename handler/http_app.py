@@ -120,9 +120,7 @@ def map_error(exc: BaseException) -> ErrorMapping:
     return ErrorMapping(500, "internal error", "")
 
 
-def error_response(
-    status: int, error: str, detail: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
+def error_response(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
 
 
@@ -178,9 +176,7 @@ class _App:
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
-        logger.info(
-            "inference %s: %dx%d %s in %.2f s", upload.stem, *result.shape, result.output, result.seconds
-        )
+        logger.info("inference %s: %dx%d %s in %.2f s", upload.stem, *result.shape, result.output, result.seconds)
         return FileResponse(
             dst,
             media_type=NPY_MEDIA_TYPE,
@@ -263,9 +259,7 @@ class _App:
                 response = error_response(499, "client disconnected", "the client went away")
             except Exception as exc:
                 response = self._error(request, route, exc)
-            self.metrics.requests.labels(
-                route=route, method=request.method, status=str(response.status_code)
-            ).inc()
+            self.metrics.requests.labels(route=route, method=request.method, status=str(response.status_code)).inc()
             self.metrics.latency.labels(route=route).observe(time.perf_counter() - started)
             self.metrics.bytes_out.labels(route=route).inc(_body_length(response))
             return response
@@ -289,19 +283,13 @@ class _App:
             logger.error("%s %s -> 500 [%s]: %s", request.method, route, request_id, exc)
             return error_response(500, mapping.error, f"{exc} (request id {request_id})")
         logger.exception("%s %s -> 500 [%s]: unexpected error", request.method, route, request_id)
-        return error_response(
-            500, mapping.error, f"unexpected error; see the function's logs for {request_id}"
-        )
+        return error_response(500, mapping.error, f"unexpected error; see the function's logs for {request_id}")
 
     async def _http_exception(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        self.metrics.requests.labels(
-            route="(unmatched)", method=request.method, status=str(exc.status_code)
-        ).inc()
+        self.metrics.requests.labels(route="(unmatched)", method=request.method, status=str(exc.status_code)).inc()
         title = {404: "not found", 405: "method not allowed"}.get(exc.status_code, "http error")
-        return error_response(
-            exc.status_code, title, f"{request.method} {request.url.path}: {exc.detail}", exc.headers
-        )
+        return error_response(exc.status_code, title, f"{request.method} {request.url.path}: {exc.detail}", exc.headers)
 
     def _check_token(self, request: Request) -> Response | None:
         token = self.settings.webhook_token

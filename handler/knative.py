@@ -171,7 +171,5 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 async def _send_plain_error(send: Callable, status: int, body: bytes) -> None:
-    await send(
-        {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]}
-    )
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": body})

@@ -165,9 +165,7 @@ class _Receiver:
     def write_file(self, data: bytes) -> None:
         self.file_bytes += len(data)
         if self.file_bytes > self.max_bytes:
-            raise RasterTooLargeError(
-                f"uploaded file is over the {self.max_bytes}-byte limit (MAX_INPUT_BYTES)"
-            )
+            raise RasterTooLargeError(f"uploaded file is over the {self.max_bytes}-byte limit (MAX_INPUT_BYTES)")
         assert self.out is not None
         # A blocking write of one chunk (<= 64 KiB from the server) to local disk: cheaper than a thread hop.
         self.out.write(data)
@@ -186,9 +184,7 @@ class _RawReceiver(_Receiver):
 
     def finish(self) -> None:
         if self.file_bytes == 0:
-            raise UploadError(
-                "the request body is empty: send the raster as the body or a multipart 'file' field"
-            )
+            raise UploadError("the request body is empty: send the raster as the body or a multipart 'file' field")
 
 
 class _MultipartReceiver(_Receiver):
@@ -281,9 +277,7 @@ class _MultipartReceiver(_Receiver):
             return
         self.field_bytes += end - start
         if self.field_bytes > MAX_FIELD_BYTES:
-            raise RasterTooLargeError(
-                f"multipart fields besides {FILE_FIELD!r} are over {MAX_FIELD_BYTES} bytes"
-            )
+            raise RasterTooLargeError(f"multipart fields besides {FILE_FIELD!r} are over {MAX_FIELD_BYTES} bytes")
 
     def _on_part_end(self) -> None:
         if self._in_file:

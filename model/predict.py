@@ -108,9 +108,7 @@ def predict_file(
     tile = options.tile_size or card.tile_size
     overlap = card.tile_overlap if options.tile_overlap is None else options.tile_overlap
     if tile % card.size_multiple or not 0 <= overlap < tile // 2:
-        raise ConfigError(
-            f"tile {tile} / overlap {overlap} do not fit the network (multiple {card.size_multiple})"
-        )
+        raise ConfigError(f"tile {tile} / overlap {overlap} do not fit the network (multiple {card.size_multiple})")
     _check_destination(src, dst)
 
     with open_raster(src) as ds:
@@ -217,9 +215,7 @@ def _predict_rows(
     valid = None if header.all_valid else np.ones((capacity, width), dtype=bool)
     top = 0  # raster row held in scores[0]
     groups = _column_groups(plan.cols)
-    with tqdm(
-        total=plan.tiles, unit="tile", disable=not options.progress, file=sys.stderr, leave=False
-    ) as bar:
+    with tqdm(total=plan.tiles, unit="tile", disable=not options.progress, file=sys.stderr, leave=False) as bar:
         for r, rspan in enumerate(plan.rows):
             offset = rspan.start - top
             for group in groups:
@@ -236,14 +232,11 @@ def _predict_rows(
                     valid[offset : offset + rspan.size, left:right] = True
                 for batch in _batches(group, runner.batch_size):
                     tiles = [
-                        pad_tile(inputs[:, :, c.start - left : c.stop - left], rspan.padded, c.padded)
-                        for c in batch
+                        pad_tile(inputs[:, :, c.start - left : c.stop - left], rspan.padded, c.padded) for c in batch
                     ]
                     outputs = runner(tiles)
                     for cspan, out in zip(batch, outputs, strict=True):
-                        _accumulate(
-                            scores, out, offset, rspan, cspan, row_weights[r], col_weights[cspan.index]
-                        )
+                        _accumulate(scores, out, offset, rspan, cspan, row_weights[r], col_weights[cspan.index])
                     bar.update(len(batch))
             done = plan.rows[r + 1].start if r + 1 < len(plan.rows) else header.height
             count = done - top

@@ -38,9 +38,7 @@ def test_flags_win_over_the_environment(card, make_raster, tmp_path, monkeypatch
     main(["predict", str(src), "-o", str(tmp_path / "env.npy"), "--model", str(card), "--no-progress"])
     assert np.load(tmp_path / "env.npy").dtype == np.float32
     get_settings.cache_clear()
-    main(
-        ["predict", str(src), "-o", str(tmp_path / "u8.npy"), "--output", "mask-uint8", "--model", str(card)]
-    )
+    main(["predict", str(src), "-o", str(tmp_path / "u8.npy"), "--output", "mask-uint8", "--model", str(card)])
     assert np.load(tmp_path / "u8.npy").dtype == np.uint8
 
 

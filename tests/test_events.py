@@ -56,13 +56,9 @@ SAMPLE_EXPECTATIONS = {
     "sqs-sns-s3.json": [("scenes/sns/test-1.tif", "ObjectCreated:Put", "sqs/sns/s3")],
     "sqs-eventbridge.json": [("scenes/eventbridge/via sqs.tif", "ObjectCreated:Put", "sqs/eventbridge")],
     "sqs-test-event.json": [],
-    "eventbridge-object-created.json": [
-        ("scenes/eventbridge/test-1.tif", "ObjectCreated:Put", "eventbridge")
-    ],
+    "eventbridge-object-created.json": [("scenes/eventbridge/test-1.tif", "ObjectCreated:Put", "eventbridge")],
     "minio-webhook.json": [("scenes/minio/test 1.tif", "ObjectCreated:Put", "minio")],
-    "cloudevent-structured.json": [
-        ("scenes/cloudevents/structured.tif", "ObjectCreated:Put", "cloudevents/s3")
-    ],
+    "cloudevent-structured.json": [("scenes/cloudevents/structured.tif", "ObjectCreated:Put", "cloudevents/s3")],
     "cloudevent-binary.json": [("scenes/cloudevents/binary.tif", "ObjectCreated:Put", "cloudevents/s3")],
     "direct-invoke.json": [("scenes/direct/test-1.tif", None, "direct")],
 }
@@ -338,9 +334,7 @@ def test_eventbridge_keys_decode_with_raw_fallback(make_eventbridge_event, raw, 
         ("Object Tags Added", None, None, "ObjectTagging:Put"),
     ],
 )
-def test_eventbridge_event_names_are_normalised(
-    make_eventbridge_event, detail_type, reason, deletion_type, expected
-):
+def test_eventbridge_event_names_are_normalised(make_eventbridge_event, detail_type, reason, deletion_type, expected):
     # GIVEN an EventBridge S3 event of each kind
     event = make_eventbridge_event("scenes/a.tif", detail_type=detail_type, reason=reason)
     if deletion_type:
@@ -362,9 +356,7 @@ def test_eventbridge_version_id_is_read(make_eventbridge_event):
 
 def test_eventbridge_from_another_source_is_refused(make_eventbridge_event):
     # GIVEN an EventBridge event that is not from S3
-    event = make_eventbridge_event(
-        "x", source="aws.ec2", detail_type="EC2 Instance State-change Notification"
-    )
+    event = make_eventbridge_event("x", source="aws.ec2", detail_type="EC2 Instance State-change Notification")
     # WHEN parsed
     # THEN the error names the source and detail-type
     with pytest.raises(EventError, match=r"aws\.ec2.*EC2 Instance State-change Notification"):
@@ -403,9 +395,7 @@ def test_cloudevent_binary_mode_data_can_be_minio_webhook(make_s3_record):
     record = make_s3_record("scenes%2Fm.tif", event_name="s3:ObjectCreated:Put", event_source="minio:s3")
     body = {"EventName": "s3:ObjectCreated:Put", "Key": f"{BUCKET}/scenes/m.tif", "Records": [record]}
     # WHEN parsed
-    [ref] = parse_event(
-        json.dumps(body).encode(), {"ce-specversion": "1.0", "ce-type": "minio", "ce-id": "1"}
-    )
+    [ref] = parse_event(json.dumps(body).encode(), {"ce-specversion": "1.0", "ce-type": "minio", "ce-id": "1"})
     # THEN it is MinIO's object
     assert (ref.key, ref.source) == ("scenes/m.tif", "cloudevents/minio")
 
@@ -426,9 +416,7 @@ def test_cloudevent_structured_mode_data(make_s3_record, make_s3_event, make_eve
     event = cloudevent(type="com.amazon.s3.objectcreated", data=data)
     # WHEN parsed as a dict, and as the raw body with its content type
     [ref] = parse_event(event)
-    [from_body] = parse_event(
-        json.dumps(event), {"Content-Type": "application/cloudevents+json; charset=utf-8"}
-    )
+    [from_body] = parse_event(json.dumps(event), {"Content-Type": "application/cloudevents+json; charset=utf-8"})
     # THEN the object inside is found
     assert ref.key == from_body.key == "scenes/s.tif"
     assert ref.source.startswith("cloudevents/")

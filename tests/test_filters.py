@@ -55,9 +55,7 @@ def test_non_created_events_are_skipped(event_name):
     assert "not an object-created event" in reason and event_name in reason
 
 
-@pytest.mark.parametrize(
-    "key", ["scenes/a.png", "scenes/a.tif.gz", "scenes/a", "scenes/motif", "scenes/a.tif "]
-)
+@pytest.mark.parametrize("key", ["scenes/a.png", "scenes/a.tif.gz", "scenes/a", "scenes/motif", "scenes/a.tif "])
 def test_other_suffixes_are_skipped(key):
     # GIVEN an upload whose key does not end in a configured suffix
     # WHEN filtered
@@ -66,9 +64,7 @@ def test_other_suffixes_are_skipped(key):
     assert reason == "key does not end in .tif or .tiff"
 
 
-@pytest.mark.parametrize(
-    "key", ["scenes/a.npy", "scenes/a.error.json", "scenes/A.NPY", "scenes/a.Error.JSON"]
-)
+@pytest.mark.parametrize("key", ["scenes/a.npy", "scenes/a.error.json", "scenes/A.NPY", "scenes/a.Error.JSON"])
 @pytest.mark.parametrize(
     "suffixes",
     [(".tif", ".tiff"), (".npy", ".tif"), (".json",), ("npy",), (".NPY",)],

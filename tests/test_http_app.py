@@ -182,14 +182,10 @@ def test_inference_raw_body(client, scene, tiny_model, tmp_path, content_type):
         )
     assert response.status_code == 200, response.text
     assert response.headers["content-disposition"] == 'attachment; filename="t.npy"'
-    np.testing.assert_array_equal(
-        np.load(io.BytesIO(response.content)), expected(tiny_model, scene, tmp_path)
-    )
+    np.testing.assert_array_equal(np.load(io.BytesIO(response.content)), expected(tiny_model, scene, tmp_path))
 
 
-@pytest.mark.parametrize(
-    ("output", "dtype"), [("mask", "float32"), ("mask-uint8", "uint8"), ("score", "float32")]
-)
+@pytest.mark.parametrize(("output", "dtype"), [("mask", "float32"), ("mask-uint8", "uint8"), ("score", "float32")])
 def test_inference_output_modes(client, scene, tiny_model, tmp_path, output, dtype):
     with client() as c:
         response = c.post(f"/inference?output={output}", files={"file": ("scene.tif", scene.read_bytes())})
@@ -231,9 +227,7 @@ def test_inference_wrong_content_type_is_415(client, scene, content_type):
     assert_error(response, 415, "unsupported media type", content_type)
 
 
-def test_inference_unreadable_raster_is_422_with_the_input_error_message(
-    client, tiny_model, tmp_path, tmp_dir
-):
+def test_inference_unreadable_raster_is_422_with_the_input_error_message(client, tiny_model, tmp_path, tmp_dir):
     # GIVEN a file that is not a raster, and the message predict_file gives for it under the same name
     broken = tmp_path / "broken.tif"
     broken.write_bytes(b"not a tiff at all, just text")
@@ -334,9 +328,7 @@ def test_inference_busy_beyond_the_queue_is_503_with_retry_after(make_runtime, s
     assert response.headers["retry-after"] == "3"
 
 
-def test_five_concurrent_inferences_all_succeed_one_at_a_time(
-    make_runtime, scene, tiny_model, tmp_path, monkeypatch
-):
+def test_five_concurrent_inferences_all_succeed_one_at_a_time(make_runtime, scene, tiny_model, tmp_path, monkeypatch):
     # GIVEN MAX_CONCURRENT_INFERENCES=1 and room for the other four in the queue; the predictor counts overlap
     runtime = make_runtime(max_concurrent_inferences=1, max_queued_requests=4)
     app = build_app(runtime)
@@ -357,12 +349,8 @@ def test_five_concurrent_inferences_all_succeed_one_at_a_time(
     data = scene.read_bytes()
 
     async def main() -> list[httpx.Response]:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://fn", timeout=120
-        ) as c:
-            return await asyncio.gather(
-                *(c.post("/inference", files={"file": (f"s{i}.tif", data)}) for i in range(5))
-            )
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fn", timeout=120) as c:
+            return await asyncio.gather(*(c.post("/inference", files={"file": (f"s{i}.tif", data)}) for i in range(5)))
 
     # WHEN five requests arrive at once
     responses = asyncio.run(main())
@@ -436,10 +424,7 @@ def test_metrics_count_requests_bytes_rejections_and_inference_time(client, scen
     data = scene.read_bytes()
     with client(max_input_bytes=len(data)) as c:
         assert c.post("/inference", files={"file": ("scene.tif", data)}).status_code == 200
-        assert (
-            c.post("/inference", content=data + b"x", headers={"content-type": "image/tiff"}).status_code
-            == 413
-        )
+        assert c.post("/inference", content=data + b"x", headers={"content-type": "image/tiff"}).status_code == 413
         assert c.post("/inference", content=b"x", headers={"content-type": "text/plain"}).status_code == 415
         response = c.get("/metrics")
     assert response.status_code == 200
@@ -606,9 +591,7 @@ def test_minio_webhook_writes_the_npy_beside_the_input_then_says_duplicate(
     assert 'rasterfn_objects_processed_total{status="duplicate"} 1.0' in metrics
 
 
-def test_structured_cloudevent_writes_the_npy_and_replies_with_a_cloudevent(
-    client, bucket_with_scene, s3_client
-):
+def test_structured_cloudevent_writes_the_npy_and_replies_with_a_cloudevent(client, bucket_with_scene, s3_client):
     bucket, key, _, _ = bucket_with_scene
     event = {
         "specversion": "1.0",
@@ -620,12 +603,8 @@ def test_structured_cloudevent_writes_the_npy_and_replies_with_a_cloudevent(
         "data": s3_record(bucket, key),
     }
     with client() as c:
-        response = c.post(
-            "/", content=json.dumps(event), headers={"content-type": "application/cloudevents+json"}
-        )
-        again = c.post(
-            "/", content=json.dumps(event), headers={"content-type": "application/cloudevents+json"}
-        )
+        response = c.post("/", content=json.dumps(event), headers={"content-type": "application/cloudevents+json"})
+        again = c.post("/", content=json.dumps(event), headers={"content-type": "application/cloudevents+json"})
     assert response.status_code == 200, response.text
     # A binary-mode CloudEvent reply naming the mask
     assert response.headers["ce-specversion"] == "1.0"

@@ -34,9 +34,7 @@ VENV_BIN = Path(sys.executable).parent
 TEST_TIF = REPO / "data" / "test-1.tif"
 SERVER_START_TIMEOUT_S = 120
 # The old README's command, verbatim but for the port.
-OLD_README_CURL = (
-    'curl -X POST "http://127.0.0.1:{port}/inference" -F "file=@./data/test-1.tif" --output output.npy'
-)
+OLD_README_CURL = 'curl -X POST "http://127.0.0.1:{port}/inference" -F "file=@./data/test-1.tif" --output output.npy'
 
 
 @pytest.fixture(scope="module")

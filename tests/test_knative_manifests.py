@@ -55,9 +55,7 @@ def manifests() -> dict[tuple[str, str], dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def ksvc(manifests) -> dict[str, Any]:
-    return (
-        manifests[("Service", "rasterfn")] if ("Service", "rasterfn") in manifests else pytest.fail("no ksvc")
-    )
+    return manifests[("Service", "rasterfn")] if ("Service", "rasterfn") in manifests else pytest.fail("no ksvc")
 
 
 @pytest.fixture(scope="module")
@@ -160,9 +158,7 @@ def test_every_secret_reference_exists(manifests, secret, func):
     refs = []
     for doc in manifests.values():
         refs += re.findall(r"'name': '([^']+)', 'key': '([^']+)'", str(doc))
-    refs += [
-        SECRET_TEMPLATE.match(e["value"]).groups() for e in func["run"]["envs"] if "secret:" in e["value"]
-    ]
+    refs += [SECRET_TEMPLATE.match(e["value"]).groups() for e in func["run"]["envs"] if "secret:" in e["value"]]
     assert refs
     for name, key in refs:
         assert name == secret["metadata"]["name"], name
@@ -171,9 +167,7 @@ def test_every_secret_reference_exists(manifests, secret, func):
 
 def test_s3_credentials_point_at_minio_with_the_function_s_own_user(container, manifests):
     env = {e["name"]: e for e in container["env"]}
-    minio_port = next(
-        p["port"] for p in manifests[("Service", "minio")]["spec"]["ports"] if p["name"] == "api"
-    )
+    minio_port = next(p["port"] for p in manifests[("Service", "minio")]["spec"]["ports"] if p["name"] == "api")
     assert env["AWS_ENDPOINT_URL"]["value"] == f"http://minio.default.svc.cluster.local:{minio_port}"
     assert env["AWS_DEFAULT_REGION"]["value"] == "us-east-1"
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["key"] == "function-access-key"
@@ -196,9 +190,7 @@ def test_minio_webhook_targets_the_knative_service_with_the_function_s_token(ksv
     assert "/" in routes
     # MinIO's auth token and the function's WEBHOOK_TOKEN are the same Secret key.
     token_ref = minio_env["MINIO_NOTIFY_WEBHOOK_AUTH_TOKEN_RASTERFN"]["valueFrom"]["secretKeyRef"]
-    function_ref = next(e for e in container["env"] if e["name"] == "WEBHOOK_TOKEN")["valueFrom"][
-        "secretKeyRef"
-    ]
+    function_ref = next(e for e in container["env"] if e["name"] == "WEBHOOK_TOKEN")["valueFrom"]["secretKeyRef"]
     assert token_ref == function_ref
 
 
@@ -208,9 +200,7 @@ def test_setup_job_subscribes_the_same_target_to_the_input_suffixes(manifests, c
     env = literal_env(job["env"])
     bucket = env["BUCKET"]
     assert 'mc mb --ignore-existing "local/$BUCKET"' in script
-    events = re.findall(
-        r"mc event add .*? (arn:minio:sqs::(\w+):webhook) --event (\w+) --suffix (\S+)", script
-    )
+    events = re.findall(r"mc event add .*? (arn:minio:sqs::(\w+):webhook) --event (\w+) --suffix (\S+)", script)
     suffixes = Settings.from_env(literal_env(container["env"])).input_suffixes
     assert sorted(e[3] for e in events) == sorted(suffixes)
     assert {(e[1], e[2]) for e in events} == {("RASTERFN", "put")}
@@ -334,9 +324,7 @@ def _recipe(target: str) -> str:
     return match.group(1)
 
 
-@pytest.mark.parametrize(
-    "target", ["minikube", "knative-install", "knative-image", "knative-deploy", "knative-smoke"]
-)
+@pytest.mark.parametrize("target", ["minikube", "knative-install", "knative-image", "knative-deploy", "knative-smoke"])
 def test_knative_make_targets_exist_and_are_documented(target):
     assert re.search(rf"^{target}:.*## \S", MAKEFILE.read_text(), flags=re.MULTILINE)
     assert _recipe(target).strip()

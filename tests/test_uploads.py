@@ -21,9 +21,7 @@ BOUNDARY = "----rasterfn-test-boundary"
 MULTIPART_CT = f"multipart/form-data; boundary={BOUNDARY}"
 
 
-def multipart_body(
-    *parts: tuple[str, str | None, bytes], boundary: str = BOUNDARY, close: bool = True
-) -> bytes:
+def multipart_body(*parts: tuple[str, str | None, bytes], boundary: str = BOUNDARY, close: bool = True) -> bytes:
     """``(field name, filename or None, content)`` parts -> a multipart/form-data body."""
     out = b""
     for name, filename, content in parts:
