@@ -65,6 +65,17 @@ class Recipe:
 
 
 RECIPE = Recipe()
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """A trained net and how training went."""
+
+    net: UNet
+    steps: int
+    steps_timed: int  # steps whose learning rate the time budget set; 0 means the run is reproducible
+
+
 HELDOUT_SEEDS = tuple(range(100_000, 100_008))  # never used for training (those seeds count up from 0)
 TEST_SCENE_SEED = 200_001  # data/test-1.tif
 
@@ -91,14 +102,14 @@ def run_train_demo(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(TORCH_THREADS)
     started = time.monotonic()
-    net, steps_done = train(RECIPE, max_seconds=budget)
+    run = train(RECIPE, max_seconds=budget)
     train_seconds = time.monotonic() - started
 
     # Staged beside the target, so the final renames are atomic and a crash leaves the old files intact.
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".train-demo-") as tmp:
         staging = Path(tmp)
-        sha256 = save_checkpoint(net, staging / WEIGHTS_NAME, fp16=True)
-        card = build_card(sha256, RECIPE, steps_done, train_seconds, budget)
+        sha256 = save_checkpoint(run.net, staging / WEIGHTS_NAME, fp16=True)
+        card = build_card(sha256, RECIPE, run, train_seconds, budget)
         _write_json(staging / CARD_NAME, card)
         quality = evaluate(build_model(load_card(staging / CARD_NAME)), HELDOUT_SEEDS)
         card["quality"] = quality
@@ -109,7 +120,7 @@ def run_train_demo(args: argparse.Namespace) -> int:
         (staging / WEIGHTS_NAME).replace(target / WEIGHTS_NAME)
         (staging / CARD_NAME).replace(target / CARD_NAME)
     print(
-        f"{steps_done} steps in {train_seconds:.0f} s; held-out IoU {quality['heldout_iou']:.4f}, "
+        f"{run.steps} steps in {train_seconds:.0f} s; held-out IoU {quality['heldout_iou']:.4f}, "
         f"pixel accuracy {quality['pixel_accuracy']:.4f}; wrote {target / WEIGHTS_NAME} and {target / CARD_NAME}"
     )
     if not passed:
@@ -121,12 +132,13 @@ def run_train_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def train(recipe: Recipe, max_seconds: float = math.inf) -> tuple[UNet, int]:
-    """Run the recipe; returns the net and the steps done.
+def train(recipe: Recipe, max_seconds: float = math.inf) -> TrainingRun:
+    """Run the recipe.
 
-    The learning rate follows training progress, the larger of steps done / ``recipe.steps`` and seconds
-    spent / ``max_seconds``: on an idle machine the steps run out first and the weights are reproducible; on a
-    busy one the time budget ends training, still with a fully decayed learning rate.
+    The learning rate follows training progress: steps done / ``recipe.steps``, or, once more than half of
+    ``max_seconds`` is spent, the time left compressed into the rest of the schedule if that is further along.
+    A run whose steps finish inside the budget never lets time count (so its weights do not depend on the
+    machine's speed); on a busy machine the budget ends training, still with a fully decayed learning rate.
     """
     if not max_seconds > 0:
         raise ValueError(f"max_seconds must be positive, not {max_seconds}")
@@ -144,7 +156,7 @@ def train(recipe: Recipe, max_seconds: float = math.inf) -> tuple[UNet, int]:
         pool.append(_training_scene(next_seed))
         next_seed += 1
     started = time.monotonic()
-    step, progress = 0, 0.0
+    step, progress, steps_timed = 0, 0.0, 0
     try:
         while progress < 1.0:
             for group in optimiser.param_groups:
@@ -160,7 +172,9 @@ def train(recipe: Recipe, max_seconds: float = math.inf) -> tuple[UNet, int]:
             loss.backward()
             optimiser.step()
             elapsed = time.monotonic() - started
-            progress = max(step / recipe.steps, elapsed / max_seconds)
+            timed = _time_progress(elapsed, max_seconds)
+            steps_timed += timed > step / recipe.steps
+            progress = max(step / recipe.steps, timed)
             if step % 25 == 0 or progress >= 1.0:
                 print(f"step {step}/{recipe.steps} loss {loss.item():.4f} {elapsed:.0f} s", flush=True)
     finally:
@@ -168,7 +182,7 @@ def train(recipe: Recipe, max_seconds: float = math.inf) -> tuple[UNet, int]:
     if step < recipe.steps:
         print(f"the time budget of {max_seconds:.0f} s ended training after {step} steps", flush=True)
     net.eval()
-    return net, step
+    return TrainingRun(net=net, steps=step, steps_timed=steps_timed)
 
 
 def canopy_loss(z: torch.Tensor, target: torch.Tensor, logit_scale: float) -> torch.Tensor:
@@ -215,7 +229,7 @@ def predict_scene(loaded: LoadedModel, image: np.ndarray, tif_path: Path) -> np.
 
 
 def build_card(
-    sha256: str, recipe: Recipe, steps_done: int, train_seconds: float, budget_seconds: float
+    sha256: str, recipe: Recipe, run: TrainingRun, train_seconds: float, budget_seconds: float
 ) -> dict[str, Any]:
     return {
         "name": "rasterfn-demo-canopy",
@@ -232,11 +246,13 @@ def build_card(
         "training": {
             "command": "rasterfn train-demo",
             "generator": "model.synthetic.make_scene",
-            "scene_seeds": [recipe.first_scene_seed, recipe.first_scene_seed + _scenes_used(recipe, steps_done)],
+            "scene_seeds": [recipe.first_scene_seed, recipe.first_scene_seed + _scenes_used(recipe, run.steps)],
             "recipe": asdict(recipe),
-            "steps_done": steps_done,
+            "steps_done": run.steps,
+            # 0: the schedule was the recipe's alone, so a rerun reproduces these weights
+            "steps_scheduled_by_time": run.steps_timed,
             "loss": "BCE + soft Dice on sigmoid(k * (z - 0.5)), z = pre-ReLU output of conv_final",
-            "optimizer": "Adam, linear warm-up then cosine decay over max(steps, time budget) progress",
+            "optimizer": "Adam, linear warm-up then cosine decay over progress (steps; time only past half the budget)",
             "time_budget_seconds": budget_seconds,
             "augmentation": "random crops, flips and 90-degree rotations",
             "wall_seconds": round(train_seconds, 1),
@@ -250,6 +266,15 @@ def build_card(
 
 def _scenes_used(recipe: Recipe, steps_done: int) -> int:
     return recipe.pool_size + steps_done // recipe.refresh_every
+
+
+def _time_progress(elapsed: float, budget: float) -> float:
+    """0 until half the budget is spent, then up to 1 at the budget (see :func:`train`).
+
+    A run at steady speed that finishes its steps within the budget stays at or below its step progress,
+    so time never decides its schedule.
+    """
+    return 2 * elapsed / budget - 1
 
 
 def _lr_factor(step: int, progress: float, recipe: Recipe) -> float:

@@ -29,23 +29,37 @@ def _few_threads():
 
 def test_same_recipe_gives_the_same_weights():
     torch.set_num_threads(1)  # one thread: bit-identical
-    first, steps = train(TINY)
-    second, _ = train(TINY)
-    assert steps == TINY.steps
-    for key, value in first.state_dict().items():
-        assert torch.equal(value, second.state_dict()[key]), key
+    first, second = train(TINY), train(TINY)
+    assert first.steps == TINY.steps
+    assert first.steps_timed == 0
+    for key, value in first.net.state_dict().items():
+        assert torch.equal(value, second.net.state_dict()[key]), key
 
 
 def test_another_seed_gives_other_weights():
     torch.set_num_threads(1)
-    first, _ = train(TINY)
-    other, _ = train(Recipe(**{**TINY.__dict__, "torch_seed": 99}))
-    assert not torch.equal(first.state_dict()["conv_final.weight"], other.state_dict()["conv_final.weight"])
+    first = train(TINY).net.state_dict()
+    other = train(Recipe(**{**TINY.__dict__, "torch_seed": 99})).net.state_dict()
+    assert not torch.equal(first["conv_final.weight"], other["conv_final.weight"])
 
 
 def test_time_budget_ends_training_early():
-    _, steps = train(Recipe(**{**TINY.__dict__, "steps": 10_000}), max_seconds=1e-6)
-    assert steps == 1
+    run = train(Recipe(**{**TINY.__dict__, "steps": 10_000}), max_seconds=1e-6)
+    assert run.steps == 1
+    assert run.steps_timed == 1
+
+
+@pytest.mark.parametrize(
+    ("elapsed", "budget", "steps_done", "steps", "time_counts"),
+    [
+        (350.0, 720.0, 1000, 1000, False),  # steady 0.35 s/step: done well inside the budget
+        (719.0, 720.0, 999, 1000, False),  # steady, finishing just inside it
+        (200.0, 720.0, 100, 1000, False),  # slow start, still under half the budget
+        (600.0, 720.0, 300, 1000, True),  # busy machine: the budget takes over
+    ],
+)
+def test_time_only_decides_the_schedule_when_the_steps_would_not_fit(elapsed, budget, steps_done, steps, time_counts):
+    assert (train_demo._time_progress(elapsed, budget) > steps_done / steps) is time_counts
 
 
 @pytest.mark.parametrize("minutes", [0, -1.0])
@@ -93,6 +107,7 @@ def test_run_train_demo_keeps_weights_below_the_bar_apart(tmp_path, monkeypatch)
     build_model(card)
     raw = json.loads(card.path.read_text())
     assert raw["training"]["steps_done"] == TINY.steps
+    assert raw["training"]["steps_scheduled_by_time"] == 0
     assert raw["training"]["recipe"]["crop_size"] == 32
     assert raw["quality"]["heldout_seeds"] == [100_000]
     assert raw["quality"]["heldout_iou"] < train_demo.QUALITY_BAR
