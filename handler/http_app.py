@@ -48,7 +48,7 @@ from starlette.routing import Route
 from handler.concurrency import InferenceSlots
 from handler.events import MAX_EVENT_BYTES, parse_event
 from handler.objects import ObjectRef
-from handler.process import process_object
+from handler.process import Outcome, process_object, summarise
 from handler.prom_metrics import Metrics, create_metrics, render_metrics
 from handler.runtime import Runtime
 from handler.settings import OUTPUT_MODES, Settings
@@ -194,12 +194,12 @@ class _App:
         async with self.slots.acquire():
             outcomes = await run_in_threadpool(self._process_refs, refs, runtime)
         for outcome in outcomes:
-            self.metrics.objects.labels(status=outcome["status"]).inc()
-            if outcome["status"] == "rejected":
+            self.metrics.objects.labels(status=outcome.status).inc()
+            if outcome.status == "rejected":
                 self.metrics.rejected.labels(reason="bad_raster").inc()
-        summary = {"outcomes": outcomes, "counts": _count_statuses(outcomes)}
+        summary = summarise(outcomes)
         if _is_cloudevent(headers):
-            return _cloudevent_reply(outcomes, summary)
+            return _cloudevent_reply(summary["outcomes"], summary)
         return JSONResponse(summary)
 
     async def healthz(self, request: Request) -> Response:
@@ -224,7 +224,7 @@ class _App:
         self.metrics.inference_seconds.observe(result.seconds)
         return result
 
-    def _process_refs(self, refs: list[ObjectRef], runtime: Runtime) -> list[dict[str, Any]]:
+    def _process_refs(self, refs: list[ObjectRef], runtime: Runtime) -> list[Outcome]:
         """Lambda's per-record path: ``process_object`` skips (``skip_reason``) or processes each reference.
 
         A :class:`TransientError` propagates: the whole event is answered 503 and MinIO sends it again; the
@@ -244,7 +244,7 @@ class _App:
             )
             if outcome.inference_seconds:
                 self.metrics.inference_seconds.observe(outcome.inference_seconds)
-            outcomes.append(outcome.as_dict())
+            outcomes.append(outcome)
         return outcomes
 
     # --- plumbing
@@ -323,13 +323,6 @@ def _body_length(response: Response) -> int:
     if isinstance(response, FileResponse):  # its Content-Length is only set while it is sent
         return os.stat(response.path).st_size
     return int(response.headers.get("content-length", 0))
-
-
-def _count_statuses(outcomes: list[dict[str, Any]]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for outcome in outcomes:
-        counts[outcome["status"]] = counts.get(outcome["status"], 0) + 1
-    return counts
 
 
 def _is_cloudevent(headers: dict[str, str]) -> bool:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,7 +34,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from handler.events import parse_event, parse_sqs_body
 from handler.objects import ObjectRef
 from handler.observability import logger, metrics, record_deferred, record_failure, record_outcome, tracer
-from handler.process import Outcome, process_object
+from handler.process import Outcome, process_object, summarise
 from handler.runtime import Runtime, get_runtime
 from model.errors import EventError, RasterfnError, TransientError
 
@@ -163,8 +162,3 @@ def correlation_id_of(event: Any) -> str | None:
         if isinstance(response, Mapping) and isinstance(response.get("x-amz-request-id"), str):
             return response["x-amz-request-id"]
     return None
-
-
-def summarise(outcomes: list[Outcome]) -> dict[str, Any]:
-    """The JSON answer to a synchronous invoke: counts by status and every outcome."""
-    return {"counts": dict(Counter(o.status for o in outcomes)), "outcomes": [o.as_dict() for o in outcomes]}

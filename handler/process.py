@@ -30,6 +30,7 @@ import hashlib
 import logging
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -86,6 +87,11 @@ class Outcome:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def summarise(outcomes: list[Outcome]) -> dict[str, Any]:
+    """The JSON answer to an event (Lambda's synchronous invokes, Knative's event route): counts and outcomes."""
+    return {"counts": dict(Counter(o.status for o in outcomes)), "outcomes": [o.as_dict() for o in outcomes]}
 
 
 def process_object(ref: ObjectRef, runtime: Runtime) -> Outcome:

@@ -101,7 +101,7 @@ class UNet(nn.Module):
     @property
     def size_multiple(self) -> int:
         """Height and width of an input must be a multiple of this."""
-        return 2 ** (self.depth - 1)
+        return 1 << (self.depth - 1)
 
     def reset_params(self) -> None:
         for module in self.modules():

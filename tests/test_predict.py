@@ -74,6 +74,54 @@ def test_demo_model_equals_the_old_service_on_the_test_scene(tmp_path):
     assert np.array_equal(np.load(tmp_path / "out.npy"), expected)
 
 
+class _FixedRunner:
+    """A stand-in runner answering fixed scores, counting its calls."""
+
+    batch_size = 1
+
+    def __init__(self, value: float) -> None:
+        self.value, self.calls = value, 0
+
+    def __call__(self, tiles):
+        self.calls += 1
+        return [np.full(t.shape[1:], self.value, dtype=np.float32) for t in tiles]
+
+
+@pytest.mark.parametrize(
+    ("fast_score", "recomputed"),
+    [(0.9, False), (0.1, False), (0.5 + 2e-4, False), (0.5 + 5e-5, True), (0.5 - 5e-5, True), (0.5, True)],
+)
+def test_guarded_runner_recomputes_only_tiles_near_the_threshold(fast_score, recomputed):
+    # GIVEN a fast runner and an exact one, guarded at 1e-4 around the threshold 0.5
+    fast, exact = _FixedRunner(fast_score), _FixedRunner(0.25)
+    runner = predict_module.GuardedRunner(fast, exact, threshold=0.5, guard=1e-4)
+    # WHEN one tile runs
+    (out,) = runner([np.zeros((10, 16, 16), dtype=np.float32)])
+    # THEN the exact runner answers exactly when a fast score lies within the guard
+    assert exact.calls == int(recomputed) and runner.recomputed == int(recomputed)
+    assert out[0, 0] == (0.25 if recomputed else np.float32(fast_score))
+
+
+def test_one_tile_mask_is_exact_even_when_the_guard_always_recomputes(load, make_raster, tmp_path, monkeypatch):
+    # GIVEN a guard so wide that every tile is recomputed in the old arithmetic
+    monkeypatch.setattr(predict_module, "EXACT_GUARD", 10.0)
+    model = load()
+    path = make_raster(512, 512)
+    # WHEN predicted
+    predict_file(model, path, tmp_path / "out.npy")
+    # THEN the mask is still the old service's, bit for bit
+    assert np.array_equal(np.load(tmp_path / "out.npy"), old_service(path, model.net))
+
+
+@pytest.mark.parametrize(("output", "guarded"), [("mask", True), ("mask-uint8", True), ("score", False)])
+def test_one_tile_runner_choice(load, output, guarded):
+    model = load(**SMALL)
+    runner = predict_module.choose_runner(model, "cpu", PredictOptions(output=output), one_tile=True)
+    assert isinstance(runner, predict_module.GuardedRunner) == guarded
+    if not guarded:
+        assert runner.channels_last is False  # one-tile scores keep the old arithmetic
+
+
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32"])
 def test_every_dtype_matches_the_old_procedure(load, make_raster, tmp_path, dtype):
     model = load(**SMALL)
