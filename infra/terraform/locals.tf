@@ -38,6 +38,7 @@ locals {
     OUTPUT_PREFIX    = var.output_prefix == "" ? null : var.output_prefix
     MIN_REMAINING_MS = var.min_remaining_ms == null ? null : tostring(var.min_remaining_ms)
     MODEL_URI        = var.model_uri
+    MODEL_CARD       = var.model_card
   }
   # Read by aws-lambda-powertools itself (Logger, Metrics), not by handler/settings.py.
   powertools_settings = {

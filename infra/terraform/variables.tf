@@ -192,6 +192,12 @@ variable "min_remaining_ms" {
   default     = null
 }
 
+variable "model_card" {
+  description = "MODEL_CARD: path inside the image of the model card to run (null = the baked-in demo card)."
+  type        = string
+  default     = null
+}
+
 variable "model_uri" {
   description = "MODEL_URI: s3://bucket/key.pt of weights matching the image's card, fetched at start-up instead of the baked-in file (read access is granted)."
   type        = string
