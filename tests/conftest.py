@@ -358,41 +358,51 @@ def build_random_unet(seed: int = 0, **architecture: Any) -> Any:
     return net
 
 
-@pytest.fixture
-def random_model_card(tmp_path) -> Callable[..., Any]:
-    """``random_model_card(seed=0, bands=None, tile_size=512, tile_overlap=64, **architecture)`` -> card Path.
+def write_random_card(
+    folder: Any,
+    seed: int = 0,
+    bands: Any = None,
+    tile_size: int = 512,
+    tile_overlap: int = 64,
+    threshold: float = 0.5,
+    name: str = "random",
+    **architecture: Any,
+) -> Any:
+    """Save a seeded random U-Net (see :func:`build_random_unet`) and its model card into ``folder``.
 
-    Saves a seeded random U-Net (see :func:`build_random_unet`) and its model card into ``tmp_path``; load it
-    with ``model.checkpoint.load_model(path)`` or ``build_model(load_card(path))``.
+    Returns the card's path; load it with ``model.checkpoint.load_model(path)`` or ``build_model(load_card(path))``.
     """
     from model.checkpoint import save_checkpoint
 
-    def make(
-        seed: int = 0,
-        bands: Any = None,
-        tile_size: int = 512,
-        tile_overlap: int = 64,
-        threshold: float = 0.5,
-        name: str = "random",
-        **architecture: Any,
-    ) -> Any:
-        architecture = {"num_classes": 1, "in_channels": 10, "depth": 5, "start_filts": 16, **architecture}
-        net = build_random_unet(seed, **architecture)
-        weights = tmp_path / f"{name}.pt"
-        digest = save_checkpoint(net, weights, fp16=False)
-        card = {
-            "name": name,
-            "weights": {"file": weights.name, "sha256": digest},
-            "architecture": architecture,
-            "bands": list(bands) if bands is not None else list(range(1, architecture["in_channels"] + 1)),
-            "normalisation": "p90",
-            "threshold": threshold,
-            "tile_size": tile_size,
-            "tile_overlap": tile_overlap,
-        }
-        path = tmp_path / f"{name}.json"
-        path.write_text(json.dumps(card, indent=2))
-        return path
+    architecture = {"num_classes": 1, "in_channels": 10, "depth": 5, "start_filts": 16, **architecture}
+    weights = folder / f"{name}.pt"
+    digest = save_checkpoint(build_random_unet(seed, **architecture), weights, fp16=False)
+    card = {
+        "name": name,
+        "weights": {"file": weights.name, "sha256": digest},
+        "architecture": architecture,
+        "bands": list(bands) if bands is not None else list(range(1, architecture["in_channels"] + 1)),
+        "normalisation": "p90",
+        "threshold": threshold,
+        "tile_size": tile_size,
+        "tile_overlap": tile_overlap,
+    }
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(card, indent=2))
+    return path
+
+
+# A 2-level, 4-filter U-Net with 64-pixel tiles: milliseconds per 64 x 64 raster, for tests of the plumbing.
+TINY_MODEL = {"depth": 2, "start_filts": 4, "tile_size": 64, "tile_overlap": 8, "name": "tiny"}
+
+
+@pytest.fixture
+def random_model_card(tmp_path) -> Callable[..., Any]:
+    """``random_model_card(seed=0, bands=None, tile_size=512, tile_overlap=64, **architecture)`` -> card Path
+    in ``tmp_path`` (see :func:`write_random_card`)."""
+
+    def make(**kwargs: Any) -> Any:
+        return write_random_card(tmp_path, **kwargs)
 
     return make
 
@@ -402,27 +412,8 @@ def random_model_card(tmp_path) -> Callable[..., Any]:
 
 @pytest.fixture(scope="session")
 def tiny_model_card(tmp_path_factory) -> Any:
-    """A seeded 2-level, 4-filter U-Net card with 64-pixel tiles (milliseconds per 64 x 64 raster), made once.
-
-    Same recipe as ``random_model_card``; session-scoped so the model cache loads it once for all tests.
-    """
-    from model.checkpoint import save_checkpoint
-
-    architecture = {"num_classes": 1, "in_channels": 10, "depth": 2, "start_filts": 4}
-    folder = tmp_path_factory.mktemp("tiny-model")
-    digest = save_checkpoint(build_random_unet(0, **architecture), folder / "tiny.pt", fp16=False)
-    card = {
-        "name": "tiny",
-        "weights": {"file": "tiny.pt", "sha256": digest},
-        "architecture": architecture,
-        "bands": list(range(1, 11)),
-        "normalisation": "p90",
-        "threshold": 0.5,
-        "tile_size": 64,
-        "tile_overlap": 8,
-    }
-    (folder / "tiny.json").write_text(json.dumps(card, indent=2))
-    return folder / "tiny.json"
+    """The :data:`TINY_MODEL` card, made once per session so the model cache loads it once for all tests."""
+    return write_random_card(tmp_path_factory.mktemp("tiny-model"), **TINY_MODEL)
 
 
 @pytest.fixture

@@ -59,25 +59,10 @@ def _one_torch_thread():
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """A small seeded random U-Net (depth 3, 4 filters, 64-pixel tiles): fast on 2 CPU cores."""
-    from conftest import build_random_unet
+    from conftest import write_random_card
 
-    from model.checkpoint import save_checkpoint
-
-    folder = tmp_path_factory.mktemp("tiny-model")
-    architecture = {"num_classes": 1, "in_channels": 10, "depth": 3, "start_filts": 4}
-    weights = folder / "tiny.pt"
-    digest = save_checkpoint(build_random_unet(3, **architecture), weights, fp16=False)
-    card = folder / "tiny.json"
-    card.write_text(
-        json.dumps(
-            {
-                "name": "tiny",
-                "weights": {"file": weights.name, "sha256": digest},
-                "architecture": architecture,
-                "tile_size": 64,
-                "tile_overlap": 8,
-            }
-        )
+    card = write_random_card(
+        tmp_path_factory.mktemp("tiny-model"), seed=3, depth=3, start_filts=4, tile_size=64, tile_overlap=8, name="tiny"
     )
     return build_model(load_card(card))
 

@@ -4,7 +4,6 @@ answering the old README's curl command exactly like `rasterfn predict`."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import signal
@@ -39,27 +38,17 @@ OLD_README_CURL = 'curl -X POST "http://127.0.0.1:{port}/inference" -F "file=@./
 
 @pytest.fixture(scope="module")
 def tiny_card(tmp_path_factory) -> Path:
-    from conftest import build_random_unet
+    from conftest import write_random_card
 
-    from model.checkpoint import save_checkpoint
-
-    folder = tmp_path_factory.mktemp("tiny-card")
-    architecture = {"num_classes": 1, "in_channels": 10, "depth": 3, "start_filts": 4}
-    weights = folder / "tiny.pt"
-    digest = save_checkpoint(build_random_unet(7, **architecture), weights, fp16=False)
-    card = folder / "tiny.json"
-    card.write_text(
-        json.dumps(
-            {
-                "name": "tiny",
-                "weights": {"file": weights.name, "sha256": digest},
-                "architecture": architecture,
-                "tile_size": 128,
-                "tile_overlap": 16,
-            }
-        )
+    return write_random_card(
+        tmp_path_factory.mktemp("tiny-card"),
+        seed=7,
+        depth=3,
+        start_filts=4,
+        tile_size=128,
+        tile_overlap=16,
+        name="tiny",
     )
-    return card
 
 
 @pytest.fixture

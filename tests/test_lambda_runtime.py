@@ -234,28 +234,9 @@ def serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[tuple[str, int]]:
 @pytest.fixture(scope="module")
 def model_card(tmp_path_factory) -> Path:
     """A tiny U-Net (2 levels, 4 filters) and its card: the INIT phase takes milliseconds, not seconds."""
-    import torch
+    from conftest import TINY_MODEL, write_random_card
 
-    from model.checkpoint import save_checkpoint
-    from model.unet import UNet
-
-    directory = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    architecture = {"num_classes": 1, "in_channels": 10, "depth": 2, "start_filts": 4}
-    digest = save_checkpoint(UNet(**architecture).eval(), directory / "tiny.pt", fp16=False)
-    card = {
-        "name": "tiny",
-        "weights": {"file": "tiny.pt", "sha256": digest},
-        "architecture": architecture,
-        "bands": list(range(1, 11)),
-        "normalisation": "p90",
-        "threshold": 0.5,
-        "tile_size": 64,
-        "tile_overlap": 8,
-    }
-    path = directory / "tiny.json"
-    path.write_text(json.dumps(card))
-    return path
+    return write_random_card(tmp_path_factory.mktemp("model"), **TINY_MODEL)
 
 
 # Keys the proxy fails, the way S3 does: a GetObject with expired credentials (a TransientError: the
