@@ -19,8 +19,9 @@ EXIT_INPUT_ERROR = 2
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from handler.runtime import options_from_settings
     from model.checkpoint import load_model
-    from model.predict import PredictOptions, predict_file
+    from model.predict import predict_file
 
     settings = get_settings()
     overrides = {
@@ -32,13 +33,8 @@ def run_predict(args: argparse.Namespace) -> int:
     settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     src = Path(args.input)
     dst = Path(args.out) if args.out else src.with_suffix(".npy")
-    options = PredictOptions(
-        output=settings.output_mode,
-        precision=settings.precision,
-        device=settings.device,
-        max_pixels=settings.max_pixels,
-        progress=not args.no_progress and sys.stderr.isatty(),
-    )
+    progress = not args.no_progress and sys.stderr.isatty()
+    options = dataclasses.replace(options_from_settings(settings), progress=progress)
     model = load_model(settings.model_card)
     try:
         result = predict_file(model, src, dst, options)
