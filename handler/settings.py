@@ -21,6 +21,7 @@ from pathlib import Path
 
 from model.card import DEFAULT_CARD_PATH
 from model.errors import ConfigError
+from model.options import DEFAULT_MAX_PIXELS, DEVICES, OUTPUT_MODES, PRECISIONS
 
 # Environment variable names: the infra (Terraform, Knative manifests, func.yaml) uses exactly these.
 ENV_MODEL_CARD = "MODEL_CARD"
@@ -40,11 +41,6 @@ ENV_MAX_QUEUED_REQUESTS = "MAX_QUEUED_REQUESTS"
 ENV_WEBHOOK_TOKEN = "WEBHOOK_TOKEN"  # noqa: S105 (the variable's name, not a secret)
 ENV_TMP_DIR = "TMPDIR"
 
-PRECISIONS = ("fp32", "bf16")
-DEVICES = ("cpu", "auto", "cuda")
-OUTPUT_MODES = ("mask", "mask-uint8", "score")
-
-DEFAULT_MAX_PIXELS = 150_000_000  # a full Sentinel-2 tile is 10980 x 10980 = 120.6 M pixels
 DEFAULT_MAX_INPUT_BYTES = 4 * 1024**3
 DEFAULT_INPUT_SUFFIXES = (".tif", ".tiff")
 DEFAULT_MIN_REMAINING_MS = 60_000

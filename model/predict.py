@@ -51,35 +51,23 @@ from tqdm import tqdm
 from model.checkpoint import LoadedModel
 from model.errors import ConfigError, InputError
 from model.npy_writer import NpyWriter
+from model.options import DEVICES, OUTPUT_DTYPES, PRECISIONS, PredictOptions
 from model.raster import RasterHeader, check_header, open_raster, read_header, read_window
 from model.stats import DEFAULT_EXACT_BUDGET_BYTES, PercentileAccumulator, split_budget
 from model.tiling import DEFAULT_SEAM, Span, TilePlan, axis_weights, pad_tile, plan_tiles
 
 log = logging.getLogger(__name__)
 
-OUTPUT_DTYPES = {"mask": "float32", "mask-uint8": "uint8", "score": "float32"}
-PRECISIONS = ("fp32", "bf16")
-DEVICES = ("cpu", "auto", "cuda")
 PERCENTILE = 90.0
 # Measured gap between channels_last and contiguous fp32 scores: at most 7.2e-6 (demo model, 7 scenes); the
 # guard is 14x that, and a tile with a score inside it is recomputed in the old arithmetic (~1 scene in 7).
 EXACT_GUARD = 1e-4
+DEFAULT_OPTIONS = PredictOptions()
 CPU_BATCH = 1  # on CPU a batch only adds memory: one 512 x 512 tile already keeps every core busy
 CUDA_BATCH = 8
 STATS_STRIP_PIXELS = 4 * 1024 * 1024  # pixels per band read at once in pass 1
 READ_GROUP_WIDTH = 8192  # pass 2 reads at most this many columns (plus one tile) at once
 LUT_MAX_BITS = 16
-
-
-@dataclass(frozen=True)
-class PredictOptions:
-    output: str = "mask"  # mask | mask-uint8 | score
-    precision: str = "fp32"  # fp32 | bf16
-    device: str = "cpu"  # cpu | auto | cuda
-    max_pixels: int = 150_000_000
-    tile_size: int | None = None  # None: the card's
-    tile_overlap: int | None = None
-    progress: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,7 +88,7 @@ def predict_file(
     model: LoadedModel,
     src: str | Path,
     dst: str | Path,
-    options: PredictOptions = PredictOptions(),
+    options: PredictOptions = DEFAULT_OPTIONS,
 ) -> PredictionResult:
     """Segment raster ``src`` into ``dst`` (.npy, H x W), written atomically; see the module docstring.
 

@@ -1,0 +1,30 @@
+"""What the predictor can be asked for: the choices and their defaults, shared with ``handler.settings``.
+
+Kept apart from :mod:`model.predict` so the settings can validate against the same values without
+importing torch.
+
+Example:
+    >>> PredictOptions(output="mask-uint8").precision
+    'fp32'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+OUTPUT_DTYPES = {"mask": "float32", "mask-uint8": "uint8", "score": "float32"}
+OUTPUT_MODES = tuple(OUTPUT_DTYPES)
+PRECISIONS = ("fp32", "bf16")
+DEVICES = ("cpu", "auto", "cuda")
+DEFAULT_MAX_PIXELS = 150_000_000  # a full Sentinel-2 tile is 10980 x 10980 = 120.6 M pixels
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    output: str = "mask"  # mask | mask-uint8 | score
+    precision: str = "fp32"  # fp32 | bf16
+    device: str = "cpu"  # cpu | auto | cuda
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    tile_size: int | None = None  # None: the card's
+    tile_overlap: int | None = None
+    progress: bool = False
