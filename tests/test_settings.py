@@ -1,0 +1,106 @@
+"""handler/settings.py: every variable parsed once, explicit values, clear refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from handler.settings import (
+    DEFAULT_INPUT_SUFFIXES,
+    Settings,
+    env_var_names,
+    parse_suffixes,
+)
+from model.errors import ConfigError
+from model.options import DEVICES, OUTPUT_MODES, PRECISIONS, PredictOptions
+
+
+def test_empty_environment_gives_the_documented_defaults():
+    settings = Settings.from_env({})
+    assert settings == Settings()
+    assert settings.input_suffixes == DEFAULT_INPUT_SUFFIXES == (".tif", ".tiff")
+    assert settings.max_pixels == PredictOptions().max_pixels
+    assert (settings.precision, settings.device, settings.output_mode) == ("fp32", "cpu", "mask")
+
+
+def test_every_variable_is_read():
+    # GIVEN a value for every variable the module names
+    env = {
+        "MODEL_CARD": "/opt/model/live.json",
+        "MODEL_URI": "s3://models/live.pt",
+        "MODEL_CACHE_DIR": "/tmp/cache",
+        "PRECISION": "BF16",
+        "DEVICE": "auto",
+        "OUTPUT_MODE": "mask-uint8",
+        "MAX_PIXELS": "1_000_000",
+        "MAX_INPUT_BYTES": "2048",
+        "INPUT_SUFFIXES": "tif, .GTiff",
+        "OUTPUT_BUCKET": "masks",
+        "OUTPUT_PREFIX": "out/",
+        "MIN_REMAINING_MS": "0",
+        "MAX_CONCURRENT_INFERENCES": "2",
+        "MAX_QUEUED_REQUESTS": "0",
+        "WEBHOOK_TOKEN": "s3cr3t",
+        "TMPDIR": "/var/tmp",
+    }
+    assert set(env) == set(env_var_names())
+    # WHEN parsed
+    s = Settings.from_env(env)
+    # THEN each lands in its field, normalised
+    assert s.model_card == Path("/opt/model/live.json") and s.model_uri == "s3://models/live.pt"
+    assert s.model_cache_dir == Path("/tmp/cache") and s.tmp_dir == Path("/var/tmp")
+    assert (s.precision, s.device, s.output_mode) == ("bf16", "auto", "mask-uint8")
+    assert (s.max_pixels, s.max_input_bytes, s.min_remaining_ms) == (1_000_000, 2048, 0)
+    assert s.input_suffixes == (".tif", ".gtiff")
+    assert (s.output_bucket, s.output_prefix, s.webhook_token) == ("masks", "out/", "s3cr3t")
+    assert (s.max_concurrent_inferences, s.max_queued_requests) == (2, 0)
+
+
+def test_blank_values_mean_unset():
+    assert Settings.from_env({"OUTPUT_BUCKET": "  ", "PRECISION": ""}) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PRECISION": "fp16"}, "PRECISION must be one of"),
+        ({"DEVICE": "tpu"}, "DEVICE must be one of"),
+        ({"OUTPUT_MODE": "png"}, "OUTPUT_MODE must be one of"),
+        ({"MAX_PIXELS": "lots"}, "MAX_PIXELS must be an integer"),
+        ({"MAX_PIXELS": "0"}, "MAX_PIXELS must be >= 1"),
+        ({"MAX_CONCURRENT_INFERENCES": "0"}, "MAX_CONCURRENT_INFERENCES must be >= 1"),
+        ({"MAX_QUEUED_REQUESTS": "-1"}, "MAX_QUEUED_REQUESTS must be >= 0"),
+        ({"MODEL_URI": "https://example.com/w.pt"}, "MODEL_URI must be an s3:// URI"),
+        ({"OUTPUT_PREFIX": "../escape/"}, "OUTPUT_PREFIX must be a relative key prefix"),
+        ({"OUTPUT_PREFIX": "/abs/"}, "OUTPUT_PREFIX must be a relative key prefix"),
+        ({"INPUT_SUFFIXES": ".tif,.npy"}, "must not include .npy"),
+        ({"INPUT_SUFFIXES": " , ."}, "must list at least one suffix"),
+    ],
+)
+def test_invalid_settings_fail_with_one_clear_message(env, message):
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"PRECISION": "fp16", "DEVICE": "tpu"})
+    assert "PRECISION" in str(info.value) and "DEVICE" in str(info.value)
+
+
+def test_choices_are_the_predictors_own():
+    for precision in PRECISIONS:
+        assert Settings(precision=precision).precision == precision
+    for device in DEVICES:
+        assert Settings(device=device).device == device
+    for mode in OUTPUT_MODES:
+        assert Settings(output_mode=mode).output_mode == mode
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("tif", (".tif",)), (".TIF,.tiff", (".tif", ".tiff")), ("tif, , jp2", (".tif", ".jp2"))],
+)
+def test_parse_suffixes(value, expected):
+    assert parse_suffixes(value) == expected
