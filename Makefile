@@ -8,7 +8,7 @@ CHECKOV_VENV ?= .venv-checkov
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint static pytest bench predict train-demo serve
+.PHONY: help install runtime-venv demo test lint static pytest bench predict train-demo serve
 .PHONY: image image-size push-image tf-init tf-ecr tf-plan tf-apply
 
 help:  ## list targets
@@ -22,10 +22,25 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# The function's runtime alone, installed the Dockerfile's way (non-editable, no extras): the tests check that
+# both entry points import there and that the local tools' dependencies (moto) are absent.
+RUNTIME_VENV ?= .venv-runtime
+RUNTIME_SOURCES := $(shell find handler model -name '*.py' -not -path '*/__pycache__/*' 2>/dev/null)
+
+runtime-venv: $(RUNTIME_VENV)/.installed  ## .venv-runtime: rasterfn without extras, as the image installs it
+
+$(RUNTIME_VENV)/.installed: pyproject.toml $(RUNTIME_SOURCES)
+	@test -x $(RUNTIME_VENV)/bin/python || $(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/python -m pip install --quiet --retries 0 --timeout 15 $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL)) 'torch==2.13.0'
+	$(RUNTIME_VENV)/bin/python -m pip install --quiet .
+	$(RUNTIME_VENV)/bin/python -m pip install --quiet --no-deps --force-reinstall .
+	rm -rf build
+	touch $@
+
 demo: install  ## the main job: embedded S3 + SQS, upload data/test-1.tif, get its .npy beside it
 	$(VENV)/bin/rasterfn demo
 
-test: install lint static pytest  ## lint, static checks and the whole test suite
+test: install runtime-venv lint static pytest  ## lint, static checks and the whole test suite
 
 lint: install  ## ruff (lint + format check)
 	$(VENV)/bin/ruff check .

@@ -10,10 +10,22 @@ rasterfn train-demo [--out-dir model/weights]
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Sequence
 
 from model.errors import RasterfnError
+
+# Commands that run only from a checkout, and what they need that the image leaves out (.dockerignore, extras).
+LOCAL_COMMANDS = {
+    "replay": ("handler.local", "moto"),
+    "demo": ("handler.local", "moto"),
+    "train-demo": ("model.training",),
+}
+LOCAL_TOOLS_MISSING = (
+    "this installation has only the function's runtime (e.g. the container image); "
+    "run it from a checkout with `make install` (or `pip install 'rasterfn[local]'`)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,28 +73,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    # Imports are local so `rasterfn --help` and light commands do not pay for torch and boto3.
+    # Imports are local so `rasterfn --help` and light commands do not pay for torch and boto3 (seconds).
     if args.command == "predict":
         from handler.commands.predict import run_predict
 
         return run_predict(args)
-    if args.command == "replay":
-        from handler.replay import run_replay
-
-        return run_replay(args)
-    if args.command == "demo":
-        from handler.demo import run_demo
-
-        return run_demo(args)
     if args.command == "serve":
         from handler.knative import run_serve
 
         return run_serve(args)
+    if missing := _missing_local_modules(LOCAL_COMMANDS[args.command]):
+        print(f"rasterfn {args.command}: needs {', '.join(missing)}: {LOCAL_TOOLS_MISSING}", file=sys.stderr)
+        return 2
+    if args.command == "replay":
+        from handler.local.replay import run_replay
+
+        return run_replay(args)
+    if args.command == "demo":
+        from handler.local.demo import run_demo
+
+        return run_demo(args)
     if args.command == "train-demo":
-        from model.train_demo import run_train_demo
+        from model.training.train_demo import run_train_demo
 
         return run_train_demo(args)
     raise AssertionError(args.command)
+
+
+def _missing_local_modules(modules: Sequence[str]) -> list[str]:
+    return [name for name in modules if importlib.util.find_spec(name) is None]
 
 
 if __name__ == "__main__":

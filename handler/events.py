@@ -42,8 +42,8 @@ from urllib.parse import unquote_plus
 from aws_lambda_powertools.utilities.data_classes import S3EventBridgeNotificationEvent, SNSEvent, SQSEvent
 from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventRecord
 
+from handler.errors import EventError
 from handler.objects import ObjectRef
-from model.errors import EventError
 
 # Lambda's synchronous payload limit: anything larger is not an event, and is not worth parsing.
 MAX_EVENT_BYTES = 6 * 1024 * 1024
@@ -86,15 +86,31 @@ def parse_event(event: Mapping | list | str | bytes, headers: Mapping[str, str] 
     Raises :class:`EventError` for a shape this module does not know, invalid JSON, an empty key or bucket.
     """
     lowered = {str(k).lower(): str(v) for k, v in (headers or {}).items()}
-    if "ce-specversion" in lowered:
+    mode = cloudevent_mode(lowered)
+    if mode == "binary":
         # Binary mode: the attributes are headers and the body is the data itself.
         return _prefixed("cloudevents", _parse(event, depth=1))
-    if lowered.get("content-type", "").startswith(CLOUDEVENTS_JSON):
+    if mode == "structured":
         payload = _load_json(event, "CloudEvent") if isinstance(event, str | bytes | bytearray) else event
         if not (_is_cloudevent(payload) or isinstance(payload, list)):
             raise EventError(f"content-type {lowered['content-type']!r} but the body is {_describe(payload)}")
         return _parse(payload, depth=0)
     return _parse(event, depth=0)
+
+
+def cloudevent_mode(headers: Mapping[str, str]) -> str | None:
+    """``"binary"`` (``ce-*`` headers), ``"structured"`` (``application/cloudevents*``) or ``None`` (pure).
+
+    ``headers`` must have lower-case names.
+
+    >>> cloudevent_mode({"ce-specversion": "1.0"}), cloudevent_mode({"content-type": "application/json"})
+    ('binary', None)
+    """
+    if "ce-specversion" in headers:
+        return "binary"
+    if headers.get("content-type", "").lower().startswith(CLOUDEVENTS_JSON):
+        return "structured"
+    return None
 
 
 def parse_sqs_body(body: str | bytes) -> list[ObjectRef]:

@@ -1,4 +1,4 @@
-"""The Knative function: func-python's instance protocol around the Starlette app of :mod:`handler.http_app`.
+"""The Knative function: func-python's instance protocol around the Starlette app of :mod:`handler.http.app`.
 
 func-python (``func_python.http.serve``) calls ``new()`` once, then ``start(env)`` on ASGI lifespan start-up,
 ``stop()`` on shut-down, answers ``/health/liveness`` and ``/health/readiness`` itself from ``alive()`` and
@@ -26,8 +26,11 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from handler.http_app import create_app
-from handler.prom_metrics import create_metrics
+import func_python.http
+
+from handler.http.app import create_app
+from handler.http.metrics import create_metrics
+from handler.runtime import get_runtime
 from handler.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -56,8 +59,6 @@ class RuntimeLoader:
         try:
             load = self._load_fn
             if load is None:
-                from handler.runtime import get_runtime
-
                 load = get_runtime
             runtime = load()
             self._runtime = runtime
@@ -160,8 +161,6 @@ def listen_address(host: str, port: int) -> str:
 
 def run_serve(args: argparse.Namespace) -> int:
     """``rasterfn serve``: func-python's server (hypercorn) on ``--host``/``--port``, until SIGINT/SIGTERM."""
-    import func_python.http
-
     # func-python binds only what LISTEN_ADDRESS says (default: every interface on 8080).
     os.environ[LISTEN_ADDRESS_ENV] = listen_address(args.host, args.port)
     get_settings()  # a bad setting fails here, with its message, not inside the server's start-up

@@ -16,7 +16,7 @@ point ``MODEL_CARD`` etc. at what they need before importing this module.
   inspected).
 
 Example (what ``rasterfn replay`` does):
-    >>> from handler.lambda_context import make_context
+    >>> from handler.local.lambda_context import make_context
     >>> lambda_handler(json.load(open("events/sqs-s3.json")), make_context())     # doctest: +SKIP
     {'batchItemFailures': []}
 """
@@ -31,12 +31,14 @@ from typing import Any
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
+from handler.errors import EventError, TransientError
 from handler.events import parse_event, parse_sqs_body
 from handler.objects import ObjectRef
 from handler.observability import logger, metrics, record_deferred, record_failure, record_outcome, tracer
-from handler.process import Outcome, process_object, summarise
+from handler.outcome import Outcome, summarise
+from handler.process import process_object
 from handler.runtime import Runtime, get_runtime
-from model.errors import EventError, RasterfnError, TransientError
+from model.errors import RasterfnError
 
 SQS_SOURCE = "aws:sqs"
 

@@ -18,11 +18,12 @@ import logging
 import os
 from pathlib import Path
 
+from handler.errors import ObjectMissingError
 from handler.settings import ENV_MODEL_URI, Settings
 from handler.storage import Storage, s3_uri
 from model.card import ModelCard, load_card
 from model.checkpoint import LoadedModel, load_model, sha256_file
-from model.errors import CheckpointError, ConfigError, InputError, ObjectMissingError
+from model.errors import CheckpointError, ConfigError, InputError
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,10 @@ them); where they are unset (local runs, tests) the service and namespace defaul
 turns itself off outside Lambda (no ``LAMBDA_TASK_ROOT``), so local runs and tests never look for an X-Ray
 daemon. Our other modules log through the stdlib (Lambda's own log format applies to them); the per-object
 lines with their numbers come from :func:`record_outcome`. The Knative side exports Prometheus metrics
-instead (``handler.prom_metrics``).
+instead (``handler.http.metrics``).
 
 Example:
-    >>> record_outcome(Outcome("written", "b", "k.tif", "k.npy", pixels=262144))   # doctest: +SKIP
+    >>> record_outcome(Outcome(OutcomeStatus.WRITTEN, "b", "k.tif", "k.npy", pixels=262144))   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 
-from handler.process import Outcome
+from handler.outcome import Outcome, OutcomeStatus, describe, log_level
 
 SERVICE = "rasterfn"
 DEFAULT_NAMESPACE = "rasterfn"
@@ -48,15 +48,14 @@ tracer = Tracer()
 
 def record_outcome(outcome: Outcome) -> None:
     """One log line and the metrics for one processed object."""
-    level = "warning" if outcome.status == "rejected" else "info"
-    getattr(logger, level)(f"{outcome.status}: s3://{outcome.bucket}/{outcome.input_key}", extra=outcome.as_dict())
-    if outcome.status == "written":
+    logger.log(log_level(outcome), describe(outcome), extra=outcome.as_dict())
+    if outcome.status is OutcomeStatus.WRITTEN:
         metrics.add_metric(name=METRIC_PROCESSED, unit=MetricUnit.Count, value=1)
         metrics.add_metric(name=METRIC_INFERENCE_SECONDS, unit=MetricUnit.Seconds, value=outcome.inference_seconds)
         metrics.add_metric(name=METRIC_PIXELS, unit=MetricUnit.Count, value=outcome.pixels)
         metrics.add_metric(name=METRIC_BYTES_IN, unit=MetricUnit.Bytes, value=outcome.bytes_in)
         metrics.add_metric(name=METRIC_BYTES_OUT, unit=MetricUnit.Bytes, value=outcome.bytes_out)
-    elif outcome.status == "rejected":
+    elif outcome.status is OutcomeStatus.REJECTED:
         metrics.add_metric(name=METRIC_REJECTED, unit=MetricUnit.Count, value=1)
     else:
         metrics.add_metric(name=METRIC_SKIPPED, unit=MetricUnit.Count, value=1)

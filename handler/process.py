@@ -20,7 +20,7 @@ is complete, and the user's input is never written or deleted.
 Example:
     >>> outcome = process_object(ObjectRef("scenes", "a/b/scene.tif"), get_runtime())   # doctest: +SKIP
     >>> outcome.status, outcome.output_key
-    ('written', 'a/b/scene.npy')
+    (<OutcomeStatus.WRITTEN: 'written'>, 'a/b/scene.npy')
 """
 
 from __future__ import annotations
@@ -30,23 +30,23 @@ import hashlib
 import logging
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from handler.errors import ObjectMissingError
 from handler.filters import skip_reason
 from handler.objects import ObjectRef, error_key, output_key
+from handler.outcome import Outcome, OutcomeStatus
 from handler.runtime import Runtime
 from handler.storage import ObjectInfo, s3_uri
-from model.errors import ConfigError, InputError, ObjectMissingError, RasterTooLargeError
+from model.errors import ConfigError, InputError, RasterTooLargeError
 from model.predict import PredictionResult, predict_file
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("written", "duplicate", "skipped", "rejected", "missing")
 PRODUCER = "rasterfn"
 # S3 user metadata (x-amz-meta-*): ASCII, at most 2 KB for all keys and values together.
 META_PRODUCER = "producer"
@@ -68,43 +68,17 @@ OUTPUT_RESERVE_FRACTION = 0.5
 OUTPUT_RESERVE_MIN_BYTES = 16 * 1024**2
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What happened to one object. ``output_key`` is the ``.npy`` (or, when rejected, the error marker)."""
-
-    status: str
-    bucket: str
-    input_key: str
-    output_key: str | None = None
-    detail: str = ""
-    seconds: float = 0.0  # the whole object: HEADs, download, inference, upload
-    pixels: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    output_bucket: str | None = None
-    inference_seconds: float = 0.0
-    error_type: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def summarise(outcomes: list[Outcome]) -> dict[str, Any]:
-    """The JSON answer to an event (Lambda's synchronous invokes, Knative's event route): counts and outcomes."""
-    return {"counts": dict(Counter(o.status for o in outcomes)), "outcomes": [o.as_dict() for o in outcomes]}
-
-
 def process_object(ref: ObjectRef, runtime: Runtime) -> Outcome:
     """Process one object end to end; see the module docstring for the statuses and what raises."""
     started = time.perf_counter()
     settings = runtime.settings
     reason = skip_reason(ref, settings.input_suffixes)
     if reason is not None:
-        return Outcome("skipped", ref.bucket, ref.key, detail=reason)
+        return Outcome(OutcomeStatus.SKIPPED, ref.bucket, ref.key, detail=reason)
     try:
         info = runtime.storage.locate(ref)
     except ObjectMissingError as exc:
-        return Outcome("missing", ref.bucket, ref.key, detail=str(exc), seconds=_since(started))
+        return Outcome(OutcomeStatus.MISSING, ref.bucket, ref.key, detail=str(exc), seconds=_since(started))
 
     target = _Target(
         bucket=settings.output_bucket or info.bucket,
@@ -120,7 +94,7 @@ def process_object(ref: ObjectRef, runtime: Runtime) -> Outcome:
             return replace(done, seconds=_since(started))
         return _segment(runtime, info, target, marker, started)
     except ObjectMissingError as exc:  # deleted or replaced while we read it
-        return Outcome("missing", info.bucket, info.key, detail=str(exc), seconds=_since(started))
+        return Outcome(OutcomeStatus.MISSING, info.bucket, info.key, detail=str(exc), seconds=_since(started))
     except InputError as exc:
         return _reject(runtime, info, target, exc, started)
 
@@ -138,7 +112,7 @@ def _find_previous_result(
     storage, expected = runtime.storage, _identity(info, runtime)
     if marker is not None and _matches(marker.metadata, expected):
         return Outcome(
-            "duplicate",
+            OutcomeStatus.DUPLICATE,
             info.bucket,
             info.key,
             output_key=target.marker,
@@ -151,7 +125,7 @@ def _find_previous_result(
     # A crash between the upload and the marker's removal must not leave the marker forever.
     _remove_stale_marker(runtime, target, marker)
     return Outcome(
-        "duplicate",
+        OutcomeStatus.DUPLICATE,
         info.bucket,
         info.key,
         output_key=target.key,
@@ -171,8 +145,7 @@ def _segment(runtime: Runtime, info: ObjectInfo, target: _Target, marker: Object
             result = predict_file(runtime.model, src, dst, runtime.options)
         except InputError as exc:
             # The predictor names our temp file; the user knows the object by its key.
-            exc.args = tuple(a.replace(src.name, info.key) if isinstance(a, str) else a for a in exc.args)
-            raise
+            raise exc.renamed(src.name, info.key) from exc
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise RasterTooLargeError(
@@ -184,7 +157,7 @@ def _segment(runtime: Runtime, info: ObjectInfo, target: _Target, marker: Object
     _remove_stale_marker(runtime, target, marker)
     height, width = result.shape
     return Outcome(
-        "written",
+        OutcomeStatus.WRITTEN,
         info.bucket,
         info.key,
         output_key=target.key,
@@ -207,7 +180,7 @@ def _reject(runtime: Runtime, info: ObjectInfo, target: _Target, exc: InputError
     runtime.storage.put_json(target.bucket, target.marker, doc, metadata=metadata)
     log.warning("rejected %s: %s", info.uri, exc)
     return Outcome(
-        "rejected",
+        OutcomeStatus.REJECTED,
         info.bucket,
         info.key,
         output_key=target.marker,

@@ -16,7 +16,7 @@ from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 
 from handler.model_source import load_runtime_model
-from handler.settings import Settings, get_settings
+from handler.settings import Settings, get_settings, reload_settings
 from handler.storage import Storage
 from model.checkpoint import LoadedModel
 from model.errors import ConfigError
@@ -80,3 +80,18 @@ def build_runtime(settings: Settings, storage: Storage | None = None) -> Runtime
 def get_runtime() -> Runtime:
     """The process's runtime, built on first use from :func:`get_settings` (the environment, read once)."""
     return build_runtime(get_settings())
+
+
+def reload_runtime() -> Runtime:
+    """Rebuild the process's runtime from the environment as it is now (settings, S3 client, model).
+
+    For tools that run several events in one process against different endpoints (``rasterfn replay``).
+    """
+    reload_settings()
+    get_runtime.cache_clear()
+    return get_runtime()
+
+
+def runtime_is_built() -> bool:
+    """Whether :func:`get_runtime` has built this process's runtime yet (without building it)."""
+    return get_runtime.cache_info().currsize > 0

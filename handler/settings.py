@@ -163,4 +163,10 @@ def get_settings() -> Settings:
     return Settings.from_env()
 
 
+def reload_settings() -> Settings:
+    """Read the environment again (after a tool or test changed it); :func:`get_settings` then returns these."""
+    get_settings.cache_clear()
+    return get_settings()
+
+
 SETTINGS_FIELDS = tuple(f.name for f in fields(Settings))

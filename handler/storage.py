@@ -48,15 +48,9 @@ from botocore.exceptions import (
 from s3transfer.exceptions import RetriesExceededError, S3DownloadFailedError
 from s3transfer.subscribers import BaseSubscriber
 
+from handler.errors import ObjectMissingError, TransientError
 from handler.objects import ObjectRef
-from model.errors import (
-    ConfigError,
-    InputError,
-    ObjectMissingError,
-    RasterfnError,
-    RasterTooLargeError,
-    TransientError,
-)
+from model.errors import ConfigError, InputError, RasterfnError, RasterTooLargeError
 
 MB = 1024**2
 # botocore's "standard" mode retries throttling, 5xx and connection errors with jittered backoff and a retry

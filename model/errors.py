@@ -1,11 +1,13 @@
-"""The project's one error tree.
+"""The inference core's errors, and the root every rasterfn error derives from.
 
-It lives in ``model`` because ``model`` is the bottom layer: ``handler`` imports from here, never the reverse.
+``model`` is the bottom layer: the service layer (``handler``) adds its own errors in ``handler/errors.py``,
+all under :class:`RasterfnError`, so a caller can still catch everything of ours in one clause.
 
-- :class:`InputError`: the user must fix something (a broken raster, an unsupported event). Never retried.
-- :class:`TransientError`: worth retrying (S3 throttled, a network blip). Event sources retry, then dead-letter.
+- :class:`InputError`: the user must fix something (a broken raster, too few bands). Never retried.
 - :class:`ConfigError`: the deployment is wrong (bad setting, bad model card). Fails at start-up.
 """
+
+from __future__ import annotations
 
 
 class RasterfnError(Exception):
@@ -14,6 +16,16 @@ class RasterfnError(Exception):
 
 class InputError(RasterfnError):
     """The input cannot be processed as given; retrying will not help."""
+
+    def renamed(self, temp_name: str, shown_name: str) -> InputError:
+        """The same error naming ``shown_name`` where it named our ``temp_name`` (the user's name for the file).
+
+        >>> str(RasterReadError("/tmp/x/input.tif: truncated").renamed("/tmp/x/input.tif", "a/b.tif"))
+        'a/b.tif: truncated'
+        """
+        renamed = type(self)(*(a.replace(temp_name, shown_name) if isinstance(a, str) else a for a in self.args))
+        renamed.__cause__ = self.__cause__
+        return renamed
 
 
 class RasterReadError(InputError):
@@ -28,37 +40,9 @@ class RasterBandsError(InputError):
     """The raster has fewer bands than the model card needs."""
 
 
-class EventError(InputError):
-    """An event has a shape this function does not understand."""
-
-
-class UploadError(InputError):
-    """An HTTP upload carries no raster or is malformed (no ``file`` field, broken multipart body)."""
-
-
-class MediaTypeError(UploadError):
-    """An HTTP upload has a Content-Type this function does not accept."""
-
-
-class ObjectMissingError(RasterfnError):
-    """The object an event names is gone: deleted, or replaced by a newer upload since. Skipped, not retried.
-
-    Not an :class:`InputError`: the user did nothing wrong and there is nothing to write an error marker
-    beside; the newer upload, if any, has its own event.
-    """
-
-
 class ConfigError(RasterfnError):
     """A setting, model card or checkpoint is invalid; the process cannot start."""
 
 
 class CheckpointError(ConfigError):
     """A checkpoint file is refused (not a state dict, wrong keys, wrong checksum, unsafe pickle)."""
-
-
-class TransientError(RasterfnError):
-    """A temporary failure; the caller should retry."""
-
-
-class BusyError(TransientError):
-    """Every inference slot and wait-queue place is taken; the caller should retry after a short wait."""

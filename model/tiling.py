@@ -14,7 +14,7 @@ by one tile keeps that tile's score bit for bit.
 - ``blend``: linear ramps across each overlap (the two weights at a pixel add up to 1).
 
 Measured (scripted, seeded random U-Net of the demo architecture, two 1024 x 1024 x 10 uint16 scenes: smooth
-blobs and a model.synthetic scene), tile 512, overlap 64, against one forward pass over the whole raster:
+blobs and a model.training.synthetic scene), tile 512, overlap 64, against one forward pass over the whole raster:
 ``crop`` 100.000% mask agreement on both (mean |score difference| < 5e-6), ``blend`` 99.998% on both (mean
 |score difference| 1.2e-4). Spreading the tiles evenly makes the overlaps 256 pixels here, so every pixel
 ``crop`` keeps is at least 128 pixels from a tile edge, about the U-Net's receptive radius, while ``blend``

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from model.synthetic import make_scene, write_scene_tif
-from model.train_demo import TEST_SCENE_SEED
+from model.training.synthetic import make_scene, write_scene_tif
+from model.training.train_demo import TEST_SCENE_SEED
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "data" / "test-1.tif"
 

@@ -12,17 +12,16 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from handler.runtime import options_from_settings
 from handler.settings import get_settings
+from model.checkpoint import load_model
 from model.errors import InputError
+from model.predict import predict_file
 
 EXIT_INPUT_ERROR = 2
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from handler.runtime import options_from_settings
-    from model.checkpoint import load_model
-    from model.predict import predict_file
-
     settings = get_settings()
     overrides = {
         "model_card": Path(args.model) if args.model else None,

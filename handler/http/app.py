@@ -1,0 +1,329 @@
+"""The Knative function's HTTP routes, as a Starlette app that :mod:`handler.knative` delegates ``handle`` to.
+
+Routes (func-python itself answers ``/health/liveness`` and ``/health/readiness`` before they reach here):
+
+- ``POST /inference``: the old Flask API. A multipart ``file`` field or a raw ``image/tiff`` /
+  ``application/octet-stream`` body; ``?output=mask|mask-uint8|score``. Answers the ``.npy`` as an attachment.
+- ``POST /``: bucket events (MinIO webhook, S3 notification, CloudEvents binary or structured), processed by
+  exactly the code Lambda runs (``parse_event`` -> ``skip_reason`` -> ``process_object``); answers a JSON
+  summary, and a binary-mode CloudEvent when the request was one.
+- ``GET /healthz``: the old API's health check (200 once the model is loaded, 503 before).
+- ``GET /metrics``: Prometheus text format.
+
+Errors are JSON ``{"error": ..., "detail": ...}``: 400 no file / bad event, 401 bad token, 413 too large
+(checked while streaming), 415 wrong Content-Type, 422 unreadable raster, 503 busy or transient (with
+``Retry-After``, so MinIO retries), 500 anything else (logged with a request id; no traceback is sent).
+
+Example:
+    >>> from starlette.testclient import TestClient
+    >>> app = create_app(Settings(), runtime_source)          # doctest: +SKIP
+    >>> TestClient(app).get("/healthz").json()["status"]      # doctest: +SKIP
+    'ok'
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from cloudevents.core.bindings.http import to_binary_event
+from cloudevents.core.v1.event import CloudEvent
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from handler.errors import BusyError, EventError, MediaTypeError, TransientError, UploadError
+from handler.events import MAX_EVENT_BYTES, cloudevent_mode, parse_event
+from handler.http.metrics import Metrics, create_metrics, record_outcome, render_metrics
+from handler.http.slots import InferenceSlots
+from handler.http.uploads import Upload, check_content_length, receive_upload
+from handler.objects import ObjectRef
+from handler.outcome import Outcome, OutcomeStatus, summarise
+from handler.process import process_object
+from handler.runtime import Runtime
+from handler.settings import OUTPUT_MODES, Settings
+from model.errors import ConfigError, InputError, RasterTooLargeError
+from model.predict import PredictionResult, predict_file
+
+logger = logging.getLogger(__name__)
+
+NPY_MEDIA_TYPE = "application/octet-stream"
+CLOUDEVENT_SOURCE = "/rasterfn"
+CLOUDEVENT_TYPE_PREFIX = "dev.rasterfn.mask."
+# Outcome status -> the reply CloudEvent's type suffix.
+CLOUDEVENT_TYPES = {
+    OutcomeStatus.WRITTEN: "created",
+    OutcomeStatus.DUPLICATE: "skipped",
+    OutcomeStatus.SKIPPED: "skipped",
+    OutcomeStatus.REJECTED: "rejected",
+    OutcomeStatus.MISSING: "skipped",
+}
+TRANSIENT_RETRY_AFTER_S = 10
+LOADING_RETRY_AFTER_S = 5
+
+
+class RuntimeSource(Protocol):
+    """Where the app gets the loaded runtime (settings, model, storage); see ``knative.RuntimeLoader``."""
+
+    def state(self) -> tuple[bool, str]:
+        """(ready, message), without blocking."""
+        ...
+
+    def wait(self) -> Any:
+        """The loaded :class:`handler.runtime.Runtime`; blocks while it loads, raises what loading raised."""
+        ...
+
+
+@dataclass(frozen=True)
+class ErrorMapping:
+    status: int
+    error: str
+    reason: str  # label of the rejected-inputs metric ("" = not a rejected input)
+
+
+def map_error(exc: BaseException) -> ErrorMapping:
+    """The HTTP status, error title and metric reason for one of our errors (pure; most specific first)."""
+    table: Sequence[tuple[type[BaseException], ErrorMapping]] = (
+        (MediaTypeError, ErrorMapping(415, "unsupported media type", "bad_media_type")),
+        (UploadError, ErrorMapping(400, "bad request", "no_file")),
+        (EventError, ErrorMapping(400, "bad event", "bad_event")),
+        (RasterTooLargeError, ErrorMapping(413, "too large", "too_large")),
+        (InputError, ErrorMapping(422, "unreadable raster", "bad_raster")),
+        (BusyError, ErrorMapping(503, "busy", "busy")),
+        (TransientError, ErrorMapping(503, "temporarily unavailable", "")),
+        (ConfigError, ErrorMapping(500, "misconfigured", "")),
+    )
+    for kind, mapping in table:
+        if isinstance(exc, kind):
+            return mapping
+    return ErrorMapping(500, "internal error", "")
+
+
+def error_response(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+
+
+def create_app(
+    settings: Settings,
+    runtime: RuntimeSource,
+    *,
+    metrics: Metrics | None = None,
+    slots: InferenceSlots | None = None,
+) -> Starlette:
+    """The Starlette app serving every route above; ``settings`` gives the limits and the webhook token."""
+    return _App(settings, runtime, metrics or create_metrics(), slots).starlette
+
+
+class _App:
+    def __init__(
+        self, settings: Settings, runtime: RuntimeSource, metrics: Metrics, slots: InferenceSlots | None
+    ) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.metrics = metrics
+        self.slots = slots or InferenceSlots(settings.max_concurrent_inferences, settings.max_queued_requests)
+        metrics.in_flight.set_function(lambda: self.slots.in_flight)
+        metrics.queued.set_function(lambda: self.slots.waiting)
+        routes = [
+            Route("/inference", self._instrument("/inference", self.inference), methods=["POST"]),
+            Route("/", self._instrument("/", self.event), methods=["POST"]),
+            Route("/healthz", self._instrument("/healthz", self.healthz), methods=["GET"]),
+            Route("/metrics", self._instrument("/metrics", self.metrics_route), methods=["GET"]),
+        ]
+        self.starlette = Starlette(routes=routes, exception_handlers={HTTPException: self._http_exception})
+        self.starlette.state.slots = self.slots
+        self.starlette.state.metrics = metrics
+
+    # --- routes
+
+    async def inference(self, request: Request) -> Response:
+        output = request.query_params.get("output", self.settings.output_mode)
+        if output not in OUTPUT_MODES:
+            raise UploadError(f"output must be one of {', '.join(OUTPUT_MODES)}, got {output!r}")
+        self.slots.check_room()  # refuse before reading a large body that would then be refused anyway
+        workdir = Path(tempfile.mkdtemp(prefix="rasterfn-http-", dir=self.settings.tmp_dir))  # mode 0700
+        try:
+            upload = await receive_upload(
+                request.headers, self._counted(request, "/inference"), workdir, self.settings.max_input_bytes
+            )
+            runtime: Runtime = await run_in_threadpool(self.runtime.wait)
+            dst = workdir / "output.npy"
+            async with self.slots.acquire():
+                result = await run_in_threadpool(self._predict, runtime, upload, dst, output)
+            # The input is not needed for sending: free its disk space now, the output after the response.
+            upload.path.unlink(missing_ok=True)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        logger.info("inference %s: %dx%d %s in %.2f s", upload.stem, *result.shape, result.output, result.seconds)
+        return FileResponse(
+            dst,
+            media_type=NPY_MEDIA_TYPE,
+            filename=f"{upload.stem}.npy",
+            background=BackgroundTask(shutil.rmtree, workdir, ignore_errors=True),
+        )
+
+    async def event(self, request: Request) -> Response:
+        if (denied := self._check_token(request)) is not None:
+            return denied
+        body = await self._read_body(request, "/", MAX_EVENT_BYTES)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        refs = parse_event(body, headers)
+        runtime: Runtime = await run_in_threadpool(self.runtime.wait)
+        async with self.slots.acquire():
+            outcomes = await run_in_threadpool(self._process_refs, refs, runtime)
+        summary = summarise(outcomes)
+        if cloudevent_mode(headers) is not None:
+            return _cloudevent_reply(summary["outcomes"], summary)
+        return JSONResponse(summary)
+
+    async def healthz(self, request: Request) -> Response:
+        ready, message = self.runtime.state()
+        return JSONResponse(
+            {"status": "ok" if ready else "unavailable", "detail": message}, status_code=200 if ready else 503
+        )
+
+    async def metrics_route(self, request: Request) -> Response:
+        body, content_type = render_metrics(self.metrics)
+        return Response(body, media_type=content_type)
+
+    # --- the shared processing path (runs in a worker thread)
+
+    def _predict(self, runtime: Runtime, upload: Upload, dst: Path, output: str) -> PredictionResult:
+        options = replace(runtime.options, output=output, progress=False)
+        try:
+            result = predict_file(runtime.model, upload.path, dst, options)
+        except InputError as exc:
+            # The predictor names our temp file; the client knows its upload by the name it sent.
+            raise exc.renamed(upload.path.name, upload.name) from exc
+        self.metrics.inference_seconds.observe(result.seconds)
+        return result
+
+    def _process_refs(self, refs: list[ObjectRef], runtime: Runtime) -> list[Outcome]:
+        """Lambda's per-record path: ``process_object`` skips (``skip_reason``) or processes each reference.
+
+        A :class:`TransientError` propagates: the whole event is answered 503 and MinIO sends it again; the
+        objects already written then come back as ``duplicate``.
+        """
+        outcomes = []
+        for ref in refs:
+            outcome = process_object(ref, runtime)
+            record_outcome(self.metrics, outcome)
+            outcomes.append(outcome)
+        return outcomes
+
+    # --- plumbing
+
+    def _instrument(self, route: str, endpoint: Callable[[Request], Awaitable[Response]]):
+        async def instrumented(request: Request) -> Response:
+            started = time.perf_counter()
+            try:
+                response = await endpoint(request)
+            except ClientDisconnect:
+                logger.info("%s %s: client disconnected", request.method, route)
+                response = error_response(499, "client disconnected", "the client went away")
+            except Exception as exc:
+                response = self._error(request, route, exc)
+            self.metrics.requests.labels(route=route, method=request.method, status=str(response.status_code)).inc()
+            self.metrics.latency.labels(route=route).observe(time.perf_counter() - started)
+            self.metrics.bytes_out.labels(route=route).inc(_body_length(response))
+            return response
+
+        return instrumented
+
+    def _error(self, request: Request, route: str, exc: Exception) -> Response:
+        mapping = map_error(exc)
+        if mapping.reason:
+            self.metrics.rejected.labels(reason=mapping.reason).inc()
+        headers = None
+        if isinstance(exc, BusyError):
+            headers = {"Retry-After": str(self.slots.retry_after_s)}
+        elif isinstance(exc, TransientError):
+            headers = {"Retry-After": str(TRANSIENT_RETRY_AFTER_S)}
+        if mapping.status < 500 or isinstance(exc, TransientError):
+            logger.info("%s %s -> %d: %s", request.method, route, mapping.status, exc)
+            return error_response(mapping.status, mapping.error, str(exc), headers)
+        request_id = uuid.uuid4().hex
+        if isinstance(exc, ConfigError):
+            logger.error("%s %s -> 500 [%s]: %s", request.method, route, request_id, exc)
+            return error_response(500, mapping.error, f"{exc} (request id {request_id})")
+        logger.exception("%s %s -> 500 [%s]: unexpected error", request.method, route, request_id)
+        return error_response(500, mapping.error, f"unexpected error; see the function's logs for {request_id}")
+
+    async def _http_exception(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        self.metrics.requests.labels(route="(unmatched)", method=request.method, status=str(exc.status_code)).inc()
+        title = {404: "not found", 405: "method not allowed"}.get(exc.status_code, "http error")
+        return error_response(exc.status_code, title, f"{request.method} {request.url.path}: {exc.detail}", exc.headers)
+
+    def _check_token(self, request: Request) -> Response | None:
+        token = self.settings.webhook_token
+        if not token:
+            return None
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), token.encode()):
+            return None
+        self.metrics.rejected.labels(reason="unauthorized").inc()
+        detail = "missing Authorization header" if not scheme else "wrong bearer token"
+        logger.warning("%s %s -> 401: %s", request.method, request.url.path, detail)
+        return error_response(401, "unauthorized", detail, {"WWW-Authenticate": 'Bearer realm="rasterfn"'})
+
+    async def _counted(self, request: Request, route: str) -> AsyncIterator[bytes]:
+        counter = self.metrics.bytes_in.labels(route=route)
+        async for chunk in request.stream():
+            counter.inc(len(chunk))
+            yield chunk
+
+    async def _read_body(self, request: Request, route: str, limit: int) -> bytes:
+        check_content_length(request.headers, limit)
+        body = bytearray()
+        async for chunk in self._counted(request, route):
+            body += chunk
+            if len(body) > limit:
+                raise RasterTooLargeError(f"event body is over the {limit}-byte limit")
+        return bytes(body)
+
+
+def _body_length(response: Response) -> int:
+    if isinstance(response, FileResponse):  # its Content-Length is only set while it is sent
+        return os.stat(response.path).st_size
+    return int(response.headers.get("content-length", 0))
+
+
+def _cloudevent_reply(outcomes: list[dict[str, Any]], summary: dict[str, Any]) -> Response:
+    """A binary-mode CloudEvent naming the (first) object's mask, typed by the most significant outcome."""
+    statuses = [o["status"] for o in outcomes]
+    suffix = next(
+        (CLOUDEVENT_TYPES[s] for s in (OutcomeStatus.WRITTEN, OutcomeStatus.REJECTED) if s in statuses),
+        "skipped",
+    )
+    first = outcomes[0] if outcomes else {}
+    data = {
+        "bucket": first.get("bucket"),
+        "input_key": first.get("input_key"),
+        "output_key": first.get("output_key"),
+        "status": first.get("status"),
+        **summary,
+    }
+    attributes: dict[str, Any] = {
+        "type": CLOUDEVENT_TYPE_PREFIX + suffix,
+        "source": CLOUDEVENT_SOURCE,
+        "datacontenttype": "application/json",
+    }
+    if first.get("input_key"):
+        attributes["subject"] = first["input_key"]
+    message = to_binary_event(CloudEvent(attributes=attributes, data=data))
+    return Response(message.body, status_code=200, headers=message.headers)

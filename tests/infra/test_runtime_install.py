@@ -1,0 +1,63 @@
+"""The function's runtime installed as the image installs it (``make runtime-venv``: no extras, not editable).
+
+Both entry points import there, the Lambda one running its INIT on the packaged demo model, and nothing the
+local tools need (moto) is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.fixtures.paths import REPO_ROOT
+
+RUNTIME_VENV = REPO_ROOT / os.environ.get("RUNTIME_VENV", ".venv-runtime")
+RUNTIME_PYTHON = RUNTIME_VENV / "bin" / "python"
+
+pytestmark = pytest.mark.skipif(
+    not RUNTIME_PYTHON.exists() and not os.environ.get("CI"),
+    reason=f"{RUNTIME_VENV.name} not built: `make runtime-venv` (make test builds it; CI requires it)",
+)
+
+
+def run_in_runtime_venv(code: str, tmp_path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env |= {"AWS_DEFAULT_REGION": "us-east-1", "TMPDIR": str(tmp_path)}
+    # -P and a foreign cwd: the installed package is imported, never this checkout's sources.
+    return subprocess.run(
+        [str(RUNTIME_PYTHON), "-P", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_runtime_venv_has_no_local_tool_dependencies(tmp_path):
+    result = run_in_runtime_venv(
+        "from importlib.util import find_spec; print([m for m in ('moto', 'pytest') if find_spec(m)])", tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_both_entry_points_import_in_the_runtime_venv(tmp_path):
+    result = run_in_runtime_venv(
+        "import sys, handler.knative, handler.lambda_function as f; "
+        "print(f.RUNTIME.model.card.name, 'handler.local' in sys.modules, handler.knative.__file__)",
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    name, local_loaded, location = result.stdout.split()
+    assert local_loaded == "False"
+    assert str(RUNTIME_VENV) in location and str(REPO_ROOT / "handler") not in location
+    assert name
+
+
+def test_local_commands_refuse_cleanly_without_the_local_extra(tmp_path):
+    # In the runtime venv handler/local exists (pip installs the source tree) but moto does not.
+    result = subprocess.run(
+        [str(RUNTIME_VENV / "bin" / "rasterfn"), "demo"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert "rasterfn[local]" in result.stderr and "Traceback" not in result.stderr
+    assert sys.executable  # the test itself runs in the dev venv
