@@ -19,6 +19,7 @@ from handler.model_source import load_runtime_model
 from handler.settings import Settings, get_settings, reload_settings
 from handler.storage import Storage
 from model.checkpoint import LoadedModel
+from model.cpus import cpu_budget
 from model.errors import ConfigError
 from model.predict import PredictOptions
 
@@ -66,12 +67,13 @@ def build_runtime(settings: Settings, storage: Storage | None = None) -> Runtime
     storage = storage if storage is not None else Storage.from_defaults()
     model = load_runtime_model(settings, storage)
     log.info(
-        "runtime ready: model %s (sha256 %s), output %s, precision %s, device %s",
+        "runtime ready: model %s (sha256 %s), output %s, precision %s, device %s, threads from %s",
         model.card.name,
         model.sha256[:12],
         settings.output_mode,
         settings.precision,
         settings.device,
+        cpu_budget().describe(),
     )
     return Runtime(settings=settings, model=model, storage=storage)
 

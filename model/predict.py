@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import os
 import sys
 import threading
 import time
@@ -49,6 +48,7 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from model.checkpoint import LoadedModel
+from model.cpus import available_cpus
 from model.errors import ConfigError, InputError
 from model.npy_writer import NpyWriter
 from model.options import DEVICES, OUTPUT_DTYPES, PRECISIONS, PredictOptions
@@ -343,8 +343,9 @@ def get_runner(model: LoadedModel, device: str, precision: str, channels_last: b
     global _threads_set
     with _runner_lock:
         if not _threads_set:
-            # Lambda and containers restrict the CPUs a process may use; torch would count the host's.
-            torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+            # Lambda and containers restrict the CPUs a process may use (affinity or cgroup quota); torch
+            # would count the host's.
+            torch.set_num_threads(available_cpus())
             _threads_set = True
         key = (id(model.net), device, channels_last)
         if key not in _prepared:

@@ -28,6 +28,7 @@ from rasterio.enums import MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
+from model.cpus import available_cpus
 from model.errors import RasterBandsError, RasterReadError, RasterTooLargeError
 
 ALLOWED_DRIVER = "GTiff"  # also reads COGs and BigTIFFs
@@ -46,7 +47,7 @@ KNOWN_MAGICS = {
 # overlap rows), so a small cache keeps peak memory flat on big hosts and inside a Lambda's limit.
 GDAL_ENV = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-    "GDAL_NUM_THREADS": "ALL_CPUS",
+    "GDAL_NUM_THREADS": str(available_cpus()),  # ALL_CPUS would count the node, not the cgroup quota
     "GDAL_CACHEMAX": 128 * 1024**2,  # bytes
 }
 

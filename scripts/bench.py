@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -36,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from model.card import DEFAULT_CARD_PATH, load_card  # noqa: E402
 from model.checkpoint import build_model, save_checkpoint  # noqa: E402
+from model.cpus import available_cpus  # noqa: E402
 from model.predict import PredictOptions, predict_file  # noqa: E402
 from model.tiling import pad_tile, plan_tiles  # noqa: E402
 from model.unet import UNet  # noqa: E402
@@ -62,7 +62,7 @@ def main() -> None:
         return rss_child(*args.rss_child)
 
     CACHE.mkdir(exist_ok=True)
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    torch.set_num_threads(available_cpus())
     card_path = bench_card()
     model = build_model(load_card(card_path))
     capability = torch.backends.cpu.get_cpu_capability()
@@ -193,7 +193,7 @@ def measure_rss(raster: Path, card_path: Path) -> tuple[float, float, float]:
 
 
 def rss_child(raster: str, card: str) -> None:
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    torch.set_num_threads(available_cpus())
     model = build_model(load_card(card))
     base_kb = vm_kb("VmRSS")
     predict_file(model, raster, CACHE / "rss.npy", PredictOptions(output="mask-uint8"))
