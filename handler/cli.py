@@ -4,6 +4,7 @@ rasterfn predict IN.tif [-o OUT.npy] [--output mask|mask-uint8|score] [--model C
 rasterfn replay EVENT.json [--endpoint-url URL] [--seed]
 rasterfn demo [FILES...] [--serve]
 rasterfn serve [--host 127.0.0.1] [--port 8080]
+rasterfn relay [--host 127.0.0.1] [--port 8080]
 rasterfn train-demo [--out-dir model/weights]
 """
 
@@ -55,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
 
+    p = sub.add_parser("relay", help="Knative Eventing: MinIO webhooks -> the Broker -> the function")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+
     p = sub.add_parser("train-demo", help="train the demo weights on synthetic Sentinel-2-like scenes")
     p.add_argument("--out-dir", default=None, help="where demo.pt and demo.json go (default: model/weights)")
     p.add_argument("--minutes", type=float, default=None, help="training time budget")
@@ -82,6 +87,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from handler.knative import run_serve
 
         return run_serve(args)
+    if args.command == "relay":
+        from handler.http.relay import run_relay
+
+        return run_relay(args.host, args.port)
     if missing := _missing_local_modules(LOCAL_COMMANDS[args.command]):
         print(f"rasterfn {args.command}: needs {', '.join(missing)}: {LOCAL_TOOLS_MISSING}", file=sys.stderr)
         return 2

@@ -40,6 +40,9 @@ ENV_MAX_CONCURRENT_INFERENCES = "MAX_CONCURRENT_INFERENCES"
 ENV_MAX_QUEUED_REQUESTS = "MAX_QUEUED_REQUESTS"
 ENV_WEBHOOK_TOKEN = "WEBHOOK_TOKEN"  # noqa: S105 (the variable's name, not a secret)
 ENV_TMP_DIR = "TMPDIR"
+# The Eventing relay (handler/http/relay.py); K_SINK is injected by Knative's SinkBinding.
+ENV_K_SINK = "K_SINK"
+ENV_RELAY_TARGET_URL = "RELAY_TARGET_URL"
 
 DEFAULT_MAX_INPUT_BYTES = 4 * 1024**3
 DEFAULT_INPUT_SUFFIXES = (".tif", ".tiff")
@@ -170,3 +173,39 @@ def reload_settings() -> Settings:
 
 
 SETTINGS_FIELDS = tuple(f.name for f in fields(Settings))
+
+
+# --- the Eventing relay's settings (a separate process: `rasterfn relay`) -------------------------------------
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """What ``rasterfn relay`` needs: where to publish (the Broker), where to deliver (the function), the token.
+
+    Every field is required: the relay is the only door MinIO's webhooks come through, so it fails closed.
+
+    >>> RelaySettings.from_env({"K_SINK": "http://b/default/default", "RELAY_TARGET_URL": "http://f",
+    ...                         "WEBHOOK_TOKEN": "t"}).sink_url
+    'http://b/default/default'
+    """
+
+    sink_url: str
+    target_url: str
+    webhook_token: str
+
+    def __post_init__(self) -> None:
+        problems = [
+            f"{name} must be an http:// or https:// URL, got {value!r}"
+            for name, value in ((ENV_K_SINK, self.sink_url), (ENV_RELAY_TARGET_URL, self.target_url))
+            if not value.startswith(("http://", "https://"))
+        ]
+        if not self.webhook_token:
+            problems.append(f"{ENV_WEBHOOK_TOKEN} must be set: the relay never accepts unauthenticated webhooks")
+        if problems:
+            raise ConfigError("invalid relay settings: " + "; ".join(problems))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RelaySettings:
+        env = os.environ if environ is None else environ
+        values = [(env.get(name) or "").strip() for name in (ENV_K_SINK, ENV_RELAY_TARGET_URL, ENV_WEBHOOK_TOKEN)]
+        return cls(*values)

@@ -130,4 +130,6 @@ def test_http_adapter_is_used_only_by_the_knative_entry_point():
     graph = import_graph(top_level_only=False)
     users = {m for m, ts in graph.items() if any(within(t, "handler.http") for t in ts)}
     users = {m for m in users if not within(m, "handler.http")}
-    assert users <= {"handler.knative"}
+    assert users <= {"handler.knative", "handler.cli"}
+    # The Eventing relay is its own process (`rasterfn relay`), started by the CLI without the function's app.
+    assert {t for t in graph["handler.cli"] if within(t, "handler.http")} <= {"handler.http.relay"}
