@@ -103,42 +103,83 @@ push-image: image  ## build, then push the image to the ECR repository Terraform
 	docker tag $(IMAGE):$(VERSION) "$$repo:$(VERSION)" && \
 	docker push "$$repo:$(VERSION)"
 
-# --- Knative on minikube (see infra/knative/): a local cluster, Knative Serving + kourier, MinIO webhooks.
-# Runs on your machine (needs minikube, kubectl, curl); nothing here runs in CI.
+# --- Knative on minikube (see infra/knative/): a local cluster, Knative Serving + kourier, Knative Eventing (in-memory
+# channel, MT channel-based Broker), MinIO whose webhooks reach the function through the Broker.
+# Runs on your machine (needs minikube, kubectl, curl, openssl); nothing here runs in CI.
 MINIKUBE_PROFILE ?= rasterfn
 KUBERNETES_VERSION ?= v1.30.0
 KNATIVE_VERSION ?= 1.15.2
 KOURIER_VERSION ?= 1.15.1
-KNATIVE_IMAGE ?= rasterfn:0.1.0
-# Magic DNS: with `minikube tunnel` running, http://rasterfn.default.127.0.0.1.sslip.io reaches kourier.
+EVENTING_VERSION ?= 1.15.2
+# dev.local: on Knative's list of registries whose tags are not resolved to digests (set explicitly below), so
+# the image built into minikube's runtime runs as it is. Any other name needs a registry Knative can reach.
+KNATIVE_IMAGE ?= dev.local/rasterfn:0.1.0
+KNATIVE_SKIP_TAG_RESOLVING ?= kind.local,ko.local,dev.local
+# Magic DNS: with `minikube tunnel` running, http://<service>.default.127.0.0.1.sslip.io reaches kourier.
 KNATIVE_DOMAIN ?= 127.0.0.1.sslip.io
 KUBECTL ?= kubectl --context $(MINIKUBE_PROFILE)
 KNATIVE_RELEASES := https://github.com/knative
-.PHONY: minikube knative-install knative-image knative-deploy knative-smoke
+SERVING_RELEASE := $(KNATIVE_RELEASES)/serving/releases/download/knative-v$(KNATIVE_VERSION)
+EVENTING_RELEASE := $(KNATIVE_RELEASES)/eventing/releases/download/knative-v$(EVENTING_VERSION)
+KNATIVE_SECRET ?= rasterfn-minio
+.PHONY: minikube knative-install knative-image knative-secrets knative-deploy knative-func-deploy knative-smoke
 
-minikube:  ## start the local cluster for Knative (profile rasterfn, 4 CPUs, 8 GB)
-	minikube start -p $(MINIKUBE_PROFILE) --kubernetes-version=$(KUBERNETES_VERSION) --cpus=4 --memory=8g
+minikube:  ## start the local cluster for Knative (profile rasterfn, 4 CPUs, 8 GB, Calico for NetworkPolicies)
+	minikube start -p $(MINIKUBE_PROFILE) --kubernetes-version=$(KUBERNETES_VERSION) --cpus=4 --memory=8g --cni=calico
 
-knative-install:  ## install pinned Knative Serving + kourier into the minikube cluster
-	$(KUBECTL) apply -f $(KNATIVE_RELEASES)/serving/releases/download/knative-v$(KNATIVE_VERSION)/serving-crds.yaml
+knative-install:  ## install pinned Knative Serving + kourier and Eventing (in-memory channel, MT Broker)
+	$(KUBECTL) apply -f $(SERVING_RELEASE)/serving-crds.yaml
 	$(KUBECTL) wait --for=condition=Established --timeout=120s crd/services.serving.knative.dev
-	$(KUBECTL) apply -f $(KNATIVE_RELEASES)/serving/releases/download/knative-v$(KNATIVE_VERSION)/serving-core.yaml
+	$(KUBECTL) apply -f $(SERVING_RELEASE)/serving-core.yaml
 	$(KUBECTL) apply -f $(KNATIVE_RELEASES)/net-kourier/releases/download/knative-v$(KOURIER_VERSION)/kourier.yaml
 	$(KUBECTL) patch configmap/config-network -n knative-serving --type merge \
 		-p '{"data":{"ingress-class":"kourier.ingress.networking.knative.dev"}}'
 	$(KUBECTL) patch configmap/config-domain -n knative-serving --type merge -p '{"data":{"$(KNATIVE_DOMAIN)":""}}'
+	$(KUBECTL) patch configmap/config-deployment -n knative-serving --type merge \
+		-p '{"data":{"registries-skipping-tag-resolving":"$(KNATIVE_SKIP_TAG_RESOLVING)"}}'
+	$(KUBECTL) patch configmap/config-features -n knative-serving --type merge \
+		-p '{"data":{"kubernetes.podspec-emptydir":"enabled"}}'
+	$(KUBECTL) patch configmap/config-defaults -n knative-serving --type merge \
+		-p '{"data":{"revision-timeout-seconds":"600","max-revision-timeout-seconds":"600"}}'
+	$(KUBECTL) apply -f $(EVENTING_RELEASE)/eventing-crds.yaml
+	$(KUBECTL) wait --for=condition=Established --timeout=120s crd/brokers.eventing.knative.dev
+	$(KUBECTL) apply -f $(EVENTING_RELEASE)/eventing-core.yaml
+	$(KUBECTL) apply -f $(EVENTING_RELEASE)/in-memory-channel.yaml
+	$(KUBECTL) apply -f $(EVENTING_RELEASE)/mt-channel-broker.yaml
+	$(KUBECTL) patch configmap/config-features -n knative-eventing --type merge \
+		-p '{"data":{"delivery-timeout":"enabled"}}'
 	$(KUBECTL) wait deployment --all -n knative-serving --for=condition=Available --timeout=300s
 	$(KUBECTL) wait deployment --all -n kourier-system --for=condition=Available --timeout=300s
+	$(KUBECTL) wait deployment --all -n knative-eventing --for=condition=Available --timeout=300s
 
-knative-image:  ## build the image (Dockerfile) straight into minikube's container runtime
+knative-image:  ## build the image (Dockerfile) straight into minikube's container runtime as KNATIVE_IMAGE
 	minikube -p $(MINIKUBE_PROFILE) image build -t $(KNATIVE_IMAGE) .
 
-knative-deploy:  ## MinIO (webhook to the function), its bucket setup Job, and the rasterfn Knative Service
+knative-secrets:  ## create the Secret rasterfn-minio with random MinIO credentials and webhook token (once; kept after)
+	@if $(KUBECTL) get secret $(KNATIVE_SECRET) >/dev/null 2>&1; then \
+		echo "secret $(KNATIVE_SECRET) exists: kept (delete it and MinIO's volume to start over)"; \
+	else \
+		$(KUBECTL) create secret generic $(KNATIVE_SECRET) \
+			--from-literal=root-user=rasterfn-admin \
+			--from-literal=root-password="$$(openssl rand -hex 24)" \
+			--from-literal=webhook-token="$$(openssl rand -hex 32)" \
+			--from-literal=function-access-key="rasterfn-$$(openssl rand -hex 6)" \
+			--from-literal=function-secret-key="$$(openssl rand -hex 24)" && \
+		$(KUBECTL) label secret $(KNATIVE_SECRET) app.kubernetes.io/part-of=rasterfn; \
+	fi
+
+knative-deploy: knative-secrets  ## MinIO, its bucket setup Job, the Eventing relay, Broker and Trigger, the Service
 	$(KUBECTL) apply -f infra/knative/minio.yaml
+	$(KUBECTL) delete job/minio-setup --ignore-not-found  # a Job's template cannot change: run it afresh
 	$(KUBECTL) apply -f infra/knative/
 	$(KUBECTL) wait --for=condition=Available --timeout=300s deployment/minio
 	$(KUBECTL) wait --for=condition=Complete --timeout=300s job/minio-setup
 	$(KUBECTL) wait --for=condition=Ready --timeout=600s ksvc/rasterfn
+	$(KUBECTL) wait --for=condition=Ready --timeout=300s broker/default trigger/rasterfn-uploads sinkbinding/rasterfn-relay
+	$(KUBECTL) rollout status --timeout=300s deployment/rasterfn-relay
 
-knative-smoke: install  ## upload data/test-1.tif to MinIO, wait for its .npy; POST /inference via kourier
+knative-func-deploy: knative-secrets  ## the Service alone with the func CLI: no build, no push, the local image
+	func deploy --build=false --push=false --image $(KNATIVE_IMAGE)
+
+knative-smoke: install  ## upload data/test-1.tif to MinIO, wait for its .npy (via the Broker); POST /inference
 	KUBECTL="$(KUBECTL)" PY="$(PY)" bash infra/knative/smoke.sh

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Smoke test of the Knative deployment (make knative-smoke), from the repository root:
-#   1. event path: upload data/test-1.tif to MinIO's bucket; MinIO's webhook makes the function write the .npy
-#      beside it; wait for it and check it is a 512 x 512 mask;
-#   2. HTTP path: the old API's curl command, POST /inference through the kourier ingress (Host header);
+#   1. event path: upload data/test-1.tif to MinIO's bucket; MinIO's webhook -> the relay -> the Broker -> the
+#      Trigger -> the function, which writes the .npy beside it; wait for it and check it is a 512 x 512 mask;
+#   2. HTTP path: the old API's curl command, POST /inference through kourier's cluster-internal gateway (the
+#      Service is cluster-local; Host header);
 #   3. GET /metrics shows the requests.
 # Port-forwards (no tunnel or LoadBalancer needed); they are stopped on exit.
 set -euo pipefail
@@ -42,11 +43,12 @@ secret() { $KUBECTL get secret "$SECRET" -o jsonpath="{.data.$1}" | base64 -d; }
 
 $KUBECTL wait --for=condition=Ready --timeout=300s "ksvc/$SERVICE"
 $KUBECTL wait --for=condition=Complete --timeout=300s job/minio-setup
+$KUBECTL wait --for=condition=Ready --timeout=300s broker/default trigger/rasterfn-uploads
 port_forward default svc/minio "$MINIO_LOCAL_PORT:9000"
-port_forward kourier-system svc/kourier "$KOURIER_LOCAL_PORT:80"
+port_forward kourier-system svc/kourier-internal "$KOURIER_LOCAL_PORT:80"
 HOST=$($KUBECTL get ksvc "$SERVICE" -o jsonpath='{.status.url}' | sed -E 's#^https?://##')
 
-echo "== event path: s3://$BUCKET/$KEY -> MinIO webhook -> $SERVICE"
+echo "== event path: s3://$BUCKET/$KEY -> MinIO webhook -> relay -> Broker -> Trigger -> $SERVICE"
 AWS_ENDPOINT_URL="http://127.0.0.1:$MINIO_LOCAL_PORT" \
 AWS_ACCESS_KEY_ID="$(secret root-user)" \
 AWS_SECRET_ACCESS_KEY="$(secret root-password)" \
@@ -81,10 +83,13 @@ while time.monotonic() < deadline:
         print(f"s3://{bucket}/{stem}.npy: {mask.shape} {mask.dtype}, {float((mask > 0).mean()):.1%} positive")
         sys.exit(0)
     time.sleep(2)
-sys.exit(f"no s3://{bucket}/{stem}.npy after {timeout:.0f} s: see kubectl logs -l serving.knative.dev/service=rasterfn")
+sys.exit(
+    f"no s3://{bucket}/{stem}.npy after {timeout:.0f} s: see kubectl logs deploy/rasterfn-relay"
+    " and kubectl logs -l serving.knative.dev/service=rasterfn"
+)
 PYTHON
 
-echo "== HTTP path: POST /inference via kourier (Host: $HOST)"
+echo "== HTTP path: POST /inference via kourier-internal (Host: $HOST)"
 curl -fsS -X POST -H "Host: $HOST" "http://127.0.0.1:$KOURIER_LOCAL_PORT/inference" \
     -F "file=@./$INPUT" --output "$OUT_DIR/output.npy"
 "$PY" -c "import numpy as np, sys; a = np.load(sys.argv[1]); assert a.shape == (512, 512), a.shape; print('inference:', a.shape, a.dtype)" "$OUT_DIR/output.npy"
