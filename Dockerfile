@@ -52,9 +52,9 @@ RUN site=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"
     && python -m pip uninstall --yes pip \
     && python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/venv
 
-# Smoke test of what was stripped: both entry modules import, and the Lambda one runs its INIT (loads the
-# baked-in demo model and checks its sha256), exactly as a cold start would; the local tools are not there.
-RUN AWS_DEFAULT_REGION=us-east-1 python -P -c "import handler.knative, handler.lambda_function" \
+# Smoke test of what was stripped: the entry modules (function, Eventing relay) import, and the Lambda one runs its
+# INIT (loads the baked-in demo model and checks its sha256), exactly as a cold start would; no local tools.
+RUN AWS_DEFAULT_REGION=us-east-1 python -P -c "import handler.knative, handler.lambda_function, handler.http.relay" \
     && python -P -c "from importlib.util import find_spec as f; assert not [m for m in ('handler.local', 'model.training', 'moto') if f(m)]"
 
 

@@ -41,8 +41,9 @@ def test_runtime_venv_has_no_local_tool_dependencies(tmp_path):
 
 
 def test_both_entry_points_import_in_the_runtime_venv(tmp_path):
+    # handler.http.relay: `rasterfn relay`, the Knative Eventing relay, needs only runtime dependencies too.
     result = run_in_runtime_venv(
-        "import sys, handler.knative, handler.lambda_function as f; "
+        "import sys, handler.knative, handler.http.relay, handler.lambda_function as f; "
         "print(f.RUNTIME.model.card.name, 'handler.local' in sys.modules, handler.knative.__file__)",
         tmp_path,
     )
