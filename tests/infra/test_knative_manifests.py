@@ -491,6 +491,12 @@ def test_only_the_function_and_the_setup_job_reach_minio(manifests, ksvc):
     assert all("namespaceSelector" not in s for s in policy_sources(manifests, "minio-ingress"))
 
 
+def test_nothing_reaches_the_setup_job(manifests):
+    policy = manifests[("NetworkPolicy", "minio-setup-ingress")]["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels_of(manifests, "Job", "minio-setup").items()
+    assert policy["policyTypes"] == ["Ingress"] and "ingress" not in policy  # no rule: every connection refused
+
+
 def test_only_minio_and_knative_eventing_reach_the_relay(manifests, relay):
     policy = manifests[("NetworkPolicy", "rasterfn-relay-ingress")]["spec"]
     assert policy["podSelector"]["matchLabels"].items() <= labels_of(manifests, "Deployment", "rasterfn-relay").items()
