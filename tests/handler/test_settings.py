@@ -8,6 +8,9 @@ import pytest
 
 from handler.settings import (
     DEFAULT_INPUT_SUFFIXES,
+    ENV_K_SINK,
+    ENV_RELAY_TARGET_URL,
+    RelaySettings,
     Settings,
     env_var_names,
     parse_suffixes,
@@ -44,7 +47,8 @@ def test_every_variable_is_read():
         "WEBHOOK_TOKEN": "s3cr3t",
         "TMPDIR": "/var/tmp",
     }
-    assert set(env) == set(env_var_names())
+    # (the Eventing relay's own two are read by RelaySettings, below)
+    assert set(env) == set(env_var_names()) - {ENV_K_SINK, ENV_RELAY_TARGET_URL}
     # WHEN parsed
     s = Settings.from_env(env)
     # THEN each lands in its field, normalised
@@ -104,3 +108,8 @@ def test_choices_are_the_predictors_own():
 )
 def test_parse_suffixes(value, expected):
     assert parse_suffixes(value) == expected
+
+
+def test_the_relay_reads_its_variables_and_the_webhook_token():
+    env = {"K_SINK": " http://broker/default/default ", "RELAY_TARGET_URL": "http://fn/", "WEBHOOK_TOKEN": "t0k"}
+    assert RelaySettings.from_env(env) == RelaySettings("http://broker/default/default", "http://fn/", "t0k")
