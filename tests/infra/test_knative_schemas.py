@@ -106,6 +106,22 @@ def unknown_fields(value: Any, schema: dict[str, Any], path: str = "") -> Iterat
 FEATURE_FIELDS = {("Trigger", ".spec.delivery.timeout"): '"delivery-timeout":"enabled"'}
 
 
+FEATURE_FLAG = re.compile(r"behind a feature flag - ([a-z0-9.-]+)")
+
+
+def feature_flags_used(value: Any, schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, str]]:
+    """(path, flag) of every field whose CRD description says it is behind a Knative feature flag."""
+    if match := FEATURE_FLAG.search(schema.get("description", "")):
+        yield path, match.group(1)
+    if isinstance(value, dict) and "properties" in schema:
+        for key, item in value.items():
+            if key in schema["properties"]:
+                yield from feature_flags_used(item, schema["properties"][key], f"{path}.{key}")
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for index, item in enumerate(value):
+            yield from feature_flags_used(item, schema["items"], f"{path}[{index}]")
+
+
 def body_of(doc: dict[str, Any]) -> dict[str, Any]:
     """The object without apiVersion, kind and metadata, which every CRD's schema leaves to the API server."""
     return {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "metadata")}
@@ -145,6 +161,23 @@ def test_knative_objects_validate_against_knative_1_15_crds(name, doc):
     kubernetes_validate.validate(
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": doc["metadata"]}, KUBERNETES_VERSION, strict=True
     )
+
+
+def test_every_feature_flagged_field_has_its_flag_enabled_by_knative_install():
+    # Knative's webhook refuses a flagged field (an emptyDir, a pod securityContext) unless config-features
+    # enables it: the Revision would never be created.
+    install = (REPO_ROOT / "Makefile").read_text()
+    used = []
+    for _, doc in DOCS:
+        if is_knative(doc):
+            group, version = doc["apiVersion"].split("/")
+            used += feature_flags_used(body_of(doc), crd_schema(group, doc["kind"], version))
+    assert ("".join(p for p, _ in used), [f for _, f in used]) == (
+        ".spec.template.spec.volumes[0].emptyDir",
+        ["kubernetes.podspec-emptydir"],
+    )
+    for path, flag in used:
+        assert f'"{flag}":"enabled"' in install, f"{path} needs config-features {flag}: enabled"
 
 
 def test_the_unknown_field_check_can_fail():
