@@ -193,6 +193,8 @@ def run_relay(host: str, port: int) -> int:
     from hypercorn.config import Config
 
     settings = RelaySettings.from_env()  # a missing variable fails here, with its message
+    # Its own process: INFO lines (what was published, delivered, dead-lettered) go to the pod's log.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = Config()
     config.bind = [f"[{host.strip('[]')}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None

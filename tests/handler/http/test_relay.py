@@ -11,6 +11,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -265,11 +271,17 @@ def test_the_relay_refuses_to_start_without_its_settings(env, message):
         RelaySettings.from_env(env)
 
 
+def test_rasterfn_relay_without_its_settings_exits_2_with_the_message(monkeypatch, capsys):
+    from handler.cli import main
+
+    for name in ("K_SINK", "RELAY_TARGET_URL", "WEBHOOK_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["relay", "--port", "18099"]) == 2
+    assert "K_SINK must be an http:// or https:// URL" in capsys.readouterr().err
+
+
 def test_the_relay_does_not_import_torch_or_boto3():
     # It runs as its own small pod: the model and the S3 client belong to the function.
-    import subprocess
-    import sys
-
     code = "import sys, handler.http.relay; print('torch' in sys.modules, 'boto3' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.split() == ["False", "False"]
@@ -335,3 +347,34 @@ class _Switch(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         return await self.transports[request.url.host].handle_async_request(request)
+
+
+def test_rasterfn_relay_serves_and_stops_on_sigterm(tmp_path):
+    # GIVEN the real server on a free port, with a Broker address where nothing listens
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "K_SINK": "http://127.0.0.1:9/", "RELAY_TARGET_URL": FUNCTION, "WEBHOOK_TOKEN": TOKEN}
+    command = [sys.executable, "-m", "handler.cli", "relay", "--port", str(port)]
+    server = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                health = httpx.get(f"{base}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and server.poll() is None, "the relay did not come up"
+                time.sleep(0.1)
+        # WHEN MinIO posts an event
+        published = httpx.post(f"{base}/minio", content=minio_body(), headers=AUTH, timeout=15)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output = server.communicate(timeout=15)[0].decode()
+    # THEN it answered health, said 502 (the Broker is unreachable, MinIO keeps the event) and stopped cleanly
+    assert health.json() == {"status": "ok"}
+    assert published.status_code == 502 and published.headers["retry-after"] == "10"
+    assert server.returncode == 0, output
+    assert f"listening on http://127.0.0.1:{port}" in output
+    assert "WARNING handler.http.relay: publish" in output
