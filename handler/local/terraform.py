@@ -70,6 +70,15 @@ def cli_config(mirror: Path) -> str:
     )
 
 
+# What moto_override changes, one line each (printed by `rasterfn tf-local`; the reasons are in the file).
+MOTO_DEVIATIONS = (
+    "provider: moto's endpoint for every service, fake credentials, path-style S3",
+    "input bucket policy: no TLS-only Deny statements (moto evaluates them without request context)",
+    "aws_sqs_queue_redrive_allow_policy: not created (moto never returns it; the provider would wait forever)",
+    "event source mapping: created disabled (moto would run the image in Docker); rasterfn plays it locally",
+)
+
+
 def moto_override(endpoint_url: str, region: str) -> str:
     """An override file that applies infra/terraform to moto's server at ``endpoint_url`` (pure).
 

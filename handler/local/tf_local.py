@@ -18,11 +18,12 @@ Exit code 0 only when the mask is valid and the destroy left nothing.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +36,9 @@ from handler.local.demo import load_lambda_handler
 from handler.local.local_esm import EsmConfig, Invocation, LocalEventSourceMapping
 from handler.local.moto_stack import (
     DEFAULT_REGION,
+    DLQ_RETENTION_S,
     MotoServer,
+    StackSpec,
     client,
     local_aws_environ,
     patched_environ,
@@ -46,9 +49,13 @@ from handler.local.paths import SAMPLE_RASTER
 from handler.local.results import ObjectResult, find_result, load_npy, validate_mask
 from handler.local.terraform import (
     DEFAULT_PLUGIN_MIRROR,
+    MOTO_DEVIATIONS,
+    OVERRIDE_NAME,
     TF_DIR,
     Terraform,
+    TerraformError,
     completed_lines,
+    find_terraform,
     has_provider_mirror,
     moto_override,
     prepare_workdir,
@@ -137,6 +144,25 @@ def read_back_function(lambda_client: Any, name: str, queue_url: str, queue_arn:
     )
 
 
+def demo_topology_differences(
+    spec: StackSpec, queue: Mapping[str, str], dlq: Mapping[str, str], suffixes: Sequence[str]
+) -> list[str]:
+    """Where the stack ``rasterfn demo`` builds by hand (:class:`StackSpec`'s defaults) differs from the queues
+    and notification suffixes Terraform created, one line each; ``[]`` when they agree (pure)."""
+    redrive = json.loads(queue.get("RedrivePolicy") or "{}")
+    pairs = {
+        "queue name": (spec.queue_name, queue.get("QueueArn", "").rpartition(":")[2]),
+        "DLQ name": (spec.dlq_name, dlq.get("QueueArn", "").rpartition(":")[2]),
+        "visibility timeout": (str(spec.visibility_timeout_s), queue.get("VisibilityTimeout")),
+        "message retention": (str(spec.retention_s), queue.get("MessageRetentionPeriod")),
+        "DLQ retention": (str(DLQ_RETENTION_S), dlq.get("MessageRetentionPeriod")),
+        "maxReceiveCount": (spec.max_receive_count, redrive.get("maxReceiveCount")),
+        "DLQ of the queue": (dlq.get("QueueArn"), redrive.get("deadLetterTargetArn")),
+        "notification suffixes": (sorted(spec.suffixes), sorted(suffixes)),
+    }
+    return [f"{name}: demo {ours!r}, Terraform {theirs!r}" for name, (ours, theirs) in pairs.items() if ours != theirs]
+
+
 class TfLocal:
     """One run: moto up, apply, read back, upload, wait, check, destroy."""
 
@@ -160,6 +186,9 @@ class TfLocal:
         self.sample = sample
 
     def run(self) -> int:
+        executable = find_terraform(self.terraform)
+        if executable is None:
+            raise ConfigError(f"tf-local needs terraform: {self.terraform or 'terraform'} is not on PATH")
         with tempfile.TemporaryDirectory(prefix="rasterfn-tf-local-") as tmp, MotoServer() as server:
             url = server.endpoint_url
             aws_env = local_aws_environ(url, self.region)
@@ -169,20 +198,23 @@ class TfLocal:
                 override=moto_override(url, self.region),
                 variables=LOCAL_VARIABLES,
             )
-            tf = Terraform.create(workdir, executable=self.terraform, mirror=self.mirror, extra_env=aws_env)
-            self._say(f"tf-local: moto on {url}; terraform {tf.executable}; copy of {self.source} in {workdir}")
+            tf = Terraform.create(workdir, executable=executable, mirror=self.mirror, extra_env=aws_env)
+            self._say(f"tf-local: moto on {url}; {tf.executable} on a copy of {self.source}")
             self._say(f"  provider from: {self.mirror or 'your CLI configuration (the registry)'}")
             self._say(f"  variables: {LOCAL_VARIABLES}")
-            self._say(f"  local-only overrides: {workdir.name}/tf_local_override.tf (endpoints; see its comments)")
+            self._say(f"  local only ({OVERRIDE_NAME}, reasons in handler/local/terraform.py):")
+            for deviation in MOTO_DEVIATIONS:
+                self._say(f"    - {deviation}")
             tf.init()
-            code = 1
             try:
                 self._apply(tf)
                 with patched_environ(aws_env):
                     verify_clients_local(url, self.region)
                     code = self._exercise(tf, url)
-            finally:
-                code = self._destroy(tf) or code
+            except BaseException:
+                self._destroy_after_failure(tf)
+                raise
+            code = self._destroy(tf) or code
         self._say("tf-local OK" if code == 0 else "tf-local FAILED")
         return code
 
@@ -205,6 +237,10 @@ class TfLocal:
             f"batch size {deployed.esm.batch_size}, reads {deployed.esm.queue_arn}"
         )
         self._say(f"  environment from Terraform: {deployed.environment}")
+        if differences := self._compare_with_demo(url, bucket, queue_url, outputs["dlq_url"]):
+            for line in differences:
+                self._say(f"FAILED: `rasterfn demo` builds a different topology: {line}")
+            return 1
         with patched_environ(handler_environ(deployed.environment, url, self.region, os.environ)):
             handler = load_lambda_handler(url)
             s3 = client("s3", url, self.region)
@@ -217,6 +253,22 @@ class TfLocal:
                 self._say(f"uploaded s3://{bucket}/{key} ({self.sample.stat().st_size} bytes)")
                 result = self._wait(s3, bucket, key, since, lambda: queue_depth(sqs, outputs["dlq_url"]))
             return self._check(s3, result)
+
+    def _compare_with_demo(self, url: str, bucket: str, queue_url: str, dlq_url: str) -> list[str]:
+        sqs, s3 = client("sqs", url, self.region), client("s3", url, self.region)
+        queue = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
+        dlq = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["All"])["Attributes"]
+        notifications = s3.get_bucket_notification_configuration(Bucket=bucket).get("QueueConfigurations", [])
+        suffixes = [
+            rule["Value"]
+            for config in notifications
+            for rule in config["Filter"]["Key"]["FilterRules"]
+            if rule["Name"].lower() == "suffix"
+        ]
+        differences = demo_topology_differences(StackSpec(), queue, dlq, suffixes)
+        if not differences:
+            self._say("  `rasterfn demo` builds the same queues, redrive and suffixes (handler/local/moto_stack.py)")
+        return differences
 
     def _on_result(self, invocation: Invocation) -> None:
         state = "ok" if invocation.ok else f"failed: {invocation.error or invocation.failed_ids}"
@@ -262,6 +314,13 @@ class TfLocal:
             return 1
         self._say("  the state is empty")
         return 0
+
+    def _destroy_after_failure(self, tf: Terraform) -> None:
+        # The failure that got us here is the one to report; a failed destroy only adds a line.
+        try:
+            self._destroy(tf)
+        except TerraformError as exc:
+            self._say(f"terraform destroy failed too (moto's state goes with the process): {exc}")
 
     def _say(self, text: str) -> None:
         print(text, file=self.out, flush=True)

@@ -5,6 +5,7 @@ tests/infra/test_terraform_cli.py."""
 from __future__ import annotations
 
 import io
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,10 @@ import pytest
 from hcl2 import SerializationOptions
 
 from handler import settings
+from handler.local.moto_stack import StackSpec
 from handler.local.terraform import (
     AWS_PROVIDER,
+    MOTO_DEVIATIONS,
     MOTO_SERVICES,
     OVERRIDE_NAME,
     VARIABLES_NAME,
@@ -27,7 +30,14 @@ from handler.local.terraform import (
     prepare_workdir,
     tail,
 )
-from handler.local.tf_local import LOCAL_ONLY_ENV, LOCAL_VARIABLES, handler_environ, read_back_function
+from handler.local.tf_local import (
+    LOCAL_ONLY_ENV,
+    LOCAL_VARIABLES,
+    TfLocal,
+    demo_topology_differences,
+    handler_environ,
+    read_back_function,
+)
 from model.errors import ConfigError
 from tests.fixtures.paths import REPO_ROOT
 
@@ -231,3 +241,65 @@ def test_read_back_refuses_a_function_without_its_mapping():
     stub = StubLambda([{"FunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:other", "BatchSize": 1}])
     with pytest.raises(ConfigError, match="expected one event-source mapping"):
         read_back_function(stub, "rasterfn", "http://q", QUEUE_ARN, "us-east-1")
+
+
+# --- `rasterfn demo`'s hand-made topology against what Terraform created
+
+
+def terraform_queues(**changes: str) -> tuple[dict[str, str], dict[str, str]]:
+    dlq_arn = "arn:aws:sqs:us-east-1:123456789012:rasterfn-uploads-dlq"
+    queue = {
+        "QueueArn": QUEUE_ARN,
+        "VisibilityTimeout": "1800",
+        "MessageRetentionPeriod": "345600",
+        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 3}),
+    }
+    dlq = {"QueueArn": dlq_arn, "MessageRetentionPeriod": "1209600"}
+    queue.update(changes)
+    return queue, dlq
+
+
+def test_demo_topology_matches_terraforms_defaults():
+    queue, dlq = terraform_queues()
+    assert demo_topology_differences(StackSpec(), queue, dlq, [".tiff", ".tif"]) == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "suffixes", "expected"),
+    [
+        ({"VisibilityTimeout": "900"}, [".tif", ".tiff"], "visibility timeout: demo '1800', Terraform '900'"),
+        ({}, [".tif"], "notification suffixes"),
+        (
+            {"RedrivePolicy": json.dumps({"deadLetterTargetArn": "x", "maxReceiveCount": 5})},
+            [".tif", ".tiff"],
+            "maxReceiveCount: demo 3, Terraform 5",
+        ),
+    ],
+)
+def test_demo_topology_differences_are_named(changes, suffixes, expected):
+    queue, dlq = terraform_queues(**changes)
+    differences = demo_topology_differences(StackSpec(), queue, dlq, suffixes)
+    assert any(line.startswith(expected) for line in differences), differences
+
+
+@pytest.mark.parametrize(
+    ("said", "done"),
+    [
+        ("moto's endpoint for every service", "endpoints {"),
+        ("no TLS-only Deny statements", 'data "aws_iam_policy_document" "input_bucket"'),
+        ("aws_sqs_queue_redrive_allow_policy: not created", "count = 0"),
+        ("event source mapping: created disabled", "enabled = false"),
+    ],
+)
+def test_each_deviation_the_user_is_told_about_is_in_the_override(said, done):
+    assert sum(said in line for line in MOTO_DEVIATIONS) == 1
+    assert done in moto_override(ENDPOINT, "us-east-1")
+
+
+def test_the_user_is_told_about_every_deviation():
+    assert len(MOTO_DEVIATIONS) == 4  # one per block of the override (provider, policy, redrive-allow, mapping)
+
+
+def test_tf_local_refuses_to_start_without_terraform():
+    with pytest.raises(ConfigError, match="needs terraform"):
+        TfLocal(out=io.StringIO(), terraform="no-such-terraform-binary").run()
