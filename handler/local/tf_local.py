@@ -6,13 +6,14 @@ what Terraform created, then ``terraform destroy``.
    named there) and local variables (:data:`LOCAL_VARIABLES`), and Terraform initialises and applies it.
 2. The function's configuration is read back from moto's Lambda (``GetFunctionConfiguration``,
    ``ListEventSourceMappings``): its environment becomes the handler's, its timeout and memory the fake
-   context's, the mapping's batch size and queue the local event-source mapping's.
+   context's, the mapping's batch size and queue the local event-source mapping's. The queues, redrive and
+   notification suffixes are compared with the stack ``rasterfn demo`` builds by hand, so the two agree.
 3. ``data/test-1.tif`` goes to ``s3://<bucket>/<input_prefix>test-1.tif``; the bucket notification Terraform
    created sends the event to the queue Terraform created; :mod:`handler.local.local_esm` runs
    ``lambda_handler`` on it; the ``.npy`` beside the input is downloaded and checked.
 4. ``terraform destroy`` removes everything, and the state must be empty afterwards.
 
-Exit code 0 only when the mask is valid and the destroy left nothing.
+Exit code 0 only when the demo's topology agrees, the mask is valid and the destroy left nothing.
 """
 
 from __future__ import annotations
