@@ -9,7 +9,7 @@ TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 
 .DEFAULT_GOAL := help
 .PHONY: help install runtime-venv demo test lint static pytest bench predict train-demo serve
-.PHONY: image image-size push-image tf-init tf-ecr tf-plan tf-apply
+.PHONY: image image-size push-image tf-init tf-ecr tf-plan tf-apply tf-local
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -71,9 +71,14 @@ DOCKER_BUILD_FLAGS ?= --platform linux/amd64 --provenance=false
 IMAGE_MAX_MB ?= 1200
 TF_DIR ?= infra/terraform
 TF := terraform -chdir=$(TF_DIR)
+# A filesystem mirror of the Terraform registry holding hashicorp/aws: `make static` and `make tf-local` use it
+# when it exists (offline machines); elsewhere Terraform downloads the provider from the registry.
+TF_PLUGIN_MIRROR ?= /opt/tf-plugins
+# ECR keeps images tagged with this prefix as rollback targets (infra/terraform: local.deployed_tag_prefix).
+ECR_DEPLOYED_PREFIX := deployed-
 
-static: install  ## checkov (own venv .venv-checkov) on infra/terraform, hadolint on the Dockerfile
-	VENV=$(VENV) CHECKOV_VENV=$(CHECKOV_VENV) PYTHON=$(PYTHON) scripts/static_checks.sh
+static: install  ## checkov (own venv .venv-checkov) and terraform fmt/validate on infra/terraform, hadolint
+	VENV=$(VENV) CHECKOV_VENV=$(CHECKOV_VENV) PYTHON=$(PYTHON) TF_PLUGIN_MIRROR=$(TF_PLUGIN_MIRROR) scripts/static_checks.sh
 
 image:  ## build the Lambda/Knative image rasterfn:VERSION (git commit)
 	docker build $(DOCKER_BUILD_FLAGS) -t $(IMAGE):$(VERSION) .
@@ -93,8 +98,13 @@ tf-ecr:  ## first deployment only: create the ECR repository (and its key) so an
 tf-plan:  ## terraform plan for image tag VERSION
 	$(TF) plan -var image_tag=$(VERSION)
 
-tf-apply:  ## terraform apply for image tag VERSION (push it first)
+tf-apply:  ## terraform apply for image tag VERSION (push it first); tags it deployed-VERSION so ECR keeps it
+	scripts/ecr_mark_deployed.sh "$$($(TF) output -raw ecr_repository_url)" "$$($(TF) output -raw region)" \
+		$(VERSION) $(ECR_DEPLOYED_PREFIX)
 	$(TF) apply -var image_tag=$(VERSION)
+
+tf-local: install  ## terraform apply infra/terraform onto embedded moto, one .tif through it, terraform destroy
+	$(VENV)/bin/rasterfn tf-local $(if $(wildcard $(TF_PLUGIN_MIRROR)),--plugin-mirror $(TF_PLUGIN_MIRROR))
 
 push-image: image  ## build, then push the image to the ECR repository Terraform created
 	@case "$(VERSION)" in *-dirty|dev) echo "push-image: commit first; ECR tags are immutable and $(VERSION) names no commit" >&2; exit 1;; esac

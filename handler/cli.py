@@ -3,6 +3,7 @@
 rasterfn predict IN.tif [-o OUT.npy] [--output mask|mask-uint8|score] [--model CARD.json]
 rasterfn replay EVENT.json [--endpoint-url URL] [--seed]
 rasterfn demo [FILES...] [--serve]
+rasterfn tf-local [--plugin-mirror DIR] [--terraform PATH]
 rasterfn serve [--host 127.0.0.1] [--port 8080]
 rasterfn relay [--host 127.0.0.1] [--port 8080]
 rasterfn train-demo [--out-dir model/weights]
@@ -21,6 +22,7 @@ from model.errors import RasterfnError
 LOCAL_COMMANDS = {
     "replay": ("handler.local", "moto"),
     "demo": ("handler.local", "moto"),
+    "tf-local": ("handler.local", "moto"),
     "train-demo": ("model.training",),
 }
 LOCAL_TOOLS_MISSING = (
@@ -51,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="*", help="extra rasters to upload besides data/test-1.tif")
     p.add_argument("--serve", action="store_true", help="keep the stack running for your own uploads")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for all outputs")
+
+    p = sub.add_parser(
+        "tf-local", help="terraform apply infra/terraform onto embedded moto, one upload through it, destroy"
+    )
+    p.add_argument(
+        "--plugin-mirror", help="filesystem mirror holding hashicorp/aws (default: /opt/tf-plugins if present)"
+    )
+    p.add_argument("--terraform", help="terraform executable (default: terraform on PATH)")
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the .npy")
 
     p = sub.add_parser("serve", help="run the Knative function locally (func-python's server)")
     p.add_argument("--host", default="127.0.0.1")
@@ -102,6 +113,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from handler.local.demo import run_demo
 
         return run_demo(args)
+    if args.command == "tf-local":
+        from handler.local.tf_local import run_tf_local
+
+        return run_tf_local(args)
     if args.command == "train-demo":
         from model.training.train_demo import run_train_demo
 

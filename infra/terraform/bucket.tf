@@ -5,6 +5,15 @@ resource "aws_s3_bucket" "input" {
   #checkov:skip=CKV_AWS_18:Access logs are opt-in (var.access_log_bucket names an existing log bucket); CloudTrail S3 data events are the alternative.
   bucket        = local.bucket_name
   force_destroy = var.force_destroy
+
+  lifecycle {
+    # The derived name holds the account (12) and region (up to 14): a 41-character name fits the other
+    # resources but not S3's 63, and S3 would only say so halfway through an apply.
+    precondition {
+      condition     = length(local.bucket_name) <= 63 && can(regex("^[a-z0-9][a-z0-9.-]+[a-z0-9]$", local.bucket_name))
+      error_message = "The input bucket name \"${local.bucket_name}\" (${length(local.bucket_name)} characters) is not a valid S3 bucket name (at most 63): shorten name (the bucket is <name>-input-<account>-<region>) or set bucket_name."
+    }
+  }
 }
 
 resource "aws_s3_bucket_ownership_controls" "input" {
@@ -48,7 +57,10 @@ resource "aws_s3_bucket_lifecycle_configuration" "input" {
   rule {
     id     = "expire-noncurrent-versions"
     status = "Enabled"
-    filter {}
+    # Every object: an empty prefix. (An empty `filter {}` warns on current providers, "an error in a future version".)
+    filter {
+      prefix = ""
+    }
     noncurrent_version_expiration {
       noncurrent_days = var.noncurrent_version_expiration_days
     }
@@ -60,7 +72,9 @@ resource "aws_s3_bucket_lifecycle_configuration" "input" {
   rule {
     id     = "abort-incomplete-multipart-uploads"
     status = "Enabled"
-    filter {}
+    filter {
+      prefix = ""
+    }
     abort_incomplete_multipart_upload {
       days_after_initiation = 7
     }

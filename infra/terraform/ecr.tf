@@ -24,9 +24,18 @@ resource "aws_ecr_lifecycle_policy" "this" {
         selection    = { tagStatus = "untagged", countType = "sinceImagePushed", countUnit = "days", countNumber = 1 }
         action       = { type = "expire" }
       },
+      # `make tf-apply` tags what it deploys deployed-<tag>. ECR never lets a lower-priority rule expire an
+      # image that matches a higher one's tags, so rule 3 cannot touch a deployed image: a rollback target
+      # only expires once ecr_keep_deployed_images newer deployed images exist.
       {
         rulePriority = 2
-        description  = "Keep the newest ${var.ecr_keep_images} images"
+        description  = "Keep the newest ${var.ecr_keep_deployed_images} deployed images (rollback targets)"
+        selection    = { tagStatus = "tagged", tagPrefixList = [local.deployed_tag_prefix], countType = "imageCountMoreThan", countNumber = var.ecr_keep_deployed_images }
+        action       = { type = "expire" }
+      },
+      {
+        rulePriority = 3
+        description  = "Keep the newest ${var.ecr_keep_images} images never deployed"
         selection    = { tagStatus = "any", countType = "imageCountMoreThan", countNumber = var.ecr_keep_images }
         action       = { type = "expire" }
       },
@@ -42,7 +51,7 @@ resource "aws_ecr_repository_policy" "this" {
 
 data "aws_iam_policy_document" "ecr" {
   statement {
-    sid       = "LambdaPullsTheFunctionImage"
+    sid = "LambdaPullsTheFunctionImage"
     # No "resources": a repository policy applies to its repository, and ECR rejects other resources.
     actions = ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"]
     principals {

@@ -94,6 +94,22 @@ data "aws_iam_policy_document" "lambda" {
     resources = [aws_kms_key.this.arn]
   }
 
+  # An output bucket or MODEL_URI bucket encrypted under another key: S3 asks KMS on the function's behalf,
+  # so the grant is for calls made through S3 only.
+  dynamic "statement" {
+    for_each = length(var.extra_kms_key_arns) == 0 ? [] : [var.extra_kms_key_arns]
+    content {
+      sid       = "UseOtherBucketsKeysThroughS3"
+      actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+      resources = statement.value
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["s3.${local.region}.amazonaws.com"]
+      }
+    }
+  }
+
   statement {
     sid       = "WriteOwnLogs"
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]

@@ -24,6 +24,8 @@ resource "aws_lambda_function" "this" {
   ephemeral_storage {
     size = var.ephemeral_storage_mb
   }
+  # null leaves the function unreserved (the provider's -1): a reservation fails on accounts whose unreserved
+  # concurrency would fall under AWS's minimum of 100, which is every new account (quota 1000 or less).
   reserved_concurrent_executions = var.reserved_concurrency
 
   kms_key_arn = aws_kms_key.this.arn
@@ -61,7 +63,8 @@ resource "aws_lambda_event_source_mapping" "uploads" {
 
   lifecycle {
     precondition {
-      condition     = var.reserved_concurrency < 0 || var.maximum_concurrency <= var.reserved_concurrency
+      # Unreserved (null): nothing to compare with; the account's concurrency is the limit.
+      condition     = var.maximum_concurrency <= coalesce(var.reserved_concurrency, var.maximum_concurrency)
       error_message = "maximum_concurrency must not exceed reserved_concurrency: the extra pollers would only be throttled."
     }
     precondition {

@@ -5,7 +5,8 @@ data "aws_region" "current" {}
 locals {
   account_id = data.aws_caller_identity.current.account_id
   partition  = data.aws_partition.current.partition
-  region     = data.aws_region.current.region
+  # `id` is the region's name in provider 5.x and 6.x alike (`name` is deprecated in 6.x, `region` new in it).
+  region = coalesce(var.region, data.aws_region.current.id)
 
   function_name = var.name
   # Globally unique without a random suffix: the account and region already make it so.
@@ -19,6 +20,8 @@ locals {
   output_key_prefix = "${var.output_prefix}${var.input_prefix}"
 
   image_uri = "${aws_ecr_repository.this.repository_url}:${var.image_tag}"
+  # `make tf-apply` adds this tag to the image it deploys; the ECR lifecycle policy never expires those first.
+  deployed_tag_prefix = "deployed-"
 
   # AWS's guidance for SQS-triggered functions: visibility timeout >= 6 x the function timeout (plus the
   # batching window), so a message is never redelivered while an invocation may still be working on it.

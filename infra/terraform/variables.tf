@@ -5,9 +5,11 @@ variable "name" {
   type        = string
   default     = "rasterfn"
 
+  # 41 keeps every derived name within its limit (the IAM role "<name>-function": 64); the derived bucket
+  # name, which also holds the account and region, is checked where it is built (bucket.tf).
   validation {
-    condition     = can(regex("^[a-z][a-z0-9-]{1,40}$", var.name))
-    error_message = "name must be 2-41 characters: lower-case letters, digits and hyphens, starting with a letter."
+    condition     = can(regex("^[a-z][a-z0-9-]{0,39}[a-z0-9]$", var.name))
+    error_message = "name must be 2-41 characters: lower-case letters, digits and hyphens, starting with a letter and not ending with a hyphen."
   }
 }
 
@@ -36,17 +38,38 @@ variable "image_tag" {
 }
 
 variable "ecr_keep_images" {
-  description = "How many tagged images the ECR lifecycle policy keeps (older ones are expired)."
+  description = "How many of the newest never-deployed images the ECR lifecycle policy keeps; deployed ones (tag deployed-*) are never counted here."
   type        = number
   default     = 20
+
+  validation {
+    condition     = var.ecr_keep_images >= 1
+    error_message = "ecr_keep_images must be >= 1."
+  }
+}
+
+variable "ecr_keep_deployed_images" {
+  description = "How many images ever deployed (tag deployed-<tag>, set by `make tf-apply`) stay available for a rollback; only older ones beyond this count expire."
+  type        = number
+  default     = 1000
+
+  validation {
+    condition     = var.ecr_keep_deployed_images >= 10
+    error_message = "ecr_keep_deployed_images must be >= 10: fewer would let a routine rollback target expire."
+  }
 }
 
 # --- Bucket and notifications
 
 variable "bucket_name" {
-  description = "Input bucket name; null: <name>-input-<account>-<region>."
+  description = "Input bucket name; null: <name>-input-<account>-<region> (which must fit S3's 63 characters)."
   type        = string
   default     = null
+
+  validation {
+    condition     = var.bucket_name == null || can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", var.bucket_name))
+    error_message = "bucket_name must be 3-63 characters: lower-case letters, digits, dots and hyphens, starting and ending with a letter or digit."
+  }
 }
 
 variable "input_prefix" {
@@ -137,9 +160,14 @@ variable "ephemeral_storage_mb" {
 }
 
 variable "reserved_concurrency" {
-  description = "Concurrent executions reserved for (and capping) the function; -1: unreserved."
+  description = "Concurrent executions reserved for (and capping) the function; null: unreserved (the default: AWS refuses a reservation that leaves the account under 100 unreserved, as on new accounts)."
   type        = number
-  default     = 10
+  default     = null
+
+  validation {
+    condition     = var.reserved_concurrency == null || try(var.reserved_concurrency >= 1, false)
+    error_message = "reserved_concurrency must be null (unreserved) or >= 1; to stop the function, disable its event source mapping instead of reserving 0."
+  }
 }
 
 variable "log_retention_days" {
@@ -209,6 +237,17 @@ variable "model_uri" {
   }
 }
 
+variable "extra_kms_key_arns" {
+  description = "ARNs of the KMS keys that encrypt output_bucket_name or model_uri's bucket when those are not this configuration's key: the function gets kms:Decrypt and kms:GenerateDataKey on them, through S3 only."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for arn in var.extra_kms_key_arns : can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+$", arn))])
+    error_message = "extra_kms_key_arns must hold KMS key ARNs (arn:aws:kms:REGION:ACCOUNT:key/ID); aliases are not allowed in IAM policies."
+  }
+}
+
 # --- Queue and event source mapping
 
 variable "batch_size" {
@@ -224,7 +263,7 @@ variable "maximum_batching_window_seconds" {
 }
 
 variable "maximum_concurrency" {
-  description = "Most concurrent invocations the SQS event source starts (2-1000; keep <= reserved_concurrency)."
+  description = "Most concurrent invocations the SQS event source starts (2-1000; keep <= reserved_concurrency when that is set)."
   type        = number
   default     = 10
 

@@ -143,7 +143,16 @@ def test_versions_are_pinned(tf):
     (providers,) = tf.terraform["required_providers"]  # a block: one-element list
     aws = providers["aws"]
     assert aws["source"] == "hashicorp/aws"
-    assert aws["version"] == "~> 6.0"
+    # The last 5.x (what offline mirrors hold, and what `make static` validates with here) through 6.x
+    assert aws["version"] == ">= 5.100, < 7.0"
+
+
+@pytest.mark.parametrize("attribute", ["region", "name", "endpoint"])
+def test_no_aws_region_attribute_that_only_one_provider_major_has(attribute):
+    # `region` is new in 6.x, `name` and `endpoint` are deprecated there: `id` is the region in both
+    text = "\n".join(path.read_text() for path in TF_DIR.glob("*.tf"))
+    assert f"data.aws_region.current.{attribute}" not in text
+    assert "data.aws_region.current.id" in text
 
 
 def test_every_variable_and_output_is_documented(tf):
@@ -263,7 +272,16 @@ def test_event_source_mapping_reports_batch_item_failures(tf):
     assert mapping["function_response_types"] == ["ReportBatchItemFailures"]
     assert mapping["event_source_arn"] == "${aws_sqs_queue.uploads.arn}"
     assert mapping["scaling_config"][0]["maximum_concurrency"] == "${var.maximum_concurrency}"
-    assert tf.default("maximum_concurrency") <= tf.default("reserved_concurrency")
+
+
+def test_function_is_unreserved_by_default(tf):
+    # GIVEN a new account (AWS refuses reservations leaving under 100 unreserved) THEN nothing is reserved
+    assert tf.default("reserved_concurrency") is None
+    function = tf.resource("aws_lambda_function", "this")
+    assert function["reserved_concurrent_executions"] == "${var.reserved_concurrency}"
+    # AND a reservation, when set, must cover the pollers (checked with null in mind)
+    (precondition, _) = tf.resource("aws_lambda_event_source_mapping", "uploads")["lifecycle"][0]["precondition"]
+    assert "coalesce(var.reserved_concurrency" in precondition["condition"]
 
 
 # --- IAM: least privilege
@@ -276,6 +294,8 @@ _SCOPED_RESOURCES = (
     "${aws_cloudwatch_log_group.lambda.arn}",
     "arn:${local.partition}:s3:::${statement.value[0]}",  # the MODEL_URI bucket, only when set
 )
+# var.extra_kms_key_arns (validated as key ARNs), granted through S3 only: checked on its own below.
+_EXTRA_KEYS = ("UseOtherBucketsKeysThroughS3", "${statement.value}")
 # Actions without resource-level permissions: "*" is their only valid resource.
 _UNSCOPABLE_ACTIONS = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
 
@@ -294,6 +314,8 @@ def test_function_policy_resources_are_scoped(lambda_policy):
             if resource == "*":
                 if not set(statement["actions"]) <= _UNSCOPABLE_ACTIONS:
                     unscoped.append((statement.get("sid"), resource))
+            elif (statement.get("sid"), resource) == _EXTRA_KEYS:
+                continue
             elif not any(part in resource for part in _SCOPED_RESOURCES):
                 unscoped.append((statement.get("sid"), resource))
     assert unscoped == []
@@ -452,3 +474,67 @@ def test_evaluate_refuses_anything_else():
     config = Config({}, {}, {"t": {"default": 300}}, {}, {}, {})
     with pytest.raises(AssertionError, match="not plain arithmetic"):
         evaluate("${max(var.t, 1)}", config)
+
+
+# --- Review findings of issue 12 (Terraform itself checks them too: infra/terraform/tests/*.tftest.hcl)
+
+
+def test_lifecycle_rules_filter_on_an_explicit_empty_prefix(tf):
+    # An empty `filter {}` warns on current providers ("will be an error in a future version")
+    rules = tf.resource("aws_s3_bucket_lifecycle_configuration", "input")["rule"]
+    assert len(rules) == 2
+    assert [rule["filter"] for rule in rules] == [[{"prefix": ""}], [{"prefix": ""}]]
+
+
+def test_derived_bucket_name_is_checked_against_s3s_limit(tf):
+    bucket = tf.resource("aws_s3_bucket", "input")
+    (precondition,) = bucket["lifecycle"][0]["precondition"]
+    assert "length(local.bucket_name) <= 63" in precondition["condition"]
+    assert "shorten name" in precondition["error_message"]
+    assert "bucket_name" in tf.variables["bucket_name"]["validation"][0]["condition"]
+
+
+def test_tfvars_example_does_not_reserve_concurrency():
+    with (TF_DIR / "terraform.tfvars.example").open() as handle:
+        example = hcl2.load(handle, serialization_options=_PARSE_OPTIONS)
+    assert "reserved_concurrency" not in example
+
+
+def test_makefile_marks_the_deployed_image_with_the_prefix_ecr_keeps(tf):
+    # GIVEN the prefix the ECR lifecycle policy keeps and the one `make tf-apply` tags with
+    makefile = (ROOT / "Makefile").read_text()
+    (prefix,) = re.findall(r"^ECR_DEPLOYED_PREFIX := (\S+)$", makefile, re.MULTILINE)
+    assert tf.locals["deployed_tag_prefix"] == prefix == "deployed-"
+    assert "tagPrefixList = [local.deployed_tag_prefix]" in tf.resource("aws_ecr_lifecycle_policy", "this")["policy"]
+    # THEN tf-apply tags the image before Terraform points the function at it
+    recipe = makefile.split("\ntf-apply:", 1)[1].split("\n\n", 1)[0]
+    assert recipe.index("scripts/ecr_mark_deployed.sh") < recipe.index("apply -var image_tag=$(VERSION)")
+    assert "$(ECR_DEPLOYED_PREFIX)" in recipe
+
+
+def test_ecr_lifecycle_keeps_deployed_images_before_counting_the_rest(tf):
+    policy = tf.resource("aws_ecr_lifecycle_policy", "this")["policy"]
+    # Rule 2 selects the deployed images; rule 3 (any tag) comes after it, so it can never expire them
+    assert (
+        policy.index("rulePriority = 2") < policy.index("local.deployed_tag_prefix") < policy.index("rulePriority = 3")
+    )
+    assert policy.index("rulePriority = 3") < policy.index('tagStatus = "any"')
+    assert tf.default("ecr_keep_deployed_images") >= 1000
+
+
+def test_other_buckets_keys_are_granted_through_s3_only(tf):
+    (dynamic,) = [
+        d["statement"]
+        for d in tf.data["aws_iam_policy_document"]["lambda"]["dynamic"]
+        if d["statement"]["content"][0]["sid"] == "UseOtherBucketsKeysThroughS3"
+    ]
+    assert "var.extra_kms_key_arns" in dynamic["for_each"]
+    (content,) = dynamic["content"]
+    assert content["actions"] == ["kms:Decrypt", "kms:GenerateDataKey"]
+    (condition,) = content["condition"]
+    assert condition == {
+        "test": "StringEquals",
+        "variable": "kms:ViaService",
+        "values": ["s3.${local.region}.amazonaws.com"],
+    }
+    assert tf.default("extra_kms_key_arns") == []
