@@ -266,12 +266,22 @@ class _App:
                     gone.set()
                     return
 
-        async with anyio.create_task_group() as group:
-            group.start_soon(watch)
+        outcome: dict[str, Any] = {}
+
+        async def work() -> None:
             try:
-                return await run_in_threadpool(run, job, gone.is_set)
+                outcome["result"] = await run_in_threadpool(run, job, gone.is_set)
+            except Exception as exc:  # re-raised below as itself, not inside a task group's ExceptionGroup
+                outcome["error"] = exc
             finally:
                 group.cancel_scope.cancel()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(watch)
+            group.start_soon(work)
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["result"]
 
     # --- plumbing
 

@@ -55,7 +55,7 @@ def tiny_card(tmp_path_factory) -> Path:
 @pytest.fixture
 def runtime(tiny_card, tmp_path) -> Runtime:
     return Runtime(
-        settings=Settings(model_card=tiny_card, tmp_dir=tmp_path),
+        settings=Settings(model_card=tiny_card, tmp_dir=tmp_path, allow_unauthenticated_events=True),
         model=build_model(load_card(tiny_card)),
         storage=Storage.from_defaults("http://127.0.0.1:9"),
     )

@@ -188,7 +188,7 @@ def test_minio_webhook_targets_the_knative_service_with_the_function_s_token(ksv
     assert minio_env["MINIO_NOTIFY_WEBHOOK_ENDPOINT_RASTERFN"]["value"] == (
         f"http://{meta['name']}.{meta['namespace']}.svc.cluster.local"
     )
-    routes = {route.path for route in http_app.create_app(Settings(), knative.RuntimeLoader()).routes}
+    routes = {route.path for route in http_app.create_app(Settings(webhook_token="t"), knative.RuntimeLoader()).routes}
     assert "/" in routes
     # MinIO's auth token and the function's WEBHOOK_TOKEN are the same Secret key.
     token_ref = minio_env["MINIO_NOTIFY_WEBHOOK_AUTH_TOKEN_RASTERFN"]["valueFrom"]["secretKeyRef"]
