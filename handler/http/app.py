@@ -260,11 +260,13 @@ class _App:
         gone = threading.Event()
 
         async def watch() -> None:
-            while True:
-                message = await request.receive()
-                if message["type"] == "http.disconnect":
-                    gone.set()
-                    return
+            try:
+                while (await request.receive())["type"] != "http.disconnect":
+                    pass
+            finally:
+                # A disconnect, or this request cancelled by the server: either way no one waits for the job.
+                # (After a normal finish the job is done, so setting it then changes nothing.)
+                gone.set()
 
         outcome: dict[str, Any] = {}
 
@@ -313,7 +315,7 @@ class _App:
             headers = {"Retry-After": str(self.slots.retry_after_s)}
         elif isinstance(exc, TransientError):
             headers = {"Retry-After": str(TRANSIENT_RETRY_AFTER_S)}
-        if mapping.status < 500 or isinstance(exc, TransientError):
+        if mapping.status < 500 or isinstance(exc, (TransientError, InputError)):
             logger.info("%s %s -> %d: %s", request.method, route, mapping.status, exc)
             return error_response(mapping.status, mapping.error, str(exc), headers)
         request_id = uuid.uuid4().hex
