@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 KILL_GRACE_S = 30.0
 POLL_S = 0.1
 START_TIMEOUT_S = 600.0  # a first download of large weights
+CANCEL = "cancel"
 
 
 @dataclass(frozen=True)
@@ -110,10 +111,10 @@ class Worker:
 
     def __init__(self, settings: Settings, *, init: Callable[[], None] | None = None) -> None:
         context = multiprocessing.get_context("spawn")  # never fork a process that holds torch's threads
+        # One pipe, no semaphores or shared memory: Lambda has no /dev/shm.
         self._conn, child_conn = context.Pipe()
-        self._cancel = context.Event()
         self.process = context.Process(
-            target=_worker_main, args=(child_conn, self._cancel, settings, init), name="rasterfn-worker", daemon=True
+            target=_worker_main, args=(child_conn, settings, init), name="rasterfn-worker", daemon=True
         )
         self.process.start()
         child_conn.close()
@@ -134,7 +135,6 @@ class Worker:
 
     def run(self, job: Job, cancelled: Callable[[], bool] = lambda: False) -> Any:
         """Run ``job`` in the child; its result, or what it raised. A dead child: :class:`WorkerCrashedError`."""
-        self._cancel.clear()
         self._conn.send(job)
         limit = getattr(job, "deadline", None)
         hard_limit = time.monotonic() + (limit - time.time()) + KILL_GRACE_S if limit is not None else None
@@ -155,7 +155,7 @@ class Worker:
                 break
             now = time.monotonic()
             if cancel_at is None and cancelled():
-                self._cancel.set()
+                self._conn.send(CANCEL)  # the child sees it at its next between-tiles check
                 cancel_at = now
             if cancel_at is not None and now > cancel_at + KILL_GRACE_S:
                 self.kill()
@@ -208,8 +208,12 @@ def describe_exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def _worker_main(conn: Any, cancel: Any, settings: Settings, init: Callable[[], None] | None) -> None:
-    """The child: build the runtime, answer "ready", then run jobs until told to stop (``None``)."""
+def _worker_main(conn: Any, settings: Settings, init: Callable[[], None] | None) -> None:
+    """The child: build the runtime, answer "ready", then run jobs until told to stop (``None``).
+
+    Anything the parent sends while a job runs is a cancellation (:data:`CANCEL`): the job's ``interrupt``
+    sees it waiting in the pipe; one that arrives after the job ended is dropped before the next job.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server, which stops us
     try:
         if init is not None:
@@ -226,8 +230,10 @@ def _worker_main(conn: Any, cancel: Any, settings: Settings, init: Callable[[], 
             return  # the parent went away
         if job is None:
             return
+        if job == CANCEL:
+            continue
         try:
-            result = run_job(runtime, job, cancel.is_set)
+            result = run_job(runtime, job, conn.poll)
             conn.send(("ok", result))
         except Exception as exc:
             conn.send(("error", _picklable(exc)))

@@ -17,7 +17,7 @@ from model.card import load_card
 from model.checkpoint import build_model
 from model.options import PredictOptions
 from model.predict import predict_file
-from tests.fixtures.crash import CRASH_MARKER, HANG_MARKER, crash_on_marker
+from tests.fixtures.crash import CRASH_MARKER, HANG_MARKER, SLOW_MARKER, crash_on_marker
 
 
 @pytest.fixture
@@ -72,6 +72,17 @@ def test_a_worker_stuck_past_its_deadline_is_killed(worker, tmp_path, monkeypatc
         worker.run(job_for(hang, tmp_path, deadline=time.time() + 0.5))
     assert not worker.alive()
     assert time.monotonic() - started < 30
+
+
+def test_a_cancelled_job_stops_at_the_next_tile_and_the_worker_serves_on(worker, make_raster, tmp_path):
+    slow = tmp_path / "slow.tif"
+    slow.write_bytes(b"II*\x00" + SLOW_MARKER)
+    started = time.monotonic()
+    with pytest.raises(CancelledError, match="abandoned; inference stopped"):
+        worker.run(job_for(slow, tmp_path), cancelled=lambda: time.monotonic() - started > 0.5)
+    assert time.monotonic() - started < 10 and worker.alive()
+    # AND the cancellation does not leak into the next job
+    assert worker.run(job_for(make_raster(32, 32), tmp_path)).shape == (32, 32)
 
 
 def test_a_cancelled_job_whose_worker_does_not_stop_is_killed(worker, tmp_path, monkeypatch):
