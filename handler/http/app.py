@@ -10,9 +10,15 @@ Routes (func-python itself answers ``/health/liveness`` and ``/health/readiness`
 - ``GET /healthz``: the old API's health check (200 once the model is loaded, 503 before).
 - ``GET /metrics``: Prometheus text format.
 
-Errors are JSON ``{"error": ..., "detail": ...}``: 400 no file / bad event, 401 bad token, 413 too large
-(checked while streaming), 415 wrong Content-Type, 422 unreadable raster, 503 busy or transient (with
-``Retry-After``, so MinIO retries), 500 anything else (logged with a request id; no traceback is sent).
+Errors are JSON ``{"error": ..., "detail": ...}``: 400 no file / bad event / too many records or parts, 401 bad
+token, 403 a bucket outside ``ALLOWED_BUCKETS``, 408 a stalled upload, 413 too large (checked while streaming),
+415 wrong Content-Type, 422 unreadable raster (or one that crashed its worker process), 503 busy or transient
+(with ``Retry-After``, so MinIO retries), 504 past ``INFERENCE_TIMEOUT_S``, 500 anything else (logged with a
+request id; no traceback is sent).
+
+Inference runs in the backend of :mod:`handler.http.workers` (worker processes when deployed), with a deadline
+checked between tiles and the connection watched meanwhile: a client that goes away stops its inference. An
+upload holds an admission place while it is received (:meth:`InferenceSlots.admit`).
 
 Example:
     >>> from starlette.testclient import TestClient

@@ -24,8 +24,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from handler.errors import WorkerCrashedError
-from handler.isolation import Job, PredictJob, ProcessJob, RejectJob, Worker, run_job
+from handler.errors import TransientError, WorkerCrashedError
+from handler.isolation import START_TIMEOUT_S, Job, PredictJob, ProcessJob, RejectJob, Worker, run_job
 from handler.outcome import Outcome
 from handler.runtime import Runtime
 from handler.settings import Settings
@@ -112,7 +112,11 @@ class WorkerPool:
             return self._run(RejectJob(job.ref, str(exc)), lambda: False)
 
     def _run(self, job: Job, cancelled: Cancelled) -> Any:
-        worker = self._idle.get()  # the app's slots admit at most ``size`` jobs at once
+        # The app's slots admit at most ``size`` jobs at once, so a worker is free or being replaced.
+        try:
+            worker = self._idle.get(timeout=START_TIMEOUT_S)
+        except queue.Empty as exc:
+            raise TransientError(f"no worker process available: {self._error or 'still starting'}") from exc
         try:
             return worker.run(job, cancelled)
         finally:
