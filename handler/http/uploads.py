@@ -258,18 +258,12 @@ class _MultipartReceiver(_Receiver):
         self._part_headers = {}
         self._in_file = False
 
+    # Header lines and their number per part are bounded by python-multipart itself (max_header_size/count).
     def _on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._header_name += data[start:end]
-        self._check_header_size()
 
     def _on_header_value(self, data: bytes, start: int, end: int) -> None:
         self._header_value += data[start:end]
-        self._check_header_size()
-
-    def _check_header_size(self) -> None:
-        # Part headers are held in memory until their end: bounded like the small fields.
-        if len(self._header_name) + len(self._header_value) > MAX_FIELD_BYTES:
-            raise UploadError(f"a multipart part header is over {MAX_FIELD_BYTES} bytes")
 
     def _on_header_end(self) -> None:
         self._part_headers[self._header_name.strip().lower()] = self._header_value.strip()
