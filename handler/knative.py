@@ -194,7 +194,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def _is_loopback(host: str) -> bool:
-    """>>> _is_loopback("127.0.0.1"), _is_loopback("::1"), _is_loopback("0.0.0.0")
+    """Whether ``host`` is reachable from this machine only.
+
+    >>> _is_loopback("127.0.0.1"), _is_loopback("::1"), _is_loopback("0.0.0.0")
     (True, True, False)
     """
     try:
