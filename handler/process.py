@@ -10,8 +10,13 @@ For one uploaded object:
 4. download exactly that version into a private temp dir (size limits checked before), segment it, upload
    ``<stem>.npy`` with metadata that keeps the georeferencing, then remove a stale error marker of ours
    -> ``written``;
-5. an :class:`InputError` (not a raster, too big, too few bands, archived) writes ``<stem>.error.json``
-   -> ``rejected`` (not retried).
+5. an :class:`InputError` (not a raster, too big, too few bands, archived, past its deadline, or an output
+   key another input already owns: ``a.TIFF`` after ``a.tif``) writes ``<stem>.error.json`` -> ``rejected``
+   (not retried).
+
+A reference outside ``ALLOWED_BUCKETS`` is refused before any S3 call. The ``.npy`` is written with an S3
+conditional write on what step 3 saw (``If-None-Match: *`` / ``If-Match: <ETag>``), so a slow job on an old
+version cannot overwrite the result of a newer one; out of disk or memory is a :class:`TransientError`.
 
 :class:`TransientError` (S3 throttled, 5xx, connection) and :class:`ConfigError` (access denied, missing
 output bucket) propagate: the event source retries, then dead-letters. Nothing is written until the result
@@ -95,11 +100,7 @@ def process_object(ref: ObjectRef, runtime: Runtime, *, interrupt: Callable[[], 
     except ObjectMissingError as exc:
         return Outcome(OutcomeStatus.MISSING, ref.bucket, ref.key, detail=str(exc), seconds=_since(started))
 
-    target = _Target(
-        bucket=settings.output_bucket or info.bucket,
-        key=output_key(info.key, settings.output_prefix),
-        marker=error_key(info.key, settings.output_prefix),
-    )
+    target = _target_for(info, settings.output_bucket, settings.output_prefix)
     _refuse_to_overwrite_input(info, target)
     try:
         # One HEAD of our marker serves the duplicate check and, after a success, the stale-marker cleanup.
@@ -131,13 +132,17 @@ def reject_object(ref: ObjectRef, runtime: Runtime, exc: InputError) -> Outcome:
     except ObjectMissingError as exc_missing:
         return Outcome(OutcomeStatus.MISSING, ref.bucket, ref.key, detail=str(exc_missing), seconds=_since(started))
     settings = runtime.settings
-    target = _Target(
-        bucket=settings.output_bucket or info.bucket,
-        key=output_key(info.key, settings.output_prefix),
-        marker=error_key(info.key, settings.output_prefix),
-    )
+    target = _target_for(info, settings.output_bucket, settings.output_prefix)
     _refuse_to_overwrite_input(info, target)
     return _reject(runtime, info, target, exc, started)
+
+
+def _target_for(info: ObjectInfo, output_bucket: str | None, output_prefix: str) -> _Target:
+    return _Target(
+        bucket=output_bucket or info.bucket,
+        key=output_key(info.key, output_prefix),
+        marker=error_key(info.key, output_prefix),
+    )
 
 
 def _find_previous_result(
