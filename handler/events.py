@@ -401,3 +401,13 @@ def _describe(value: Any) -> str:
 def _prefixed(prefix: str, refs: list[ObjectRef]) -> list[ObjectRef]:
     """Record the envelope path in ``source``: ``sqs/sns/s3``."""
     return [replace(ref, source=f"{prefix}/{ref.source}") for ref in refs]
+
+
+def check_record_count(refs: list[ObjectRef], limit: int) -> list[ObjectRef]:
+    """``refs``, or :class:`EventError` when an event names more than ``limit`` objects (``MAX_EVENT_RECORDS``).
+
+    One event holds an inference slot for all its objects: a 6 MB event of 160k records would hold it for hours.
+    """
+    if len(refs) > limit:
+        raise EventError(f"{len(refs)} records in one event, over MAX_EVENT_RECORDS={limit}")
+    return refs

@@ -4,12 +4,18 @@ func-python (``func_python.http.serve``) calls ``new()`` once, then ``start(env)
 ``stop()`` on shut-down, answers ``/health/liveness`` and ``/health/readiness`` itself from ``alive()`` and
 ``ready()``, and hands every other request to ``handle(scope, receive, send)``.
 
-The model loads in a background thread started by ``start``: hypercorn accepts no connection until start-up
+Inference runs in ``MAX_CONCURRENT_INFERENCES`` worker processes (:class:`handler.http.workers.WorkerPool`), so a
+crash in native code on a hostile upload kills a worker, not the server: the request is answered 422 and the
+worker replaced. Each worker loads the model once; ``start`` first sweeps stale temp dirs of crashed runs.
+
+The workers load the model in the background, started by ``start``: hypercorn accepts no connection until start-up
 returns (and gives up after 60 s), so loading there would fail liveness probes during a slow first download of
 the weights. ``ready()`` says false until the model is loaded, so Knative routes no traffic before; a request
 that still arrives early waits for the load instead of failing.
 
-``rasterfn serve [--host 127.0.0.1] [--port 8080]`` runs it locally with func-python's own server.
+``rasterfn serve [--host 127.0.0.1] [--port 8080]`` runs it locally with func-python's own server; on a loopback
+address without ``WEBHOOK_TOKEN`` it allows unauthenticated events (``ALLOW_UNAUTHENTICATED_EVENTS=true``), since
+only this machine can reach it.
 
 Example:
     >>> f = new()
@@ -20,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import threading
@@ -30,8 +37,10 @@ import func_python.http
 
 from handler.http.app import create_app
 from handler.http.metrics import create_metrics
+from handler.http.workers import WorkerPool
 from handler.runtime import get_runtime
-from handler.settings import Settings, get_settings
+from handler.settings import ENV_ALLOW_UNAUTHENTICATED_EVENTS, Settings, get_settings, reload_settings
+from handler.tempdirs import sweep_at_startup
 
 logger = logging.getLogger(__name__)
 
@@ -96,20 +105,29 @@ class Function:
     """The function instance func-python serves (see the module docstring for the protocol)."""
 
     def __init__(self, load: Callable[[], Any] | None = None, settings: Settings | None = None) -> None:
+        """``load``: a function returning a Runtime, to run inference in this process (tests); by default,
+        a pool of worker processes."""
         self._load = load
         self._settings = settings
-        self.loader: RuntimeLoader | None = None
+        self.loader: RuntimeLoader | WorkerPool | None = None
         self.app: Any = None
 
     def start(self, cfg: Mapping[str, str]) -> None:
         """Build the app and start loading the model. ``cfg`` is func-python's copy of the environment."""
         # Settings come from the process environment (the one settings module), which ``cfg`` copies.
         settings = self._settings or get_settings()
-        self.loader = RuntimeLoader(self._load)
-        self.app = create_app(settings, self.loader, metrics=create_metrics())
+        if self._load is None:
+            sweep_at_startup(settings)  # before any worker makes a temp dir of its own
+            loader: RuntimeLoader | WorkerPool = WorkerPool(settings)
+        else:
+            loader = RuntimeLoader(self._load)
+        self.app = create_app(settings, loader, metrics=create_metrics())  # refuses an open event route
+        self.loader = loader
         self.loader.start()
         if not settings.webhook_token:
-            logger.warning("WEBHOOK_TOKEN is not set: POST / accepts events from anyone who can reach it")
+            logger.warning("ALLOW_UNAUTHENTICATED_EVENTS: POST / accepts events from anyone who can reach it")
+        if not settings.allowed_buckets:
+            logger.warning("ALLOWED_BUCKETS is not set: events may name any bucket the credentials reach")
         logger.info(
             "rasterfn function started: %d inference slot(s), %d queued, max input %d bytes",
             settings.max_concurrent_inferences,
@@ -119,6 +137,8 @@ class Function:
 
     def stop(self) -> None:
         logger.info("rasterfn function stopping")
+        if isinstance(self.loader, WorkerPool):
+            self.loader.stop()
 
     def alive(self) -> tuple[bool, str]:
         # A model that cannot load never will: failing liveness lets Kubernetes restart and surface it.
@@ -163,10 +183,26 @@ def run_serve(args: argparse.Namespace) -> int:
     """``rasterfn serve``: func-python's server (hypercorn) on ``--host``/``--port``, until SIGINT/SIGTERM."""
     # func-python binds only what LISTEN_ADDRESS says (default: every interface on 8080).
     os.environ[LISTEN_ADDRESS_ENV] = listen_address(args.host, args.port)
-    get_settings()  # a bad setting fails here, with its message, not inside the server's start-up
+    settings = get_settings()  # a bad setting fails here, with its message, not inside the server's start-up
+    if not settings.webhook_token and not settings.allow_unauthenticated_events and _is_loopback(args.host):
+        os.environ[ENV_ALLOW_UNAUTHENTICATED_EVENTS] = "true"
+        reload_settings()
+        print("rasterfn serve: loopback only, so POST / takes events without WEBHOOK_TOKEN", flush=True)
     print(f"rasterfn serve: listening on http://{os.environ[LISTEN_ADDRESS_ENV]}", flush=True)
     func_python.http.serve(new)
     return 0
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only.
+
+    >>> _is_loopback("127.0.0.1"), _is_loopback("::1"), _is_loopback("0.0.0.0")
+    (True, True, False)
+    """
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 async def _send_plain_error(send: Callable, status: int, body: bytes) -> None:

@@ -14,6 +14,13 @@ point ``MODEL_CARD`` etc. at what they need before importing this module.
   synchronously and answered with a JSON summary; a transient error raises, so Lambda's async retry applies.
   An event of unknown shape raises :class:`EventError` (it goes to the failure destination, where it can be
   inspected).
+- **Crash isolation.** A record on its last allowed receive (``ApproximateReceiveCount >= MAX_RECEIVE_COUNT``,
+  Terraform's ``max_receive_count``) is processed in a child process (:func:`handler.isolation.run_isolated`):
+  if the file crashed the runtime on every earlier receive (a native abort, a segfault, the OOM killer), the
+  child dies instead, and this process writes ``<stem>.error.json`` and acknowledges the record, so the
+  user sees why and the DLQ keeps only what an operator must look at.
+- Events naming more than ``MAX_EVENT_RECORDS`` objects, or a bucket outside ``ALLOWED_BUCKETS``, are refused
+  before any S3 call; ``INIT`` removes temp dirs a killed invocation left in ``/tmp``.
 
 Example (what ``rasterfn replay`` does):
     >>> from handler.local.lambda_context import make_context
@@ -31,13 +38,15 @@ from typing import Any
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from handler.errors import EventError, TransientError
-from handler.events import parse_event, parse_sqs_body
+from handler.errors import EventError, TransientError, WorkerCrashedError
+from handler.events import check_record_count, parse_event, parse_sqs_body
+from handler.isolation import ProcessJob, run_isolated
 from handler.objects import ObjectRef
 from handler.observability import logger, metrics, record_deferred, record_failure, record_outcome, tracer
 from handler.outcome import Outcome, summarise
-from handler.process import process_object
+from handler.process import process_object, reject_object
 from handler.runtime import Runtime, get_runtime
+from handler.tempdirs import sweep_at_startup
 from model.errors import RasterfnError
 
 SQS_SOURCE = "aws:sqs"
@@ -45,6 +54,7 @@ SQS_SOURCE = "aws:sqs"
 try:
     # INIT phase: load the model once per container, before the first event.
     RUNTIME = get_runtime()
+    sweep_at_startup(RUNTIME.settings)
 except RasterfnError:
     logger.exception("start-up failed: fix the function's settings or model, then redeploy")
     raise
@@ -75,12 +85,13 @@ def handle_sqs_batch(event: Mapping[str, Any], context: Any, runtime: Runtime) -
             what = f"SQS message {record.message_id}"
             ensure_time_left(context, runtime, what)
             try:
-                refs = parse_sqs_body(record.body)
+                refs = check_record_count(parse_sqs_body(record.body), runtime.settings.max_event_records)
             except RasterfnError as exc:
                 # A body we cannot read will never parse: fail it, so it reaches the DLQ intact.
                 record_failure(what, exc)
                 raise
-            return [process_and_record(ref, context, runtime).as_dict() for ref in refs]
+            isolate = is_last_receive(record, runtime)
+            return [process_and_record(ref, context, runtime, isolate=isolate).as_dict() for ref in refs]
         finally:
             logger.remove_keys(["message_id"])
 
@@ -89,22 +100,41 @@ def handle_sqs_batch(event: Mapping[str, Any], context: Any, runtime: Runtime) -
 
 def handle_event(event: Any, context: Any, runtime: Runtime) -> dict[str, Any]:
     """Any other envelope: process synchronously and summarise; transient errors raise (async retry)."""
-    refs = parse_event(*unwrap_http_event(event))
+    refs = check_record_count(parse_event(*unwrap_http_event(event)), runtime.settings.max_event_records)
     outcomes = [process_and_record(ref, context, runtime) for ref in refs]
     return summarise(outcomes)
 
 
-def process_and_record(ref: ObjectRef, context: Any, runtime: Runtime) -> Outcome:
-    """Time check, :func:`process_object`, then one log line and the metrics; errors are logged and raised."""
+def process_and_record(ref: ObjectRef, context: Any, runtime: Runtime, *, isolate: bool = False) -> Outcome:
+    """Time check, :func:`process_object` (in a child process when ``isolate``), then one log line and the
+    metrics; errors are logged and raised."""
     what = f"s3://{ref.bucket}/{ref.key}"
     ensure_time_left(context, runtime, what)
     try:
-        outcome = process_object(ref, runtime)
+        outcome = process_isolated(ref, runtime) if isolate else process_object(ref, runtime)
     except Exception as exc:
         record_failure(what, exc)
         raise
     record_outcome(outcome)
     return outcome
+
+
+def process_isolated(ref: ObjectRef, runtime: Runtime) -> Outcome:
+    """:func:`process_object` in a child process; if the child dies, the object is rejected with a marker."""
+    try:
+        return run_isolated(runtime.settings, ProcessJob(ref))
+    except WorkerCrashedError as exc:
+        logger.error(f"s3://{ref.bucket}/{ref.key} crashed the function on its last allowed receive: {exc}")
+        return reject_object(ref, runtime, exc)
+
+
+def is_last_receive(record: SQSRecord, runtime: Runtime) -> bool:
+    """Whether SQS will not deliver this record again after this receive (``MAX_RECEIVE_COUNT``)."""
+    try:
+        count = int(record.attributes.approximate_receive_count)
+    except (TypeError, ValueError, KeyError):
+        return False
+    return count >= runtime.settings.max_receive_count
 
 
 def ensure_time_left(context: Any, runtime: Runtime, what: str) -> None:

@@ -10,8 +10,13 @@ For one uploaded object:
 4. download exactly that version into a private temp dir (size limits checked before), segment it, upload
    ``<stem>.npy`` with metadata that keeps the georeferencing, then remove a stale error marker of ours
    -> ``written``;
-5. an :class:`InputError` (not a raster, too big, too few bands, archived) writes ``<stem>.error.json``
-   -> ``rejected`` (not retried).
+5. an :class:`InputError` (not a raster, too big, too few bands, archived, past its deadline, or an output
+   key another input already owns: ``a.TIFF`` after ``a.tif``) writes ``<stem>.error.json`` -> ``rejected``
+   (not retried).
+
+A reference outside ``ALLOWED_BUCKETS`` is refused before any S3 call. The ``.npy`` is written with an S3
+conditional write on what step 3 saw (``If-None-Match: *`` / ``If-Match: <ETag>``), so a slow job on an old
+version cannot overwrite the result of a newer one; out of disk or memory is a :class:`TransientError`.
 
 :class:`TransientError` (S3 throttled, 5xx, connection) and :class:`ConfigError` (access denied, missing
 output bucket) propagate: the event source retries, then dead-letters. Nothing is written until the result
@@ -28,21 +33,23 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
+import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from handler.errors import ObjectMissingError
+from handler.access import check_allowed
+from handler.errors import ObjectMissingError, TransientError
 from handler.filters import skip_reason
 from handler.objects import ObjectRef, error_key, output_key
 from handler.outcome import Outcome, OutcomeStatus
 from handler.runtime import Runtime
 from handler.storage import ObjectInfo, s3_uri
-from model.errors import ConfigError, InputError, RasterTooLargeError
+from model.errors import ConfigError, InputError
 from model.predict import PredictionResult, predict_file
 
 log = logging.getLogger(__name__)
@@ -52,6 +59,8 @@ PRODUCER = "rasterfn"
 META_PRODUCER = "producer"
 META_SOURCE_ETAG = "source-etag"
 META_SOURCE_VERSION = "source-version-id"
+# sha256 of the input's key: a.tif and a.TIFF both name a.npy; this says whose result it is (keys may not be ASCII).
+META_SOURCE_KEY = "source-key-sha256"
 META_MODEL_SHA256 = "model-sha256"
 META_OUTPUT = "output"
 META_SHAPE = "shape"
@@ -66,12 +75,23 @@ WKT_HASH_PREFIX = "wkt-sha256:"
 # 10-band input (float32 per pixel vs 20 raw bytes per pixel).
 OUTPUT_RESERVE_FRACTION = 0.5
 OUTPUT_RESERVE_MIN_BYTES = 16 * 1024**2
+# Out of disk or memory says nothing about the input: retried by the event source, never an error marker.
+RESOURCE_ERRNOS = frozenset({errno.ENOSPC, errno.ENOMEM, errno.EDQUOT})
 
 
-def process_object(ref: ObjectRef, runtime: Runtime) -> Outcome:
-    """Process one object end to end; see the module docstring for the statuses and what raises."""
+class OutputConflictError(InputError):
+    """Another input (same stem, another suffix: ``a.tif`` / ``a.TIFF``) already owns the output key."""
+
+
+def process_object(ref: ObjectRef, runtime: Runtime, *, interrupt: Callable[[], None] | None = None) -> Outcome:
+    """Process one object end to end; see the module docstring for the statuses and what raises.
+
+    ``interrupt`` is called between tiles and may raise to stop (a deadline, a client gone). A reference
+    outside ``ALLOWED_BUCKETS`` raises :class:`~handler.errors.ForbiddenObjectError` before any S3 call.
+    """
     started = time.perf_counter()
     settings = runtime.settings
+    check_allowed([ref], settings.allowed_buckets)
     reason = skip_reason(ref, settings.input_suffixes)
     if reason is not None:
         return Outcome(OutcomeStatus.SKIPPED, ref.bucket, ref.key, detail=reason)
@@ -80,19 +100,16 @@ def process_object(ref: ObjectRef, runtime: Runtime) -> Outcome:
     except ObjectMissingError as exc:
         return Outcome(OutcomeStatus.MISSING, ref.bucket, ref.key, detail=str(exc), seconds=_since(started))
 
-    target = _Target(
-        bucket=settings.output_bucket or info.bucket,
-        key=output_key(info.key, settings.output_prefix),
-        marker=error_key(info.key, settings.output_prefix),
-    )
+    target = _target_for(info, settings.output_bucket, settings.output_prefix)
     _refuse_to_overwrite_input(info, target)
     try:
         # One HEAD of our marker serves the duplicate check and, after a success, the stale-marker cleanup.
         marker = runtime.storage.head(target.bucket, target.marker)
-        done = _find_previous_result(runtime, info, target, marker)
+        done, existing = _find_previous_result(runtime, info, target, marker)
         if done is not None:
             return replace(done, seconds=_since(started))
-        return _segment(runtime, info, target, marker, started)
+        _refuse_foreign_output(info, target, existing)
+        return _segment(runtime, info, target, marker, existing, started, interrupt)
     except ObjectMissingError as exc:  # deleted or replaced while we read it
         return Outcome(OutcomeStatus.MISSING, info.bucket, info.key, detail=str(exc), seconds=_since(started))
     except InputError as exc:
@@ -106,12 +123,35 @@ class _Target:
     marker: str  # the .error.json
 
 
+def reject_object(ref: ObjectRef, runtime: Runtime, exc: InputError) -> Outcome:
+    """Write ``<stem>.error.json`` for ``ref`` without processing it (its processing crashed the worker)."""
+    started = time.perf_counter()
+    check_allowed([ref], runtime.settings.allowed_buckets)
+    try:
+        info = runtime.storage.locate(ref)
+    except ObjectMissingError as exc_missing:
+        return Outcome(OutcomeStatus.MISSING, ref.bucket, ref.key, detail=str(exc_missing), seconds=_since(started))
+    settings = runtime.settings
+    target = _target_for(info, settings.output_bucket, settings.output_prefix)
+    _refuse_to_overwrite_input(info, target)
+    return _reject(runtime, info, target, exc, started)
+
+
+def _target_for(info: ObjectInfo, output_bucket: str | None, output_prefix: str) -> _Target:
+    return _Target(
+        bucket=output_bucket or info.bucket,
+        key=output_key(info.key, output_prefix),
+        marker=error_key(info.key, output_prefix),
+    )
+
+
 def _find_previous_result(
     runtime: Runtime, info: ObjectInfo, target: _Target, marker: ObjectInfo | None
-) -> Outcome | None:
+) -> tuple[Outcome | None, ObjectInfo | None]:
+    """(a ``duplicate`` outcome or None, the output object now at ``target.key`` or None)."""
     storage, expected = runtime.storage, _identity(info, runtime)
     if marker is not None and _matches(marker.metadata, expected):
-        return Outcome(
+        done = Outcome(
             OutcomeStatus.DUPLICATE,
             info.bucket,
             info.key,
@@ -119,12 +159,13 @@ def _find_previous_result(
             output_bucket=target.bucket,
             detail=f"already rejected, see {s3_uri(target.bucket, target.marker)}",
         )
+        return done, None
     existing = storage.head(target.bucket, target.key)
     if existing is None or not _matches(existing.metadata, expected):
-        return None
+        return None, existing
     # A crash between the upload and the marker's removal must not leave the marker forever.
     _remove_stale_marker(runtime, target, marker)
-    return Outcome(
+    done = Outcome(
         OutcomeStatus.DUPLICATE,
         info.bucket,
         info.key,
@@ -132,9 +173,30 @@ def _find_previous_result(
         output_bucket=target.bucket,
         detail=f"{s3_uri(target.bucket, target.key)} already holds this upload's result",
     )
+    return done, existing
 
 
-def _segment(runtime: Runtime, info: ObjectInfo, target: _Target, marker: ObjectInfo | None, started: float) -> Outcome:
+def _refuse_foreign_output(info: ObjectInfo, target: _Target, existing: ObjectInfo | None) -> None:
+    """Refuse to replace a result of ours that another input key wrote (``a.TIFF`` after ``a.tif``)."""
+    if existing is None or existing.metadata.get(META_PRODUCER) != PRODUCER:
+        return
+    owner = existing.metadata.get(META_SOURCE_KEY)
+    if owner is not None and owner != key_digest(info.key):
+        raise OutputConflictError(
+            f"{s3_uri(target.bucket, target.key)} already holds the result of another input with the same name "
+            f"and another suffix; rename {info.key} (outputs are named <stem>.npy)"
+        )
+
+
+def _segment(
+    runtime: Runtime,
+    info: ObjectInfo,
+    target: _Target,
+    marker: ObjectInfo | None,
+    existing: ObjectInfo | None,
+    started: float,
+    interrupt: Callable[[], None] | None,
+) -> Outcome:
     settings, storage = runtime.settings, runtime.storage
     reserve = max(OUTPUT_RESERVE_MIN_BYTES, int(info.size * OUTPUT_RESERVE_FRACTION))
     # A private (0700) directory per object: fixed names inside, nothing derived from the key, all removed.
@@ -142,18 +204,19 @@ def _segment(runtime: Runtime, info: ObjectInfo, target: _Target, marker: Object
         src = storage.download(info, workdir, max_bytes=settings.max_input_bytes, reserve_bytes=reserve)
         dst = Path(workdir) / "output.npy"
         try:
-            result = predict_file(runtime.model, src, dst, runtime.options)
+            result = predict_file(runtime.model, src, dst, runtime.options, interrupt=interrupt)
         except InputError as exc:
             # The predictor names our temp file; the user knows the object by its key.
             raise exc.renamed(src.name, info.key) from exc
+        except MemoryError as exc:
+            raise TransientError(f"{info.uri}: out of memory, retry later") from exc
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise RasterTooLargeError(
-                    f"{info.uri}: its output does not fit the temporary space (raise ephemeral storage)"
-                ) from exc
+            if exc.errno in RESOURCE_ERRNOS:
+                reason = os.strerror(exc.errno)
+                raise TransientError(f"{info.uri}: {reason} on the function's side, retry later") from exc
             raise
         metadata = output_metadata(info, runtime.model.sha256, result)
-        bytes_out = storage.upload_file(dst, target.bucket, target.key, metadata=metadata)
+        bytes_out = _write_output(runtime, info, target, dst, metadata, existing)
     _remove_stale_marker(runtime, target, marker)
     height, width = result.shape
     return Outcome(
@@ -169,6 +232,35 @@ def _segment(runtime: Runtime, info: ObjectInfo, target: _Target, marker: Object
         bytes_out=bytes_out,
         inference_seconds=result.seconds,
     )
+
+
+def _write_output(
+    runtime: Runtime,
+    info: ObjectInfo,
+    target: _Target,
+    dst: Path,
+    metadata: dict[str, str],
+    existing: ObjectInfo | None,
+) -> int:
+    """Upload the ``.npy`` only over what this job saw at the start (S3 conditional write).
+
+    A 412 means another job wrote the key meanwhile: when a newer upload replaced our input, that job's result
+    stands and ours is dropped (``missing``); otherwise retry, and the retry sees what is there now.
+    """
+    try:
+        return runtime.storage.upload_file(
+            dst,
+            target.bucket,
+            target.key,
+            metadata=metadata,
+            if_match=existing.etag if existing is not None else None,
+            if_absent=existing is None,
+        )
+    except ObjectMissingError as exc:
+        current = runtime.storage.head(info.bucket, info.key)
+        if current is None or current.etag != info.etag or current.version_id != info.version_id:
+            raise ObjectMissingError(f"{info.uri} was replaced by a newer upload; its result stands") from exc
+        raise TransientError(f"{s3_uri(target.bucket, target.key)} changed while {info.uri} was processed") from exc
 
 
 def _reject(runtime: Runtime, info: ObjectInfo, target: _Target, exc: InputError, started: float) -> Outcome:
@@ -209,9 +301,15 @@ def _identity(info: ObjectInfo, runtime: Runtime) -> dict[str, str]:
     """What makes a result reusable: the same bytes, the same weights, the same output mode."""
     return {
         META_SOURCE_ETAG: info.etag,
+        META_SOURCE_KEY: key_digest(info.key),
         META_MODEL_SHA256: runtime.model.sha256,
         META_OUTPUT: runtime.settings.output_mode,
     }
+
+
+def key_digest(key: str) -> str:
+    """The hex sha256 of an object key: ASCII and short, for S3 metadata (pure)."""
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def _matches(metadata: Mapping[str, str], expected: Mapping[str, str]) -> bool:
@@ -224,6 +322,7 @@ def output_metadata(info: ObjectInfo, model_sha256: str, result: PredictionResul
         META_PRODUCER: PRODUCER,
         META_SOURCE_ETAG: info.etag,
         META_SOURCE_VERSION: info.version_id or UNVERSIONED,
+        META_SOURCE_KEY: key_digest(info.key),
         META_MODEL_SHA256: model_sha256,
         META_OUTPUT: result.output,
         META_SHAPE: ",".join(str(n) for n in result.shape),

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -43,11 +44,31 @@ ENV_TMP_DIR = "TMPDIR"
 # The Eventing relay (handler/http/relay.py); K_SINK is injected by Knative's SinkBinding.
 ENV_K_SINK = "K_SINK"
 ENV_RELAY_TARGET_URL = "RELAY_TARGET_URL"
+# Security and per-request bounds (README: Security).
+ENV_ALLOWED_BUCKETS = "ALLOWED_BUCKETS"
+ENV_ALLOW_UNAUTHENTICATED_EVENTS = "ALLOW_UNAUTHENTICATED_EVENTS"
+ENV_INFERENCE_TOKEN = "INFERENCE_TOKEN"  # noqa: S105 (the variable's name, not a secret)
+ENV_MAX_INFERENCE_PIXELS = "MAX_INFERENCE_PIXELS"
+ENV_INFERENCE_TIMEOUT_S = "INFERENCE_TIMEOUT_S"
+ENV_UPLOAD_READ_TIMEOUT_S = "UPLOAD_READ_TIMEOUT_S"
+ENV_MAX_EVENT_RECORDS = "MAX_EVENT_RECORDS"
+ENV_MAX_RECEIVE_COUNT = "MAX_RECEIVE_COUNT"
+ENV_STALE_TMP_MINUTES = "STALE_TMP_MINUTES"
 
 DEFAULT_MAX_INPUT_BYTES = 4 * 1024**3
 DEFAULT_INPUT_SUFFIXES = (".tif", ".tiff")
 DEFAULT_MIN_REMAINING_MS = 60_000
 DEFAULT_MODEL_CACHE_DIR = Path(tempfile.gettempdir()) / "rasterfn-model"
+DEFAULT_MAX_INFERENCE_PIXELS = 25_000_000  # 5000 x 5000: a synchronous request, not a whole Sentinel-2 tile
+DEFAULT_INFERENCE_TIMEOUT_S = 600
+DEFAULT_UPLOAD_READ_TIMEOUT_S = 30
+DEFAULT_MAX_EVENT_RECORDS = 100
+DEFAULT_MAX_RECEIVE_COUNT = 3  # Terraform's max_receive_count default
+DEFAULT_STALE_TMP_MINUTES = 60
+# S3's bucket-name rules (3-63 of a-z, 0-9, '.', '-'), loose on the details S3 itself enforces.
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -70,6 +91,16 @@ class Settings:
     max_queued_requests: int = 8
     webhook_token: str | None = None
     tmp_dir: Path = Path(tempfile.gettempdir())
+    # Security and per-request bounds (README: Security).
+    allowed_buckets: tuple[str, ...] = ()  # "bucket" or "bucket/prefix/"; empty: every bucket
+    allow_unauthenticated_events: bool = False
+    inference_token: str | None = None
+    max_inference_pixels: int = DEFAULT_MAX_INFERENCE_PIXELS
+    inference_timeout_s: int = DEFAULT_INFERENCE_TIMEOUT_S
+    upload_read_timeout_s: int = DEFAULT_UPLOAD_READ_TIMEOUT_S
+    max_event_records: int = DEFAULT_MAX_EVENT_RECORDS
+    max_receive_count: int = DEFAULT_MAX_RECEIVE_COUNT
+    stale_tmp_minutes: int = DEFAULT_STALE_TMP_MINUTES
 
     def __post_init__(self) -> None:
         problems = _validate(self)
@@ -93,6 +124,7 @@ class Settings:
             ENV_OUTPUT_BUCKET: "output_bucket",
             ENV_OUTPUT_PREFIX: "output_prefix",
             ENV_WEBHOOK_TOKEN: "webhook_token",
+            ENV_INFERENCE_TOKEN: "inference_token",
         }
         for name, attr in text_fields.items():
             if (value := get(name)) is not None:
@@ -108,12 +140,22 @@ class Settings:
             ENV_MIN_REMAINING_MS: "min_remaining_ms",
             ENV_MAX_CONCURRENT_INFERENCES: "max_concurrent_inferences",
             ENV_MAX_QUEUED_REQUESTS: "max_queued_requests",
+            ENV_MAX_INFERENCE_PIXELS: "max_inference_pixels",
+            ENV_INFERENCE_TIMEOUT_S: "inference_timeout_s",
+            ENV_UPLOAD_READ_TIMEOUT_S: "upload_read_timeout_s",
+            ENV_MAX_EVENT_RECORDS: "max_event_records",
+            ENV_MAX_RECEIVE_COUNT: "max_receive_count",
+            ENV_STALE_TMP_MINUTES: "stale_tmp_minutes",
         }
         for name, attr in int_fields.items():
             if (value := get(name)) is not None:
                 raw[attr] = _parse_int(name, value)
         if (value := get(ENV_INPUT_SUFFIXES)) is not None:
             raw["input_suffixes"] = parse_suffixes(value)
+        if (value := get(ENV_ALLOWED_BUCKETS)) is not None:
+            raw["allowed_buckets"] = parse_allowed_buckets(value)
+        if (value := get(ENV_ALLOW_UNAUTHENTICATED_EVENTS)) is not None:
+            raw["allow_unauthenticated_events"] = _parse_bool(ENV_ALLOW_UNAUTHENTICATED_EVENTS, value)
         return cls(**raw)  # type: ignore[arg-type]
 
 
@@ -128,6 +170,23 @@ def parse_suffixes(value: str) -> tuple[str, ...]:
     if not suffixes:
         raise ConfigError(f"{ENV_INPUT_SUFFIXES} must list at least one suffix, got {value!r}")
     return suffixes
+
+
+def parse_allowed_buckets(value: str) -> tuple[str, ...]:
+    """``"a, b/in/"`` -> ``("a", "b/in/")``: bucket names, each optionally with a key prefix.
+
+    >>> parse_allowed_buckets("scenes, shared/uploads/")
+    ('scenes', 'shared/uploads/')
+    """
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _parse_bool(name: str, value: str) -> bool:
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {value!r}")
 
 
 def _parse_int(name: str, value: str) -> int:
@@ -147,7 +206,18 @@ def _validate(s: Settings) -> list[str]:
         problems.append(f"{ENV_OUTPUT_MODE} must be one of {OUTPUT_MODES}, got {s.output_mode!r}")
     if s.model_uri is not None and not s.model_uri.startswith("s3://"):
         problems.append(f"{ENV_MODEL_URI} must be an s3:// URI, got {s.model_uri!r}")
-    for name in ("max_pixels", "max_input_bytes", "max_concurrent_inferences"):
+    positive = (
+        "max_pixels",
+        "max_input_bytes",
+        "max_concurrent_inferences",
+        "max_inference_pixels",
+        "inference_timeout_s",
+        "upload_read_timeout_s",
+        "max_event_records",
+        "max_receive_count",
+        "stale_tmp_minutes",
+    )
+    for name in positive:
         if getattr(s, name) < 1:
             problems.append(f"{name.upper()} must be >= 1, got {getattr(s, name)}")
     for name in ("min_remaining_ms", "max_queued_requests"):
@@ -157,6 +227,10 @@ def _validate(s: Settings) -> list[str]:
         problems.append(f"{ENV_OUTPUT_PREFIX} must be a relative key prefix, got {s.output_prefix!r}")
     if ".npy" in s.input_suffixes:
         problems.append(f"{ENV_INPUT_SUFFIXES} must not include .npy (the function's own outputs)")
+    for rule in s.allowed_buckets:
+        bucket, _, prefix = rule.partition("/")
+        if not _BUCKET_NAME.fullmatch(bucket) or prefix.startswith("/") or ".." in prefix.split("/"):
+            problems.append(f"{ENV_ALLOWED_BUCKETS} entries must be 'bucket' or 'bucket/prefix/', got {rule!r}")
     return problems
 
 

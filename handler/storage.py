@@ -28,6 +28,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -69,7 +70,7 @@ JSON_CONTENT_TYPE = "application/json"
 _SAFE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}")
 
 _MISSING_CODES = frozenset({"404", "NoSuchKey", "NoSuchVersion", "NoSuchBucket", "NotFound"})
-_CHANGED_CODES = frozenset({"412", "PreconditionFailed"})
+_CHANGED_CODES = frozenset({"412", "PreconditionFailed", "ConditionalRequestConflict"})
 _DENIED_CODES = frozenset(
     {"403", "AccessDenied", "Forbidden", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 )
@@ -136,10 +137,12 @@ def translate_client_error(exc: ClientError, uri: str, *, writing: bool = False)
     if code in _DENIED_CODES or status == 403:
         return ConfigError(f"access denied: the function's role or the bucket policy does not allow {what}")
     if code in _MISSING_CODES or status == 404:
-        if writing:
+        if writing and code != "NoSuchKey":  # NoSuchKey on a write: an If-Match on an object deleted since
             return ConfigError(f"the output location does not exist ({what})")
         return ObjectMissingError(f"{uri} no longer exists ({code or status})")
     if code in _CHANGED_CODES or status == 412:
+        if writing:
+            return ObjectMissingError(f"{uri} was written by another job since this one looked (not overwritten)")
         return ObjectMissingError(f"{uri} was replaced by a newer upload while it was read")
     return ConfigError(f"S3 refused the request ({what})")
 
@@ -327,15 +330,58 @@ class Storage:
         *,
         metadata: Mapping[str, str],
         content_type: str = OUTPUT_CONTENT_TYPE,
+        if_match: str | None = None,
+        if_absent: bool = False,
     ) -> int:
-        """Upload a finished file (multipart above the threshold); returns its size in bytes."""
+        """Upload a finished file (multipart above the threshold); returns its size in bytes.
+
+        ``if_match`` (an ETag) or ``if_absent`` make the write conditional (S3's ``If-Match`` /
+        ``If-None-Match: *``, on the PUT or on CompleteMultipartUpload): when the key changed since the caller
+        looked, nothing is written and S3's 412 becomes :class:`ObjectMissingError`.
+        """
+        conditions: dict[str, str] = {}
+        if if_match:
+            conditions["IfMatch"] = f'"{if_match}"'
+        elif if_absent:
+            conditions["IfNoneMatch"] = "*"
         extra_args = {"Metadata": dict(metadata), "ContentType": content_type}
-        with (
-            s3_errors(s3_uri(bucket, key), writing=True),
-            create_transfer_manager(self.client, self.transfer_config) as manager,
-        ):
-            manager.upload(str(path), bucket, key, extra_args=extra_args).result()
-        return os.path.getsize(path)
+        size = os.path.getsize(path)
+        with s3_errors(s3_uri(bucket, key), writing=True):
+            if not conditions:
+                with create_transfer_manager(self.client, self.transfer_config) as manager:
+                    manager.upload(str(path), bucket, key, extra_args=extra_args).result()
+            elif size < self.transfer_config.multipart_threshold:
+                with open(path, "rb") as body:
+                    self.client.put_object(Bucket=bucket, Key=key, Body=body, **extra_args, **conditions)
+            else:
+                self._conditional_multipart(Path(path), size, bucket, key, extra_args, conditions)
+        return size
+
+    def _conditional_multipart(
+        self, path: Path, size: int, bucket: str, key: str, extra_args: Mapping[str, Any], conditions: Mapping[str, str]
+    ) -> None:
+        # s3transfer cannot pass If-Match / If-None-Match to CompleteMultipartUpload: parts in parallel, ours.
+        chunk = self.transfer_config.multipart_chunksize
+        upload_id = self.client.create_multipart_upload(Bucket=bucket, Key=key, **extra_args)["UploadId"]
+
+        def put_part(number: int) -> dict[str, Any]:
+            with open(path, "rb") as fh:
+                fh.seek((number - 1) * chunk)
+                data = fh.read(chunk)
+            response = self.client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data)
+            return {"PartNumber": number, "ETag": response["ETag"]}
+
+        try:
+            numbers = range(1, max(1, -(-size // chunk)) + 1)
+            with ThreadPoolExecutor(max_workers=self.transfer_config.max_request_concurrency) as pool:
+                parts = list(pool.map(put_part, numbers))
+            self.client.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **conditions
+            )
+        except BaseException:
+            with contextlib.suppress(ClientError, BotoCoreError):
+                self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            raise
 
     def put_json(self, bucket: str, key: str, doc: Any, *, metadata: Mapping[str, str]) -> int:
         """Write a small JSON document; returns its size in bytes."""

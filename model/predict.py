@@ -89,12 +89,16 @@ def predict_file(
     src: str | Path,
     dst: str | Path,
     options: PredictOptions = DEFAULT_OPTIONS,
+    *,
+    interrupt: Callable[[], None] | None = None,
 ) -> PredictionResult:
     """Segment raster ``src`` into ``dst`` (.npy, H x W), written atomically; see the module docstring.
 
     Raises :class:`InputError` subclasses for rasters that cannot be processed (nothing is left at ``dst``)
-    and :class:`ConfigError` for invalid options.
+    and :class:`ConfigError` for invalid options. ``interrupt`` is called between strips and tiles; whatever
+    it raises stops the prediction (the caller's deadline or cancellation) and leaves nothing at ``dst``.
     """
+    check = interrupt or _no_interrupt
     started = time.perf_counter()
     src, dst = Path(src), Path(dst)
     card = model.card
@@ -109,13 +113,13 @@ def predict_file(
     with open_raster(src) as ds:
         header = read_header(ds, src)
         check_header(header, card.bands, options.max_pixels)
-        p90s = compute_percentiles(ds, header, card.bands, PERCENTILE)
+        p90s = compute_percentiles(ds, header, card.bands, PERCENTILE, interrupt=check)
         normalise = make_normaliser(np.dtype(header.dtypes[card.bands[0] - 1]), p90s)
         plan = plan_tiles(header.height, header.width, tile, overlap, card.size_multiple)
         runner = choose_runner(model, device, options, one_tile=plan.tiles == 1)
         counts = _Counts()
         with NpyWriter(dst, (header.height, header.width), OUTPUT_DTYPES[options.output]) as writer:
-            for rows, valid in _predict_rows(ds, header, card.bands, plan, normalise, runner, options):
+            for rows, valid in _predict_rows(ds, header, card.bands, plan, normalise, _checked(runner, check), options):
                 counts.add(rows, valid, card.threshold)
                 writer.write_rows(_to_output(rows, valid, card.threshold, options.output))
 
@@ -136,12 +140,21 @@ def predict_file(
 # -- pass 1: statistics --------------------------------------------------------------------------------------
 
 
-def compute_percentiles(ds, header: RasterHeader, bands: Sequence[int], q: float = PERCENTILE) -> list[float]:
+def compute_percentiles(
+    ds,
+    header: RasterHeader,
+    bands: Sequence[int],
+    q: float = PERCENTILE,
+    *,
+    interrupt: Callable[[], None] | None = None,
+) -> list[float]:
     """Each band's ``q``-th percentile over the valid pixels of the whole raster, reading strip by strip."""
     dtype = np.dtype(header.dtypes[bands[0] - 1])
     budget = split_budget(DEFAULT_EXACT_BUDGET_BYTES, len(bands))
     accumulators = [PercentileAccumulator(dtype, q, budget) for _ in bands]
     for window in _stat_windows(ds, header):
+        if interrupt is not None:
+            interrupt()
         data, valid = read_window(ds, bands, window, header.all_valid)
         for acc, band in zip(accumulators, data, strict=True):
             acc.add(band if valid is None else band[valid])
@@ -268,6 +281,25 @@ def _column_groups(cols: Sequence[Span]) -> list[list[Span]]:
 def _batches(items: Sequence[Span], size: int) -> Iterator[Sequence[Span]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def _no_interrupt() -> None:
+    return None
+
+
+def _checked(runner, interrupt: Callable[[], None]):
+    """``runner`` that calls ``interrupt`` before every batch of tiles (keeps its ``batch_size``)."""
+    if interrupt is _no_interrupt:
+        return runner
+
+    class _Checked:
+        batch_size = runner.batch_size
+
+        def __call__(self, tiles):
+            interrupt()
+            return runner(tiles)
+
+    return _Checked()
 
 
 # -- the network ---------------------------------------------------------------------------------------------

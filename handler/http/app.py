@@ -10,9 +10,15 @@ Routes (func-python itself answers ``/health/liveness`` and ``/health/readiness`
 - ``GET /healthz``: the old API's health check (200 once the model is loaded, 503 before).
 - ``GET /metrics``: Prometheus text format.
 
-Errors are JSON ``{"error": ..., "detail": ...}``: 400 no file / bad event, 401 bad token, 413 too large
-(checked while streaming), 415 wrong Content-Type, 422 unreadable raster, 503 busy or transient (with
-``Retry-After``, so MinIO retries), 500 anything else (logged with a request id; no traceback is sent).
+Errors are JSON ``{"error": ..., "detail": ...}``: 400 no file / bad event / too many records or parts, 401 bad
+token, 403 a bucket outside ``ALLOWED_BUCKETS``, 408 a stalled upload, 413 too large (checked while streaming),
+415 wrong Content-Type, 422 unreadable raster (or one that crashed its worker process), 503 busy or transient
+(with ``Retry-After``, so MinIO retries), 504 past ``INFERENCE_TIMEOUT_S``, 500 anything else (logged with a
+request id; no traceback is sent).
+
+Inference runs in the backend of :mod:`handler.http.workers` (worker processes when deployed), with a deadline
+checked between tiles and the connection watched meanwhile: a client that goes away stops its inference. An
+upload holds an admission place while it is received (:meth:`InferenceSlots.admit`).
 
 Example:
     >>> from starlette.testclient import TestClient
@@ -28,13 +34,15 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import anyio
 from cloudevents.core.bindings.http import to_binary_event
 from cloudevents.core.v1.event import CloudEvent
 from starlette.applications import Starlette
@@ -45,18 +53,30 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from handler.errors import BusyError, EventError, MediaTypeError, TransientError, UploadError
-from handler.events import MAX_EVENT_BYTES, cloudevent_mode, parse_event
-from handler.http.metrics import Metrics, create_metrics, record_outcome, render_metrics
+from handler.access import check_allowed
+from handler.errors import (
+    BusyError,
+    CancelledError,
+    DeadlineError,
+    EventError,
+    ForbiddenObjectError,
+    MediaTypeError,
+    TransientError,
+    UploadError,
+    UploadTimeoutError,
+    WorkerCrashedError,
+)
+from handler.events import MAX_EVENT_BYTES, check_record_count, cloudevent_mode, parse_event
+from handler.http.metrics import Metrics, create_metrics, method_label, record_outcome, render_metrics
 from handler.http.slots import InferenceSlots
-from handler.http.uploads import Upload, check_content_length, receive_upload
+from handler.http.uploads import check_content_length, receive_upload
+from handler.http.workers import backend_of
+from handler.isolation import PredictJob, ProcessJob
 from handler.objects import ObjectRef
 from handler.outcome import Outcome, OutcomeStatus, summarise
-from handler.process import process_object
-from handler.runtime import Runtime
 from handler.settings import OUTPUT_MODES, Settings
 from model.errors import ConfigError, InputError, RasterTooLargeError
-from model.predict import PredictionResult, predict_file
+from model.predict import PredictionResult
 
 logger = logging.getLogger(__name__)
 
@@ -98,10 +118,15 @@ def map_error(exc: BaseException) -> ErrorMapping:
     """The HTTP status, error title and metric reason for one of our errors (pure; most specific first)."""
     table: Sequence[tuple[type[BaseException], ErrorMapping]] = (
         (MediaTypeError, ErrorMapping(415, "unsupported media type", "bad_media_type")),
+        (UploadTimeoutError, ErrorMapping(408, "request timeout", "slow_upload")),
         (UploadError, ErrorMapping(400, "bad request", "no_file")),
+        (ForbiddenObjectError, ErrorMapping(403, "forbidden", "forbidden_bucket")),
         (EventError, ErrorMapping(400, "bad event", "bad_event")),
         (RasterTooLargeError, ErrorMapping(413, "too large", "too_large")),
+        (DeadlineError, ErrorMapping(504, "timed out", "timeout")),
+        (WorkerCrashedError, ErrorMapping(422, "unreadable raster", "crashed")),
         (InputError, ErrorMapping(422, "unreadable raster", "bad_raster")),
+        (CancelledError, ErrorMapping(499, "client disconnected", "")),
         (BusyError, ErrorMapping(503, "busy", "busy")),
         (TransientError, ErrorMapping(503, "temporarily unavailable", "")),
         (ConfigError, ErrorMapping(500, "misconfigured", "")),
@@ -123,7 +148,17 @@ def create_app(
     metrics: Metrics | None = None,
     slots: InferenceSlots | None = None,
 ) -> Starlette:
-    """The Starlette app serving every route above; ``settings`` gives the limits and the webhook token."""
+    """The Starlette app serving every route above; ``settings`` gives the limits and the tokens.
+
+    Refuses (:class:`ConfigError`) to serve the event route to anyone without ``WEBHOOK_TOKEN``, unless
+    ``ALLOW_UNAUTHENTICATED_EVENTS`` says so (local use). ``runtime`` may load a
+    :class:`~handler.runtime.Runtime` (inference in process) or be a :class:`~handler.http.workers.WorkerPool`.
+    """
+    if not settings.webhook_token and not settings.allow_unauthenticated_events:
+        raise ConfigError(
+            "WEBHOOK_TOKEN is not set: the event route would accept events from anyone. Set it (and the same "
+            "token in the bucket's webhook), or ALLOW_UNAUTHENTICATED_EVENTS=true for local use only"
+        )
     return _App(settings, runtime, metrics or create_metrics(), slots).starlette
 
 
@@ -150,19 +185,30 @@ class _App:
     # --- routes
 
     async def inference(self, request: Request) -> Response:
+        if (denied := self._check_token(request, self.settings.inference_token, "INFERENCE_TOKEN")) is not None:
+            return denied
         output = request.query_params.get("output", self.settings.output_mode)
         if output not in OUTPUT_MODES:
             raise UploadError(f"output must be one of {', '.join(OUTPUT_MODES)}, got {output!r}")
-        self.slots.check_room()  # refuse before reading a large body that would then be refused anyway
         workdir = Path(tempfile.mkdtemp(prefix="rasterfn-http-", dir=self.settings.tmp_dir))  # mode 0700
         try:
-            upload = await receive_upload(
-                request.headers, self._counted(request, "/inference"), workdir, self.settings.max_input_bytes
-            )
-            runtime: Runtime = await run_in_threadpool(self.runtime.wait)
-            dst = workdir / "output.npy"
-            async with self.slots.acquire():
-                result = await run_in_threadpool(self._predict, runtime, upload, dst, output)
+            # Admitted before the body is read: a slow upload holds a queue place, so uploads are bounded too.
+            async with self.slots.admit():
+                upload = await receive_upload(
+                    request.headers, self._counted(request, "/inference"), workdir, self.settings.max_input_bytes
+                )
+                backend = backend_of(await run_in_threadpool(self.runtime.wait))
+                job = PredictJob(
+                    src=upload.path,
+                    dst=workdir / "output.npy",
+                    output=output,
+                    max_pixels=min(self.settings.max_pixels, self.settings.max_inference_pixels),
+                    shown_name=upload.name,
+                    deadline=time.time() + self.settings.inference_timeout_s,
+                )
+                async with self.slots.run():
+                    result: PredictionResult = await self._until_disconnect(request, backend.predict, job)
+            self.metrics.inference_seconds.observe(result.seconds)
             # The input is not needed for sending: free its disk space now, the output after the response.
             upload.path.unlink(missing_ok=True)
         except BaseException:
@@ -170,21 +216,22 @@ class _App:
             raise
         logger.info("inference %s: %dx%d %s in %.2f s", upload.stem, *result.shape, result.output, result.seconds)
         return FileResponse(
-            dst,
+            job.dst,
             media_type=NPY_MEDIA_TYPE,
             filename=f"{upload.stem}.npy",
             background=BackgroundTask(shutil.rmtree, workdir, ignore_errors=True),
         )
 
     async def event(self, request: Request) -> Response:
-        if (denied := self._check_token(request)) is not None:
+        if (denied := self._check_token(request, self.settings.webhook_token, "WEBHOOK_TOKEN")) is not None:
             return denied
         body = await self._read_body(request, "/", MAX_EVENT_BYTES)
         headers = {k.lower(): v for k, v in request.headers.items()}
-        refs = parse_event(body, headers)
-        runtime: Runtime = await run_in_threadpool(self.runtime.wait)
+        refs = check_record_count(parse_event(body, headers), self.settings.max_event_records)
+        check_allowed(refs, self.settings.allowed_buckets)  # before any S3 call, for the whole event
+        backend = backend_of(await run_in_threadpool(self.runtime.wait))
         async with self.slots.acquire():
-            outcomes = await run_in_threadpool(self._process_refs, refs, runtime)
+            outcomes = [await self._process(request, backend, ref) for ref in refs]
         summary = summarise(outcomes)
         if cloudevent_mode(headers) is not None:
             return _cloudevent_reply(summary["outcomes"], summary)
@@ -200,30 +247,49 @@ class _App:
         body, content_type = render_metrics(self.metrics)
         return Response(body, media_type=content_type)
 
-    # --- the shared processing path (runs in a worker thread)
+    # --- the shared processing path
 
-    def _predict(self, runtime: Runtime, upload: Upload, dst: Path, output: str) -> PredictionResult:
-        options = replace(runtime.options, output=output, progress=False)
-        try:
-            result = predict_file(runtime.model, upload.path, dst, options)
-        except InputError as exc:
-            # The predictor names our temp file; the client knows its upload by the name it sent.
-            raise exc.renamed(upload.path.name, upload.name) from exc
-        self.metrics.inference_seconds.observe(result.seconds)
-        return result
-
-    def _process_refs(self, refs: list[ObjectRef], runtime: Runtime) -> list[Outcome]:
-        """Lambda's per-record path: ``process_object`` skips (``skip_reason``) or processes each reference.
+    async def _process(self, request: Request, backend: Any, ref: ObjectRef) -> Outcome:
+        """Lambda's per-record path (``process_object``) for one reference, in the backend.
 
         A :class:`TransientError` propagates: the whole event is answered 503 and MinIO sends it again; the
         objects already written then come back as ``duplicate``.
         """
-        outcomes = []
-        for ref in refs:
-            outcome = process_object(ref, runtime)
-            record_outcome(self.metrics, outcome)
-            outcomes.append(outcome)
-        return outcomes
+        job = ProcessJob(ref, deadline=time.time() + self.settings.inference_timeout_s)
+        outcome: Outcome = await self._until_disconnect(request, backend.process, job)
+        record_outcome(self.metrics, outcome)
+        return outcome
+
+    async def _until_disconnect(self, request: Request, run: Callable[..., Any], job: Any) -> Any:
+        """``run(job, cancelled)`` in a thread while watching the connection: a client that goes away sets
+        ``cancelled``, and the job stops at its next tile (freeing the slot) instead of running for no one."""
+        gone = threading.Event()
+
+        async def watch() -> None:
+            try:
+                while (await request.receive())["type"] != "http.disconnect":
+                    pass
+            finally:
+                # A disconnect, or this request cancelled by the server: either way no one waits for the job.
+                # (After a normal finish the job is done, so setting it then changes nothing.)
+                gone.set()
+
+        outcome: dict[str, Any] = {}
+
+        async def work() -> None:
+            try:
+                outcome["result"] = await run_in_threadpool(run, job, gone.is_set)
+            except Exception as exc:  # re-raised below as itself, not inside a task group's ExceptionGroup
+                outcome["error"] = exc
+            finally:
+                group.cancel_scope.cancel()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(watch)
+            group.start_soon(work)
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["result"]
 
     # --- plumbing
 
@@ -232,12 +298,14 @@ class _App:
             started = time.perf_counter()
             try:
                 response = await endpoint(request)
-            except ClientDisconnect:
+            except (ClientDisconnect, CancelledError):
                 logger.info("%s %s: client disconnected", request.method, route)
                 response = error_response(499, "client disconnected", "the client went away")
             except Exception as exc:
                 response = self._error(request, route, exc)
-            self.metrics.requests.labels(route=route, method=request.method, status=str(response.status_code)).inc()
+            self.metrics.requests.labels(
+                route=route, method=method_label(request.method), status=str(response.status_code)
+            ).inc()
             self.metrics.latency.labels(route=route).observe(time.perf_counter() - started)
             self.metrics.bytes_out.labels(route=route).inc(_body_length(response))
             return response
@@ -253,7 +321,7 @@ class _App:
             headers = {"Retry-After": str(self.slots.retry_after_s)}
         elif isinstance(exc, TransientError):
             headers = {"Retry-After": str(TRANSIENT_RETRY_AFTER_S)}
-        if mapping.status < 500 or isinstance(exc, TransientError):
+        if mapping.status < 500 or isinstance(exc, (TransientError, InputError)):
             logger.info("%s %s -> %d: %s", request.method, route, mapping.status, exc)
             return error_response(mapping.status, mapping.error, str(exc), headers)
         request_id = uuid.uuid4().hex
@@ -265,25 +333,35 @@ class _App:
 
     async def _http_exception(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        self.metrics.requests.labels(route="(unmatched)", method=request.method, status=str(exc.status_code)).inc()
+        method = method_label(request.method)
+        self.metrics.requests.labels(route="(unmatched)", method=method, status=str(exc.status_code)).inc()
         title = {404: "not found", 405: "method not allowed"}.get(exc.status_code, "http error")
-        return error_response(exc.status_code, title, f"{request.method} {request.url.path}: {exc.detail}", exc.headers)
+        return error_response(exc.status_code, title, f"{method} {request.url.path[:200]}: {exc.detail}", exc.headers)
 
-    def _check_token(self, request: Request) -> Response | None:
-        token = self.settings.webhook_token
+    def _check_token(self, request: Request, token: str | None, name: str) -> Response | None:
         if not token:
             return None
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), token.encode()):
             return None
         self.metrics.rejected.labels(reason="unauthorized").inc()
-        detail = "missing Authorization header" if not scheme else "wrong bearer token"
+        detail = f"missing Authorization header ({name})" if not scheme else f"wrong bearer token ({name})"
         logger.warning("%s %s -> 401: %s", request.method, request.url.path, detail)
         return error_response(401, "unauthorized", detail, {"WWW-Authenticate": 'Bearer realm="rasterfn"'})
 
     async def _counted(self, request: Request, route: str) -> AsyncIterator[bytes]:
+        """The body's chunks, counted; a client silent for ``UPLOAD_READ_TIMEOUT_S`` gets 408."""
         counter = self.metrics.bytes_in.labels(route=route)
-        async for chunk in request.stream():
+        timeout = self.settings.upload_read_timeout_s
+        chunks = request.stream().__aiter__()
+        while True:
+            try:
+                with anyio.fail_after(timeout):
+                    chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                return
+            except TimeoutError as exc:
+                raise UploadTimeoutError(f"no request body bytes for {timeout} s (UPLOAD_READ_TIMEOUT_S)") from exc
             counter.inc(len(chunk))
             yield chunk
 

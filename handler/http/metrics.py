@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 NAMESPACE = "rasterfn"
 # Requests span a health check (ms) to a full Sentinel-2 tile (minutes on CPU).
 LATENCY_BUCKETS_S = (0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+# Method labels: these as they are, anything else (``PROPFIND``, ``X-ANYTHING``) as "other", so a client cannot
+# grow the label set without bound.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 INFERENCE_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -113,6 +116,15 @@ def create_metrics() -> Metrics:
             registry=registry,
         ),
     )
+
+
+def method_label(method: str) -> str:
+    """The metric label of an HTTP method (pure).
+
+    >>> method_label("POST"), method_label("BREW")
+    ('POST', 'other')
+    """
+    return method if method in KNOWN_METHODS else "other"
 
 
 def render_metrics(metrics: Metrics) -> tuple[bytes, str]:

@@ -2,7 +2,8 @@
 
 One inference saturates the container's CPUs (torch already uses every core), so running two at once only
 makes both slower and doubles peak memory. :class:`InferenceSlots` lets ``max_concurrent`` inferences run,
-parks at most ``max_queued`` more, and turns anything beyond that into :class:`~model.errors.BusyError`
+parks at most ``max_queued`` more (a request receiving its upload counts as parked: :meth:`InferenceSlots.admit`
+comes before the body is read), and turns anything beyond that into :class:`~model.errors.BusyError`
 (HTTP 503 with ``Retry-After``) at once instead of an unbounded pile of waiting uploads. It lives on one
 event loop: the check-and-count in :meth:`InferenceSlots.acquire` has no ``await`` in between, so it needs
 no lock.
@@ -66,17 +67,31 @@ class InferenceSlots:
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[None]:
         """Hold a slot for the ``async with`` body; wait in the queue if it has room, else raise BusyError."""
+        async with self.admit(), self.run():
+            yield
+
+    @asynccontextmanager
+    async def admit(self) -> AsyncIterator[None]:
+        """Count the caller from now on (an upload being received counts), or raise BusyError at once.
+
+        Inside, :meth:`run` waits for and holds the slot itself.
+        """
         self.check_room()
         self._admitted += 1
         try:
-            async with self._semaphore:
-                self._in_flight += 1
-                try:
-                    yield
-                finally:
-                    self._in_flight -= 1
+            yield
         finally:
             self._admitted -= 1
+
+    @asynccontextmanager
+    async def run(self) -> AsyncIterator[None]:
+        """Hold one of the ``max_concurrent`` slots (an admitted caller waits here for its turn)."""
+        async with self._semaphore:
+            self._in_flight += 1
+            try:
+                yield
+            finally:
+                self._in_flight -= 1
 
     def _busy(self) -> BusyError:
         return BusyError(

@@ -45,6 +45,11 @@ RAW_MEDIA_TYPES = ("image/tiff", "image/tif", "image/geotiff", "application/octe
 # the file-size limit before the body as a whole is refused.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 MAX_FIELD_BYTES = 16 * 1024  # all non-file form fields together: they are ignored, so they stay small
+# Parts in one multipart body: the file and a few small fields. 250k empty parts would cost seconds of event
+# loop; refused at the first part over the cap.
+MAX_MULTIPART_PARTS = 16
+MAX_NAMES_SHOWN = 5  # field names quoted back in an error message, so its body stays short
+MAX_NAME_CHARS = 40
 MAX_STEM_CHARS = 100
 MAX_SUFFIX_CHARS = 16
 DEFAULT_STEM = "output"  # names the response: output.npy, like the old README's command
@@ -198,6 +203,7 @@ class _MultipartReceiver(_Receiver):
             raise UploadError("multipart/form-data body without a boundary parameter in Content-Type")
         self.field_bytes = 0
         self.fields_seen: list[str] = []
+        self.parts = 0
         self.found_file = False
         self.file_done = False
         self.ended = False
@@ -235,7 +241,9 @@ class _MultipartReceiver(_Receiver):
         except FormParserError as exc:
             raise UploadError(f"malformed multipart body: {exc}") from exc
         if not self.found_file:
-            seen = ", ".join(repr(f) for f in self.fields_seen) or "none"
+            seen = ", ".join(repr(f[:MAX_NAME_CHARS]) for f in self.fields_seen[:MAX_NAMES_SHOWN]) or "none"
+            if len(self.fields_seen) > MAX_NAMES_SHOWN:
+                seen += f" and {len(self.fields_seen) - MAX_NAMES_SHOWN} more"
             raise UploadError(f"multipart body has no {FILE_FIELD!r} field (fields received: {seen})")
         if not (self.file_done and self.ended):
             raise UploadError("multipart body ended before its closing boundary (truncated upload?)")
@@ -244,9 +252,13 @@ class _MultipartReceiver(_Receiver):
 
     # python-multipart callbacks: data callbacks get (buffer, start, end).
     def _on_part_begin(self) -> None:
+        self.parts += 1
+        if self.parts > MAX_MULTIPART_PARTS:
+            raise UploadError(f"multipart body has more than {MAX_MULTIPART_PARTS} parts")
         self._part_headers = {}
         self._in_file = False
 
+    # Header lines and their number per part are bounded by python-multipart itself (max_header_size/count).
     def _on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._header_name += data[start:end]
 
@@ -268,7 +280,7 @@ class _MultipartReceiver(_Receiver):
         elif b"filename" in params and not self.found_file:
             # A file under another name is the raster sent wrong: say so before reading it, not at the end.
             raise UploadError(
-                f"multipart body has no {FILE_FIELD!r} field but a file in field {name!r}: "
+                f"multipart body has no {FILE_FIELD!r} field but a file in field {(name or '')[:MAX_NAME_CHARS]!r}: "
                 f'send the raster as {FILE_FIELD!r} (curl -F "{FILE_FIELD}=@scene.tif")'
             )
 

@@ -42,6 +42,10 @@ locals {
     MIN_REMAINING_MS = var.min_remaining_ms == null ? null : tostring(var.min_remaining_ms)
     MODEL_URI        = var.model_uri
     MODEL_CARD       = var.model_card
+    # Issue 9: the function refuses events for any other bucket or prefix, before any S3 call; and turns a
+    # file that crashed it on every receive into <stem>.error.json on the last one instead of a DLQ entry.
+    ALLOWED_BUCKETS   = "${local.bucket_name}/${var.input_prefix}"
+    MAX_RECEIVE_COUNT = tostring(var.max_receive_count)
   }
   # Read by aws-lambda-powertools itself (Logger, Metrics), not by handler/settings.py.
   powertools_settings = {

@@ -55,7 +55,7 @@ def tiny_card(tmp_path_factory) -> Path:
 @pytest.fixture
 def runtime(tiny_card, tmp_path) -> Runtime:
     return Runtime(
-        settings=Settings(model_card=tiny_card, tmp_dir=tmp_path),
+        settings=Settings(model_card=tiny_card, tmp_dir=tmp_path, allow_unauthenticated_events=True),
         model=build_model(load_card(tiny_card)),
         storage=Storage.from_defaults("http://127.0.0.1:9"),
     )
@@ -262,3 +262,43 @@ def test_rasterfn_serve_answers_the_old_readme_curl_like_rasterfn_predict(tmp_pa
     np.testing.assert_array_equal(served, np.load(tmp_path / "predicted.npy"))
     assert 'rasterfn_http_requests_total{method="POST",route="/inference",status="200"} 1.0' in metrics
     assert not list(tmp_path.glob("rasterfn-http-*")), "temp files left behind"
+
+
+# --- closed by default (issue 9)
+
+
+def test_the_function_refuses_to_start_with_an_open_event_route(tiny_card, tmp_path):
+    function = Function(settings=Settings(model_card=tiny_card, tmp_dir=tmp_path))
+    with pytest.raises(ConfigError, match="WEBHOOK_TOKEN is not set"):
+        function.start({})
+    assert function.loader is None, "no worker was started"
+
+
+def test_the_function_runs_inference_in_worker_processes_by_default(tiny_card, tmp_path):
+    from handler.http.workers import WorkerPool
+
+    function = Function(settings=Settings(model_card=tiny_card, tmp_dir=tmp_path, webhook_token="t"))
+    function.start({})
+    try:
+        assert isinstance(function.loader, WorkerPool)
+        function.loader.wait()
+        assert function.ready() == (True, "ready: 1 worker process(es)")
+    finally:
+        function.stop()
+
+
+@pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("::1", True), ("0.0.0.0", False)])
+def test_serve_allows_unauthenticated_events_on_loopback_only(monkeypatch, host, loopback):
+    import handler.knative as knative
+    from handler.settings import get_settings
+
+    monkeypatch.delenv("WEBHOOK_TOKEN", raising=False)
+    monkeypatch.delenv("ALLOW_UNAUTHENTICATED_EVENTS", raising=False)
+    monkeypatch.setattr(knative.func_python.http, "serve", lambda new: None)
+    get_settings.cache_clear()
+    try:
+        knative.run_serve(type("Args", (), {"host": host, "port": 8080})())
+        assert get_settings().allow_unauthenticated_events is loopback
+    finally:
+        monkeypatch.delenv("ALLOW_UNAUTHENTICATED_EVENTS", raising=False)
+        get_settings.cache_clear()

@@ -318,3 +318,68 @@ def test_invalid_settings_fail_at_import_with_a_clear_message(tiny_model_card, t
     # THEN the import fails, naming the variable and the allowed values
     assert proc.returncode != 0
     assert "ConfigError" in proc.stderr and "PRECISION must be one of" in proc.stderr
+
+
+# --- crash isolation on the last allowed receive, and the record cap (issue 9)
+
+
+def on_receive(event: dict, count: int) -> dict:
+    for record in event["Records"]:
+        record["attributes"]["ApproximateReceiveCount"] = str(count)
+    return event
+
+
+@pytest.fixture
+def crashing_isolation(lambda_fn, monkeypatch):
+    """The Lambda's child process, with the test hook that aborts on the crash marker (a real SIGABRT)."""
+    import functools
+
+    from handler.isolation import run_isolated
+    from tests.fixtures.crash import crash_on_marker
+
+    calls: list[object] = []
+
+    def isolated(settings, job):
+        calls.append(job)
+        return functools.partial(run_isolated, init=crash_on_marker)(settings, job)
+
+    monkeypatch.setattr(lambda_fn, "run_isolated", isolated)
+    return calls
+
+
+def test_a_file_that_crashes_the_runtime_gets_a_marker_on_its_last_receive_not_a_dlq_entry(
+    lambda_fn, crashing_isolation, bucket, s3_client, upload_raster, make_sqs_event, s3_body
+):
+    # GIVEN a file that aborts whatever process decodes it, delivered for the last time (MAX_RECEIVE_COUNT=3)
+    from tests.fixtures.crash import CRASH_MARKER
+
+    put = upload_raster(bucket, "in/bomb.tif", body=b"II*\x00" + CRASH_MARKER)
+    event = on_receive(make_sqs_event(s3_body(bucket, "in/bomb.tif", put)), 3)
+    # WHEN the handler runs it THEN this process survives, acknowledges the record and writes the marker
+    assert lambda_fn.lambda_handler(event, make_context()) == {"batchItemFailures": []}
+    assert len(crashing_isolation) == 1
+    doc = json.loads(s3_client.get_object(Bucket=bucket, Key="in/bomb.error.json")["Body"].read())
+    assert doc["error"] == "WorkerCrashedError" and "SIGABRT" in doc["message"]
+    assert keys_in(s3_client, bucket) == {"in/bomb.tif", "in/bomb.error.json"}
+
+
+@pytest.mark.parametrize(("receive", "isolated"), [(1, 0), (2, 0), (3, 1), (5, 1)])
+def test_a_good_file_is_written_in_process_before_its_last_receive_and_by_a_child_on_it(
+    lambda_fn, crashing_isolation, bucket, s3_client, upload_raster, make_sqs_event, s3_body, receive, isolated
+):
+    put = upload_raster(bucket, "in/a.tif")
+    event = on_receive(make_sqs_event(s3_body(bucket, "in/a.tif", put)), receive)
+    assert lambda_fn.lambda_handler(event, make_context()) == {"batchItemFailures": []}
+    assert len(crashing_isolation) == isolated
+    assert keys_in(s3_client, bucket) == {"in/a.tif", "in/a.npy"}
+
+
+def test_a_direct_event_over_the_record_cap_is_refused(lambda_fn, runtime, monkeypatch):
+    from dataclasses import replace
+
+    monkeypatch.setattr(
+        lambda_fn, "get_runtime", lambda: replace(runtime, settings=replace(runtime.settings, max_event_records=2))
+    )
+    record = {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {"key": "a.tif"}}}
+    with pytest.raises(EventError, match="3 records in one event, over MAX_EVENT_RECORDS=2"):
+        lambda_fn.lambda_handler({"Records": [record] * 3}, make_context())

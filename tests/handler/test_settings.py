@@ -46,6 +46,15 @@ def test_every_variable_is_read():
         "MAX_QUEUED_REQUESTS": "0",
         "WEBHOOK_TOKEN": "s3cr3t",
         "TMPDIR": "/var/tmp",
+        "ALLOWED_BUCKETS": "scenes, shared/uploads/",
+        "ALLOW_UNAUTHENTICATED_EVENTS": "TRUE",
+        "INFERENCE_TOKEN": "t0ken",
+        "MAX_INFERENCE_PIXELS": "4_000_000",
+        "INFERENCE_TIMEOUT_S": "120",
+        "UPLOAD_READ_TIMEOUT_S": "10",
+        "MAX_EVENT_RECORDS": "5",
+        "MAX_RECEIVE_COUNT": "4",
+        "STALE_TMP_MINUTES": "30",
     }
     # (the Eventing relay's own two are read by RelaySettings, below)
     assert set(env) == set(env_var_names()) - {ENV_K_SINK, ENV_RELAY_TARGET_URL}
@@ -59,6 +68,10 @@ def test_every_variable_is_read():
     assert s.input_suffixes == (".tif", ".gtiff")
     assert (s.output_bucket, s.output_prefix, s.webhook_token) == ("masks", "out/", "s3cr3t")
     assert (s.max_concurrent_inferences, s.max_queued_requests) == (2, 0)
+    assert s.allowed_buckets == ("scenes", "shared/uploads/") and s.allow_unauthenticated_events is True
+    assert (s.inference_token, s.max_inference_pixels, s.inference_timeout_s) == ("t0ken", 4_000_000, 120)
+    assert (s.upload_read_timeout_s, s.max_event_records, s.max_receive_count) == (10, 5, 4)
+    assert s.stale_tmp_minutes == 30
 
 
 def test_blank_values_mean_unset():
@@ -113,3 +126,19 @@ def test_parse_suffixes(value, expected):
 def test_the_relay_reads_its_variables_and_the_webhook_token():
     env = {"K_SINK": " http://broker/default/default ", "RELAY_TARGET_URL": "http://fn/", "WEBHOOK_TOKEN": "t0k"}
     assert RelaySettings.from_env(env) == RelaySettings("http://broker/default/default", "http://fn/", "t0k")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ALLOWED_BUCKETS": "Scenes"}, "ALLOWED_BUCKETS entries must be"),
+        ({"ALLOWED_BUCKETS": "scenes/../x/"}, "ALLOWED_BUCKETS entries must be"),
+        ({"ALLOW_UNAUTHENTICATED_EVENTS": "maybe"}, "ALLOW_UNAUTHENTICATED_EVENTS must be true or false"),
+        ({"MAX_EVENT_RECORDS": "0"}, "MAX_EVENT_RECORDS must be >= 1"),
+        ({"INFERENCE_TIMEOUT_S": "-1"}, "INFERENCE_TIMEOUT_S must be >= 1"),
+        ({"MAX_INFERENCE_PIXELS": "0"}, "MAX_INFERENCE_PIXELS must be >= 1"),
+    ],
+)
+def test_security_settings_are_validated(env, message):
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)

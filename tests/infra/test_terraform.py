@@ -350,6 +350,11 @@ _S3_ACTIONS_BY_CALL = {
     "delete_object": {"s3:DeleteObject", "s3:DeleteObjectVersion"},
     "download": {"s3:GetObject", "s3:GetObjectVersion"},  # s3transfer: ranged GetObject
     "upload": {"s3:PutObject", "s3:AbortMultipartUpload"},  # s3transfer: multipart above the threshold
+    # Our own multipart upload, for conditional writes (If-Match / If-None-Match on the completion).
+    "create_multipart_upload": {"s3:PutObject"},
+    "upload_part": {"s3:PutObject"},
+    "complete_multipart_upload": {"s3:PutObject"},
+    "abort_multipart_upload": {"s3:AbortMultipartUpload"},
 }
 
 

@@ -21,6 +21,7 @@ import pytest
 from starlette.testclient import TestClient
 
 import handler.http.app as http_app
+import handler.isolation as isolation
 from handler.errors import BusyError, EventError, MediaTypeError, TransientError, UploadError
 from handler.http.app import create_app, map_error
 from handler.http.metrics import create_metrics
@@ -78,6 +79,8 @@ def make_runtime(tiny_model, tmp_dir, offline_storage, request):
 
     def make(**settings: Any) -> Runtime:
         online = "moto_endpoint" in request.fixturenames
+        if not settings.get("webhook_token"):
+            settings.setdefault("allow_unauthenticated_events", True)  # the event route's own tests set a token
         return Runtime(
             settings=Settings(model_card=tiny_model.card.path, tmp_dir=tmp_dir, **settings),
             model=tiny_model,
@@ -309,7 +312,7 @@ def test_five_concurrent_inferences_all_succeed_one_at_a_time(make_runtime, scen
     runtime = make_runtime(max_concurrent_inferences=1, max_queued_requests=4)
     app = build_app(runtime)
     lock, running, peak = threading.Lock(), [0], [0]
-    real_predict = http_app.predict_file
+    real_predict = isolation.predict_file
 
     def counting_predict(*args, **kwargs):
         with lock:
@@ -321,7 +324,7 @@ def test_five_concurrent_inferences_all_succeed_one_at_a_time(make_runtime, scen
             with lock:
                 running[0] -= 1
 
-    monkeypatch.setattr(http_app, "predict_file", counting_predict)
+    monkeypatch.setattr(isolation, "predict_file", counting_predict)
     data = scene.read_bytes()
 
     async def main() -> list[httpx.Response]:
@@ -343,7 +346,7 @@ def test_unexpected_error_is_500_without_internals(client, scene, monkeypatch, t
     def explode(*_args, **_kwargs):
         raise RuntimeError("secret internals at /opt/venv/site-packages/x.py")
 
-    monkeypatch.setattr(http_app, "predict_file", explode)
+    monkeypatch.setattr(isolation, "predict_file", explode)
     with client() as c:
         response = c.post("/inference", files={"file": ("scene.tif", scene.read_bytes())})
     assert_error(response, 500, "internal error", "see the function's logs")
@@ -488,10 +491,10 @@ def test_event_body_over_the_limit_is_413(client, monkeypatch):
 
 
 def test_transient_errors_on_the_event_route_are_503_so_the_sender_retries(client, monkeypatch):
-    def throttled(ref, runtime):
+    def throttled(ref, runtime, **_kwargs):
         raise TransientError("s3://b/k.tif: SlowDown (503)")
 
-    monkeypatch.setattr(http_app, "process_object", throttled)
+    monkeypatch.setattr(isolation, "process_object", throttled)
     with client() as c:
         response = c.post("/", json={"bucket": "b", "key": "k.tif"})
     assert_error(response, 503, "temporarily unavailable", "SlowDown")

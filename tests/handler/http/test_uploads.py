@@ -211,3 +211,31 @@ def test_only_the_first_file_field_is_kept(tmp_path):
 )
 def test_safe_stem(filename, stem):
     assert safe_stem(filename) == stem
+
+
+# --- caps on multipart structure (issue 9)
+
+
+def test_a_body_of_many_empty_parts_is_refused_at_the_first_part_over_the_cap(tmp_path):
+    from handler.http.uploads import MAX_MULTIPART_PARTS
+
+    part = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="f"\r\n\r\n\r\n'.encode()
+    body = CountingBody(part * 250_000 + f"--{BOUNDARY}--\r\n".encode(), chunk_size=64 * 1024)
+    with pytest.raises(UploadError, match=f"more than {MAX_MULTIPART_PARTS} parts"):
+        receive({"content-type": MULTIPART_CT}, body, tmp_path)
+    assert body.chunks_read == 1, "refused within the first chunk, not after parsing the whole body"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_file_field_names_only_a_few_fields_briefly(tmp_path):
+    body = CountingBody(multipart_body(*[("x" * 500 + str(i), None, b"v") for i in range(10)]))
+    with pytest.raises(UploadError, match="and 5 more") as info:
+        receive({"content-type": MULTIPART_CT}, body, tmp_path)
+    assert len(str(info.value)) < 400
+
+
+def test_a_huge_part_header_is_refused_by_the_parser(tmp_path):
+    header = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{"a" * 100_000}.tif"\r\n\r\n'
+    body = CountingBody(header.encode() + b"II*\x00" + f"\r\n--{BOUNDARY}--\r\n".encode())
+    with pytest.raises(UploadError, match="Maximum header size exceeded"):
+        receive({"content-type": MULTIPART_CT}, body, tmp_path)
