@@ -234,6 +234,8 @@ def test_setup_job_subscribes_the_same_target_to_the_input_suffixes(manifests, c
     assert {(e[1], e[2]) for e in events} == {("RASTERFN", "put")}
     assert "arn:aws:s3:::$BUCKET" in script and bucket == "rasterfn"
     assert re.search(r"BUCKET=\$\{BUCKET:-" + bucket + r"\}", SMOKE.read_text())
+    # ...and the function accepts events for that bucket only
+    assert Settings.from_env(literal_env(container["env"])).allowed_buckets == (bucket,)
 
 
 def minio_policy(manifests) -> list[dict[str, Any]]:
