@@ -10,7 +10,9 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from model.decode_limits import DecodeLimits
 
 OUTPUT_DTYPES = {"mask": "float32", "mask-uint8": "uint8", "score": "float32"}
 OUTPUT_MODES = tuple(OUTPUT_DTYPES)
@@ -28,3 +30,4 @@ class PredictOptions:
     tile_size: int | None = None  # None: the card's
     tile_overlap: int | None = None
     progress: bool = False
+    limits: DecodeLimits = field(default_factory=DecodeLimits)

@@ -2,7 +2,8 @@
 
 The procedure is the old service's, made to scale:
 
-1. The header is checked against the limits before any pixel is read (bands, ``max_pixels``, data type).
+1. The header is checked against the limits before any pixel is read (bands, ``max_pixels``, data type, and
+   the decode cost: codec, block sizes, compression ratio, see :mod:`model.decode_limits`).
 2. Pass 1 reads the raster in strips and computes each band's 90th percentile over the WHOLE raster, exactly
    (see :mod:`model.stats`), leaving out invalid pixels (nodata, masked, non-finite).
 3. Pass 2 reads strips of tile rows (plus the overlap), normalises each band in float64 exactly as the old
@@ -49,10 +50,11 @@ from tqdm import tqdm
 
 from model.checkpoint import LoadedModel
 from model.cpus import available_cpus
+from model.decode_limits import stat_windows
 from model.errors import ConfigError, InputError
 from model.npy_writer import NpyWriter
 from model.options import DEVICES, OUTPUT_DTYPES, PRECISIONS, PredictOptions
-from model.raster import RasterHeader, check_header, open_raster, read_header, read_window
+from model.raster import RasterHeader, open_checked, read_window
 from model.stats import DEFAULT_EXACT_BUDGET_BYTES, PercentileAccumulator, split_budget
 from model.tiling import DEFAULT_SEAM, Span, TilePlan, axis_weights, pad_tile, plan_tiles
 
@@ -110,9 +112,7 @@ def predict_file(
         raise ConfigError(f"tile {tile} / overlap {overlap} do not fit the network (multiple {card.size_multiple})")
     _check_destination(src, dst)
 
-    with open_raster(src) as ds:
-        header = read_header(ds, src)
-        check_header(header, card.bands, options.max_pixels)
+    with open_checked(src, card.bands, options.max_pixels, options.limits) as (ds, header):
         p90s = compute_percentiles(ds, header, card.bands, PERCENTILE, interrupt=check)
         normalise = make_normaliser(np.dtype(header.dtypes[card.bands[0] - 1]), p90s)
         plan = plan_tiles(header.height, header.width, tile, overlap, card.size_multiple)
@@ -162,11 +162,9 @@ def compute_percentiles(
 
 
 def _stat_windows(ds, header: RasterHeader) -> Iterator[Window]:
-    block_height = max(1, int(ds.block_shapes[0][0]))
-    rows = max(1, STATS_STRIP_PIXELS // header.width)
-    rows = max(block_height, rows // block_height * block_height)  # whole blocks: each decoded once
-    for top in range(0, header.height, rows):
-        yield Window(0, top, header.width, min(rows, header.height - top))
+    block = (header.layout.block_height, header.layout.block_width)
+    for left, top, width, height in stat_windows(header.height, header.width, block, STATS_STRIP_PIXELS):
+        yield Window(left, top, width, height)
 
 
 # -- normalisation -------------------------------------------------------------------------------------------
@@ -220,7 +218,8 @@ def _predict_rows(
     col_weights = axis_weights(plan.cols, DEFAULT_SEAM)
     capacity = max(span.size for span in plan.rows)
     scores = np.zeros((capacity, width), dtype=np.float32)
-    valid = None if header.all_valid else np.ones((capacity, width), dtype=bool)
+    # Float data can hold NaN/inf without any nodata tag: those pixels are invalid too, so 0 in the output.
+    valid = np.ones((capacity, width), dtype=bool) if header.may_have_invalid else None
     top = 0  # raster row held in scores[0]
     groups = _column_groups(plan.cols)
     with tqdm(total=plan.tiles, unit="tile", disable=not options.progress, file=sys.stderr, leave=False) as bar:

@@ -1,17 +1,22 @@
-"""Opening a GeoTIFF, checking its header against limits, and reading windows: rasterio stays in here.
+"""Opening a TIFF, checking its header against limits, and reading windows: rasterio stays in here.
 
-Every rasterio/GDAL failure is translated to our error tree with a one-line message:
-:class:`RasterReadError` (not a TIFF, empty, truncated, corrupt), :class:`RasterTooLargeError` (more pixels
-than allowed, decided from the header before a single pixel is read) and :class:`RasterBandsError`.
+Every rasterio/GDAL failure becomes one of our errors with a one-line message that says what is wrong, what
+was expected and what to do (:mod:`model.gdal_messages` translates the library's text, which only reaches the
+debug log): :class:`RasterReadError` (not a TIFF, empty, truncated, corrupt, unsupported codec),
+:class:`RasterTooLargeError` (too many pixels, bands or decoded bytes per block, decided from the header
+before a single pixel is read, see :mod:`model.decode_limits`) and :class:`RasterBandsError`.
+
+:func:`open_checked` opens a file single-threaded, checks its header, and only then reopens it with
+multi-threaded decoding and a block cache sized for its layout: no hostile header reaches GDAL's
+multi-threaded reader.
 
 Validity: a pixel is valid when every band the model reads is valid in the dataset's masks (nodata value,
-internal mask band or alpha) and, for float data, finite. Invalid pixels are left out of the statistics and
-are 0 in the output.
+internal mask band or alpha) and, for float data, finite (with or without a nodata tag). Invalid pixels are
+left out of the statistics and are 0 in the output.
 
 Example:
-    >>> with open_raster("data/test-1.tif") as src:             # doctest: +SKIP
-    ...     header = read_header(src, "data/test-1.tif")
-    ...     check_header(header, bands=range(1, 11), max_pixels=150_000_000)
+    >>> with open_checked("data/test-1.tif", bands=range(1, 11), max_pixels=150_000_000) as (src, header):
+    ...     data, valid = read_window(src, range(1, 11), Window(0, 0, 512, 64), header.all_valid)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -29,7 +34,12 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from model.cpus import available_cpus
+from model.decode_limits import BlockLayout, DecodeLimits, cache_bytes, check_layout, read_layout
 from model.errors import RasterBandsError, RasterReadError, RasterTooLargeError
+from model.gdal_messages import explain_open_error, explain_read_error, prepare_gdal
+from model.refusals import EXPECTED_RASTER, REEXPORT, UPLOAD_AGAIN, refusal
+
+prepare_gdal()  # before any dataset is opened: PROJ's data, GDAL's diagnostics to our log
 
 ALLOWED_DRIVER = "GTiff"  # also reads COGs and BigTIFFs
 SUPPORTED_KINDS = "uif"  # unsigned, signed, float; no complex, no bool
@@ -43,13 +53,15 @@ KNOWN_MAGICS = {
     b"%PDF": "a PDF document",
 }
 # No sidecar lookups (.aux.xml, .ovr, .msk): only the uploaded bytes count, and listing a directory is slow.
-# The block cache defaults to 5% of the host's RAM; every block is decoded at most twice here (stats pass,
-# overlap rows), so a small cache keeps peak memory flat on big hosts and inside a Lambda's limit.
+# The block cache defaults to 5% of the host's RAM; every block is decoded about once here (whole blocks in the
+# stats pass, a cache holding one row of blocks, see decode_limits.cache_bytes), so a small cache keeps peak
+# memory flat on big hosts and inside a Lambda's limit. Single-threaded until the header has been checked.
 GDAL_ENV = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-    "GDAL_NUM_THREADS": str(available_cpus()),  # ALL_CPUS would count the node, not the cgroup quota
+    "GDAL_NUM_THREADS": "1",
     "GDAL_CACHEMAX": 128 * 1024**2,  # bytes
 }
+READ_THREADS = str(available_cpus())  # ALL_CPUS would count the node, not the cgroup quota
 
 
 @dataclass(frozen=True)
@@ -65,26 +77,50 @@ class RasterHeader:
     crs: str | None
     transform: tuple[float, ...]
     all_valid: bool  # no band has a mask or nodata value: masks need not be read
+    layout: BlockLayout
 
     @property
     def pixels(self) -> int:
         return self.width * self.height
 
+    @property
+    def may_have_invalid(self) -> bool:
+        """Whether any pixel can be invalid: a mask or nodata value, or float data (NaN and +-inf)."""
+        return not self.all_valid or any(np.dtype(dtype).kind == "f" for dtype in self.dtypes)
+
 
 @contextlib.contextmanager
-def open_raster(path: str | Path) -> Iterator[rasterio.DatasetReader]:
-    """Open a local GeoTIFF for reading; anything else is a :class:`RasterReadError`."""
+def open_raster(path: str | Path, **gdal_options: object) -> Iterator[rasterio.DatasetReader]:
+    """Open a local TIFF single-threaded (to read its header); anything else is a :class:`RasterReadError`."""
     path = Path(path)
     _sniff(path)
-    with rasterio.Env(**GDAL_ENV):
+    with rasterio.Env(**{**GDAL_ENV, **gdal_options}):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 src = rasterio.open(path, driver=ALLOWED_DRIVER)
         except RasterioError as exc:
-            raise RasterReadError(f"{path.name} is not a readable GeoTIFF: {_one_line(exc)}") from exc
+            raise explain_open_error(path.name, exc) from exc
         with src:
             yield src
+
+
+@contextlib.contextmanager
+def open_checked(
+    path: str | Path, bands: Sequence[int], max_pixels: int, limits: DecodeLimits | None = None
+) -> Iterator[tuple[rasterio.DatasetReader, RasterHeader]]:
+    """Check the header (:func:`check_header`, :func:`model.decode_limits.check_layout`), then open for reading.
+
+    Yields ``(dataset, header)``; the dataset decodes with all CPUs and a block cache sized for its layout.
+    """
+    limits = limits or DecodeLimits()
+    with open_raster(path) as src:
+        header = read_header(src, path)
+        check_header(header, bands, max_pixels)
+        check_layout(header.layout, limits, header.name)
+    cache = cache_bytes(header.layout, len(set(bands)))
+    with open_raster(path, GDAL_NUM_THREADS=READ_THREADS, GDAL_CACHEMAX=cache) as src:
+        yield src, header
 
 
 def read_header(src: rasterio.DatasetReader, name: str | Path = "") -> RasterHeader:
@@ -102,6 +138,7 @@ def read_header(src: rasterio.DatasetReader, name: str | Path = "") -> RasterHea
         crs=crs,
         transform=tuple(src.transform)[:6],
         all_valid=all(flags == [MaskFlags.all_valid] for flags in src.mask_flag_enums),
+        layout=read_layout(src, Path(src.name).stat().st_size),
     )
 
 
@@ -110,22 +147,38 @@ def check_header(header: RasterHeader, bands: Sequence[int], max_pixels: int) ->
     needed = max(bands)
     if header.count < needed:
         raise RasterBandsError(
-            f"{header.name} has {header.count} band(s), but the model reads bands {list(bands)} "
-            f"(needs at least {needed})"
+            refusal(
+                header.name,
+                f"it has {header.count} band{'s' if header.count != 1 else ''}",
+                f"a multispectral stack of at least {needed} bands, in the model card's band order "
+                f"(the model reads bands {_band_list(bands)})",
+                "Export the scene with all its bands in that order, e.g. "
+                "`gdal_merge.py -separate -o stack.tif B01.tif B02.tif ...`",
+            )
         )
     if header.width < 1 or header.height < 1:
-        raise RasterReadError(f"{header.name} has no pixels ({header.width} x {header.height})")
+        raise RasterReadError(
+            refusal(header.name, f"it has no pixels ({header.width} x {header.height})", EXPECTED_RASTER, REEXPORT)
+        )
     if header.pixels > max_pixels:
         raise RasterTooLargeError(
-            f"{header.name} is {header.width} x {header.height} = {header.pixels:,} pixels, "
-            f"more than the limit of {max_pixels:,} (MAX_PIXELS)"
+            refusal(
+                header.name,
+                f"it is {header.width} x {header.height} = {header.pixels:,} pixels, more than the limit of "
+                f"{max_pixels:,} (MAX_PIXELS)",
+                f"{EXPECTED_RASTER} of at most {max_pixels:,} pixels",
+                "Cut it into smaller scenes, e.g. `gdal_translate -srcwin 0 0 10000 10000 in.tif part.tif`",
+            )
         )
+    expected_types = f"{EXPECTED_RASTER} of integer or real (float) samples, the same type in every band"
     for band in bands:
         dtype = np.dtype(header.dtypes[band - 1])
         if dtype.kind not in SUPPORTED_KINDS:
-            raise RasterReadError(f"{header.name} band {band} has unsupported data type {dtype}")
+            problem = f"its band {band} holds {dtype} samples"
+            raise RasterReadError(refusal(header.name, problem, expected_types, "Convert it: `gdal_translate -ot`"))
     if len({header.dtypes[b - 1] for b in bands}) > 1:
-        raise RasterReadError(f"{header.name} mixes data types across the bands the model reads")
+        problem = "it mixes data types across the bands the model reads"
+        raise RasterReadError(refusal(header.name, problem, expected_types, "Convert it: `gdal_translate -ot`"))
 
 
 def read_window(
@@ -142,10 +195,8 @@ def read_window(
             masks = src.read_masks(list(bands), window=window)
             valid = np.logical_and.reduce(masks != 0, axis=0)
     except RasterioError as exc:
-        raise RasterReadError(
-            f"{Path(src.name).name} could not be read at rows {window.row_off}-"
-            f"{window.row_off + window.height}: {_one_line(exc)} (truncated or corrupt file?)"
-        ) from exc
+        first = int(window.row_off)
+        raise explain_read_error(Path(src.name).name, exc, first, first + int(window.height)) from exc
     if data.dtype.kind == "f":
         finite = np.isfinite(data).all(axis=0)
         if not finite.all():
@@ -159,25 +210,24 @@ def _sniff(path: Path) -> None:
         with open(path, "rb") as fh:
             head = fh.read(8)
     except FileNotFoundError as exc:
-        raise RasterReadError(f"{path.name} does not exist") from exc
+        raise RasterReadError(refusal(path.name, "it does not exist", EXPECTED_RASTER, "Check the name")) from exc
     except OSError as exc:
-        raise RasterReadError(f"{path.name} cannot be read: {exc.strerror or exc}") from exc
+        problem = f"it cannot be opened ({exc.strerror or type(exc).__name__})"
+        raise RasterReadError(refusal(path.name, problem, EXPECTED_RASTER, "Check its permissions")) from exc
     if not head:
-        raise RasterReadError(f"{path.name} is empty (0 bytes)")
+        raise RasterReadError(refusal(path.name, "it is empty (0 bytes)", EXPECTED_RASTER, UPLOAD_AGAIN))
     if any(head.startswith(magic) for magic in TIFF_MAGICS):
         return
     what = next((kind for magic, kind in KNOWN_MAGICS.items() if head.startswith(magic)), None)
+    problem = f"it is {what}, not a TIFF" if what else "it is not a TIFF (it does not start with a TIFF signature)"
     raise RasterReadError(
-        f"{path.name} is not a TIFF" + (f" (it is {what})" if what else f" (starts with {head[:4]!r})")
+        refusal(path.name, problem, EXPECTED_RASTER, "Convert it: `gdal_translate -of GTiff in.xxx out.tif`")
     )
 
 
-def _one_line(exc: BaseException) -> str:
-    """The most specific message of an exception chain, on one line."""
-    messages = []
-    while exc is not None:
-        text = " ".join(str(exc).split())
-        if text and "See previous exception" not in text:
-            messages.append(text)
-        exc = exc.__cause__ or exc.__context__
-    return messages[-1] if messages else "unknown error"
+def _band_list(bands: Sequence[int]) -> str:
+    """``[1, 2, 3, 4]`` -> ``"1-4"``; anything else listed as it is, in order."""
+    bands = list(bands)
+    if bands == list(range(bands[0], bands[0] + len(bands))) and len(bands) > 2:
+        return f"{bands[0]}-{bands[-1]}"
+    return ", ".join(str(b) for b in bands)
