@@ -16,7 +16,7 @@ from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 
 from handler.model_source import load_runtime_model
-from handler.settings import Settings, get_settings, reload_settings
+from handler.settings import Settings, decode_limits, get_settings, reload_settings
 from handler.storage import Storage
 from model.checkpoint import LoadedModel
 from model.cpus import cpu_budget
@@ -57,6 +57,7 @@ def options_from_settings(settings: Settings) -> PredictOptions:
         precision=settings.precision,
         device=settings.device,
         max_pixels=settings.max_pixels,
+        limits=decode_limits(settings),
     )
 
 

@@ -21,6 +21,14 @@ from functools import cache
 from pathlib import Path
 
 from model.card import DEFAULT_CARD_PATH
+from model.decode_limits import (
+    DEFAULT_COMPRESSIONS,
+    DEFAULT_MAX_BANDS,
+    DEFAULT_MAX_BLOCK_BYTES,
+    DEFAULT_MAX_COMPRESSION_RATIO,
+    KNOWN_COMPRESSIONS,
+    DecodeLimits,
+)
 from model.errors import ConfigError
 from model.options import DEFAULT_MAX_PIXELS, DEVICES, OUTPUT_MODES, PRECISIONS
 
@@ -54,6 +62,11 @@ ENV_UPLOAD_READ_TIMEOUT_S = "UPLOAD_READ_TIMEOUT_S"
 ENV_MAX_EVENT_RECORDS = "MAX_EVENT_RECORDS"
 ENV_MAX_RECEIVE_COUNT = "MAX_RECEIVE_COUNT"
 ENV_STALE_TMP_MINUTES = "STALE_TMP_MINUTES"
+# Decode cost, checked from each upload's header (model/decode_limits.py).
+ENV_MAX_BLOCK_BYTES = "MAX_BLOCK_BYTES"
+ENV_MAX_BANDS = "MAX_BANDS"
+ENV_ALLOWED_COMPRESSIONS = "ALLOWED_COMPRESSIONS"
+ENV_MAX_COMPRESSION_RATIO = "MAX_COMPRESSION_RATIO"
 
 DEFAULT_MAX_INPUT_BYTES = 4 * 1024**3
 DEFAULT_INPUT_SUFFIXES = (".tif", ".tiff")
@@ -101,6 +114,10 @@ class Settings:
     max_event_records: int = DEFAULT_MAX_EVENT_RECORDS
     max_receive_count: int = DEFAULT_MAX_RECEIVE_COUNT
     stale_tmp_minutes: int = DEFAULT_STALE_TMP_MINUTES
+    max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES
+    max_bands: int = DEFAULT_MAX_BANDS
+    allowed_compressions: tuple[str, ...] = DEFAULT_COMPRESSIONS
+    max_compression_ratio: int = DEFAULT_MAX_COMPRESSION_RATIO
 
     def __post_init__(self) -> None:
         problems = _validate(self)
@@ -146,6 +163,9 @@ class Settings:
             ENV_MAX_EVENT_RECORDS: "max_event_records",
             ENV_MAX_RECEIVE_COUNT: "max_receive_count",
             ENV_STALE_TMP_MINUTES: "stale_tmp_minutes",
+            ENV_MAX_BLOCK_BYTES: "max_block_bytes",
+            ENV_MAX_BANDS: "max_bands",
+            ENV_MAX_COMPRESSION_RATIO: "max_compression_ratio",
         }
         for name, attr in int_fields.items():
             if (value := get(name)) is not None:
@@ -156,6 +176,8 @@ class Settings:
             raw["allowed_buckets"] = parse_allowed_buckets(value)
         if (value := get(ENV_ALLOW_UNAUTHENTICATED_EVENTS)) is not None:
             raw["allow_unauthenticated_events"] = _parse_bool(ENV_ALLOW_UNAUTHENTICATED_EVENTS, value)
+        if (value := get(ENV_ALLOWED_COMPRESSIONS)) is not None:
+            raw["allowed_compressions"] = parse_compressions(value)
         return cls(**raw)  # type: ignore[arg-type]
 
 
@@ -189,6 +211,24 @@ def _parse_bool(name: str, value: str) -> bool:
     raise ConfigError(f"{name} must be true or false, got {value!r}")
 
 
+def parse_compressions(value: str) -> tuple[str, ...]:
+    """``"deflate, zstd"`` -> ``("DEFLATE", "ZSTD")`` (GDAL's names; see ``model.decode_limits``)."""
+    names = tuple(dict.fromkeys(part.strip().upper() for part in value.split(",") if part.strip()))
+    if not names:
+        raise ConfigError(f"{ENV_ALLOWED_COMPRESSIONS} must list at least one compression, got {value!r}")
+    return names
+
+
+def decode_limits(settings: Settings) -> DecodeLimits:
+    """The predictor's decode-cost limits from the settings."""
+    return DecodeLimits(
+        max_block_bytes=settings.max_block_bytes,
+        max_bands=settings.max_bands,
+        compressions=settings.allowed_compressions,
+        max_compression_ratio=settings.max_compression_ratio,
+    )
+
+
 def _parse_int(name: str, value: str) -> int:
     try:
         return int(value.replace("_", ""))
@@ -216,6 +256,8 @@ def _validate(s: Settings) -> list[str]:
         "max_event_records",
         "max_receive_count",
         "stale_tmp_minutes",
+        "max_block_bytes",
+        "max_bands",
     )
     for name in positive:
         if getattr(s, name) < 1:
@@ -225,6 +267,13 @@ def _validate(s: Settings) -> list[str]:
             problems.append(f"{name.upper()} must be >= 0, got {getattr(s, name)}")
     if s.output_prefix.startswith("/") or ".." in s.output_prefix.split("/"):
         problems.append(f"{ENV_OUTPUT_PREFIX} must be a relative key prefix, got {s.output_prefix!r}")
+    if s.max_compression_ratio < 2:
+        problems.append(f"{ENV_MAX_COMPRESSION_RATIO} must be >= 2, got {s.max_compression_ratio}")
+    unknown = [name for name in s.allowed_compressions if name not in KNOWN_COMPRESSIONS]
+    if unknown or not s.allowed_compressions:
+        problems.append(
+            f"{ENV_ALLOWED_COMPRESSIONS} must list names among {', '.join(KNOWN_COMPRESSIONS)}, got {unknown or '()'}"
+        )
     if ".npy" in s.input_suffixes:
         problems.append(f"{ENV_INPUT_SUFFIXES} must not include .npy (the function's own outputs)")
     for rule in s.allowed_buckets:

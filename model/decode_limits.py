@@ -7,7 +7,8 @@ order:
 
 1. more bands than ``max_bands`` (every band is an object in GDAL and a mask to check);
 2. a compression outside ``compressions`` (every codec is native code reachable from an upload);
-3. a block (tile or strip) larger than the image it belongs to (beyond :data:`MIN_BLOCK_SIDE`);
+3. a block (tile or strip) larger than the image it belongs to (beyond :data:`MIN_BLOCK_SIDE`): a corrupt or
+   crafted header, so a :class:`RasterReadError`; the cost limits below are :class:`RasterTooLargeError`;
 4. a block that decodes to more than ``max_block_bytes`` (all bands, for pixel-interleaved files: GDAL
    decodes them together);
 5. more than ``max_compression_ratio`` decoded bytes per stored byte, above :data:`SPARSE_PIXEL_ALLOWANCE`
@@ -27,7 +28,7 @@ Example:
     >>> check_layout(layout, DecodeLimits(), "a.tif")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    model.errors.RasterTooLargeError: a.tif: its strips are 6,000 rows high, larger than the image (1,024 rows); ...
+    model.errors.RasterReadError: a.tif: its header declares strips 6,000 rows high, larger than the image ...
 """
 
 from __future__ import annotations
@@ -144,16 +145,16 @@ def check_layout(layout: BlockLayout, limits: DecodeLimits, name: str) -> None:
         )
     _check_block_sides(layout, name)
     if layout.block_bytes > limits.max_block_bytes:
-        what = "strip" if layout.is_striped else "tile"
         shape = f"{layout.block_width} x {layout.block_height} pixels"
         bands = f" x {layout.count} bands" if layout.pixel_interleaved else ""
         raise RasterTooLargeError(
             refusal(
                 name,
-                f"each {what} ({shape}{bands}) decodes to {_mib(layout.block_bytes)}, more than the limit of "
+                f"each of its blocks (tiles or strips, {shape}{bands}) decodes to {_mib(layout.block_bytes)}, "
+                f"more than the limit of "
                 f"{_mib(limits.max_block_bytes)} (MAX_BLOCK_BYTES)",
                 EXPECTED_BLOCKS,
-                RETILE,
+                RETILE.replace("TILED=YES", "TILED=YES -co INTERLEAVE=BAND") if bands else RETILE,
             )
         )
     pixels = layout.width * layout.height
@@ -205,14 +206,16 @@ def stat_windows(height: int, width: int, block: tuple[int, int], pixels: int) -
 
 
 def _check_block_sides(layout: BlockLayout, name: str) -> None:
+    # A block larger than its image is no exporter's choice: a corrupt or crafted header (RasterReadError).
     for side, size, block in (("wide", layout.width, layout.block_width), ("high", layout.height, layout.block_height)):
         if block > max(_round_up(size, 16), MIN_BLOCK_SIDE):
             what = "strips" if layout.is_striped else "tiles"
             unit = "columns" if side == "wide" else "rows"
-            raise RasterTooLargeError(
+            raise RasterReadError(
                 refusal(
                     name,
-                    f"its {what} are {block:,} {unit} {side}, larger than the image ({size:,} {unit})",
+                    f"its header declares {what} {block:,} {unit} {side}, larger than the image ({size:,} {unit}): "
+                    "a corrupt or crafted file",
                     EXPECTED_BLOCKS,
                     RETILE,
                 )

@@ -31,7 +31,7 @@ from model.refusals import EXPECTED_RASTER, REEXPORT, UPLOAD_AGAIN, refusal
 log = logging.getLogger("model.gdal")
 
 LIBRARY_LOGGERS = ("rasterio",)  # rasterio._env's CPL error handler logs under rasterio.*
-DEFAULT_COMPRESSIONS_TEXT = "none, LZW, DEFLATE, ZSTD or PACKBITS"
+COMMON_CODECS = "a common codec (DEFLATE, LZW or ZSTD)"
 
 _MISSING_CODEC = re.compile(r"missing codec(?: of code)? ?([\w.-]+)", re.IGNORECASE)
 _IMPOSSIBLE = re.compile(
@@ -43,7 +43,7 @@ _CORRUPT_DIRECTORY = re.compile(r"TIFFReadDirectory|TIFFFetch|incorrect count|IF
 _NOT_RECOGNISED = re.compile(r"not recognized as|not a TIFF|does not start with|cannot read TIFF header", re.I)
 
 
-def explain_open_error(name: str, exc: BaseException, compressions: str = DEFAULT_COMPRESSIONS_TEXT) -> RasterReadError:
+def explain_open_error(name: str, exc: BaseException) -> RasterReadError:
     """Our error for a dataset GDAL could not open (its header is unreadable)."""
     text = library_text(exc)
     log.debug("GDAL could not open %s: %s", name, text)
@@ -53,7 +53,7 @@ def explain_open_error(name: str, exc: BaseException, compressions: str = DEFAUL
             refusal(
                 name,
                 problem,
-                f"{EXPECTED_RASTER} compressed with {compressions}",
+                f"{EXPECTED_RASTER} compressed with {COMMON_CODECS}",
                 "Re-compress it: `gdal_translate -co COMPRESS=DEFLATE -co TILED=YES in.tif out.tif`",
             )
         )

@@ -21,5 +21,5 @@ UPLOAD_AGAIN = "Upload the complete file again, or re-export it with `gdal_trans
 def refusal(name: str, problem: str, expected: str, action: str) -> str:
     """``"<name>: <problem>; expected <expected>. <Action>."`` on one line."""
     text = f"{name}: {problem}; expected {expected}. {action[:1].upper()}{action[1:]}"
-    text = text if text.endswith((".", "`")) else text + "."
+    text = text if text.endswith(".") else text + "."
     return " ".join(text.split())

@@ -38,7 +38,7 @@ def run_predict(args: argparse.Namespace) -> int:
     try:
         result = predict_file(model, src, dst, options)
     except InputError as exc:
-        print(f"rasterfn predict: {src}: {exc}", file=sys.stderr)
+        print(f"rasterfn predict: {exc}", file=sys.stderr)  # the message names the file, once
         return EXIT_INPUT_ERROR
     height, width = result.shape
     print(

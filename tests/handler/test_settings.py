@@ -55,6 +55,10 @@ def test_every_variable_is_read():
         "MAX_EVENT_RECORDS": "5",
         "MAX_RECEIVE_COUNT": "4",
         "STALE_TMP_MINUTES": "30",
+        "MAX_BLOCK_BYTES": "1048576",
+        "MAX_BANDS": "20",
+        "ALLOWED_COMPRESSIONS": "deflate, LERC,deflate",
+        "MAX_COMPRESSION_RATIO": "50",
     }
     # (the Eventing relay's own two are read by RelaySettings, below)
     assert set(env) == set(env_var_names()) - {ENV_K_SINK, ENV_RELAY_TARGET_URL}
@@ -72,6 +76,8 @@ def test_every_variable_is_read():
     assert (s.inference_token, s.max_inference_pixels, s.inference_timeout_s) == ("t0ken", 4_000_000, 120)
     assert (s.upload_read_timeout_s, s.max_event_records, s.max_receive_count) == (10, 5, 4)
     assert s.stale_tmp_minutes == 30
+    assert (s.max_block_bytes, s.max_bands, s.max_compression_ratio) == (1_048_576, 20, 50)
+    assert s.allowed_compressions == ("DEFLATE", "LERC")
 
 
 def test_blank_values_mean_unset():
@@ -93,6 +99,11 @@ def test_blank_values_mean_unset():
         ({"OUTPUT_PREFIX": "/abs/"}, "OUTPUT_PREFIX must be a relative key prefix"),
         ({"INPUT_SUFFIXES": ".tif,.npy"}, "must not include .npy"),
         ({"INPUT_SUFFIXES": " , ."}, "must list at least one suffix"),
+        ({"MAX_BLOCK_BYTES": "0"}, "MAX_BLOCK_BYTES must be >= 1"),
+        ({"MAX_BANDS": "0"}, "MAX_BANDS must be >= 1"),
+        ({"MAX_COMPRESSION_RATIO": "1"}, "MAX_COMPRESSION_RATIO must be >= 2"),
+        ({"ALLOWED_COMPRESSIONS": "deflate,jpeg2000"}, r"ALLOWED_COMPRESSIONS must list names among .*JPEG2000"),
+        ({"ALLOWED_COMPRESSIONS": " , "}, "ALLOWED_COMPRESSIONS must list at least one compression"),
     ],
 )
 def test_invalid_settings_fail_with_one_clear_message(env, message):
@@ -142,3 +153,16 @@ def test_the_relay_reads_its_variables_and_the_webhook_token():
 def test_security_settings_are_validated(env, message):
     with pytest.raises(ConfigError, match=message):
         Settings.from_env(env)
+
+
+def test_decode_limits_reach_the_predictor():
+    # GIVEN limits set in the environment
+    from handler.runtime import options_from_settings
+    from model.decode_limits import DecodeLimits
+
+    settings = Settings.from_env({"MAX_BANDS": "12", "ALLOWED_COMPRESSIONS": "zstd", "MAX_BLOCK_BYTES": "4096"})
+    # THEN the predictor's options carry them; the defaults are the predictor's own
+    assert options_from_settings(settings).limits == DecodeLimits(
+        max_block_bytes=4096, max_bands=12, compressions=("ZSTD",), max_compression_ratio=1000
+    )
+    assert options_from_settings(Settings()).limits == DecodeLimits()
