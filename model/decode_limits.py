@@ -54,9 +54,10 @@ DEFAULT_MAX_COMPRESSION_RATIO = 1000
 SPARSE_PIXEL_ALLOWANCE = 4096 * 4096  # ~80 tiles, about a minute on 2 cores: cheap enough to just do
 MIN_BLOCK_SIDE = 1024  # a 100 x 100 image in 256 or 512 pixel tiles is normal; 1024 leaves room
 # GDAL's block cache: large enough for one row of blocks of what is read (tall strips are then decoded once),
-# never more than the ceiling, so peak memory stays inside a 3 GB function.
+# never more than the ceiling, so `rasterfn predict` stays under 1.2 GB (beyond it, tall strips are decoded
+# more than once: slower, never larger).
 CACHE_FLOOR_BYTES = 128 * 1024**2
-CACHE_CEILING_BYTES = 512 * 1024**2
+CACHE_CEILING_BYTES = 384 * 1024**2  # 12 bands of 32 MiB strips; measured peak RSS < 1.2 GB
 
 
 @dataclass(frozen=True)
