@@ -4,13 +4,14 @@
   :class:`RasterReadError` whose message says, in the user's terms, what is wrong, what was expected and
   what to do (:func:`model.refusals.refusal`). The library's own text (with its build paths and source lines)
   goes to the ``model.gdal`` logger at debug level only.
-- :func:`prepare_gdal` (called once, before the first dataset is opened) routes rasterio's loggers, which
-  carry GDAL's CPL error handler output (libtiff and PROJ warnings included), into ``model.gdal`` at debug
-  level, and points PROJ at the data rasterio's wheels ship (``rasterio/proj_data``) unless ``PROJ_DATA`` or
-  ``PROJ_LIB`` already say where it is: libgeotiff looks angular units up in PROJ's default context, which
-  GDAL's search path does not reach, and printed ``Cannot find proj.db`` without it. ``PROJ_DEBUG=0`` stops
-  PROJ's own logger, which writes straight to the process's stderr; PROJ errors that matter come back
-  through GDAL anyway.
+- :func:`prepare_gdal` (run by ``model/__init__.py``, so before anything of ours imports rasterio) routes
+  rasterio's loggers, which carry GDAL's CPL error handler output (libtiff and PROJ warnings included), into
+  ``model.gdal`` at debug level, and sets PROJ's own variables: ``PROJ_DATA`` to the data rasterio's wheels
+  ship (``rasterio/proj_data``) unless ``PROJ_DATA`` or ``PROJ_LIB`` already say where it is (libgeotiff
+  looks angular units up in a PROJ context of its own, which GDAL's search path does not reach: it printed
+  ``Cannot find proj.db``), and ``PROJ_DEBUG=0``, which stops PROJ's own logger: it writes straight to the
+  process's stderr. PROJ reads ``PROJ_DEBUG`` once, when its first context is made (importing rasterio
+  does that), hence the early call; PROJ errors that matter come back through GDAL anyway.
 
 Example:
     >>> str(explain_open_error("a.tif", Exception("TIFFReadDirectory:Incorrect count for \\"ImageWidth\\"")))[:48]
@@ -19,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
@@ -106,6 +108,7 @@ def prepare_gdal() -> None:
         library = logging.getLogger(name)
         library.addHandler(handler)
         library.propagate = False  # Python's last-resort handler would print warnings on stderr
+    # PROJ's variables, not ours (handler/settings.py reads ours): set only where nobody else has.
     proj_data = packaged_proj_data()
     if proj_data is not None and "PROJ_DATA" not in os.environ and "PROJ_LIB" not in os.environ:
         os.environ["PROJ_DATA"] = str(proj_data)
@@ -113,8 +116,13 @@ def prepare_gdal() -> None:
 
 
 def packaged_proj_data() -> Path | None:
-    """``rasterio/proj_data`` when rasterio's wheel ships PROJ's data (a source build uses the system's)."""
-    import rasterio
+    """``rasterio/proj_data`` when rasterio's wheel ships PROJ's data (a source build uses the system's).
 
-    folder = Path(rasterio.__file__).resolve().parent / "proj_data"
-    return folder if (folder / "proj.db").is_file() else None
+    Found without importing rasterio, which would create PROJ's first context too early.
+    """
+    spec = importlib.util.find_spec("rasterio")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        folder = Path(location) / "proj_data"
+        if (folder / "proj.db").is_file():
+            return folder
+    return None

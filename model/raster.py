@@ -36,10 +36,8 @@ from rasterio.windows import Window
 from model.cpus import available_cpus
 from model.decode_limits import BlockLayout, DecodeLimits, cache_bytes, check_layout, read_layout
 from model.errors import RasterBandsError, RasterReadError, RasterTooLargeError
-from model.gdal_messages import explain_open_error, explain_read_error, prepare_gdal
+from model.gdal_messages import explain_open_error, explain_read_error
 from model.refusals import EXPECTED_RASTER, REEXPORT, UPLOAD_AGAIN, refusal
-
-prepare_gdal()  # before any dataset is opened: PROJ's data, GDAL's diagnostics to our log
 
 ALLOWED_DRIVER = "GTiff"  # also reads COGs and BigTIFFs
 SUPPORTED_KINDS = "uif"  # unsigned, signed, float; no complex, no bool
