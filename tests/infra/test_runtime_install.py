@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from tests.fixtures.hostile_tiffs import geo_tags, write_tiff
 from tests.fixtures.paths import REPO_ROOT
 
 RUNTIME_VENV = REPO_ROOT / os.environ.get("RUNTIME_VENV", ".venv-runtime")
@@ -24,7 +25,8 @@ pytestmark = pytest.mark.skipif(
 
 
 def run_in_runtime_venv(code: str, tmp_path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    # Nor PROJ's or GDAL's variables: this process set them (model.gdal_messages); a fresh container has none.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "PROJ_", "GDAL_"))}
     env |= {"AWS_DEFAULT_REGION": "us-east-1", "TMPDIR": str(tmp_path)}
     # -P and a foreign cwd: the installed package is imported, never this checkout's sources.
     return subprocess.run(
@@ -62,3 +64,20 @@ def test_local_commands_refuse_cleanly_without_the_local_extra(tmp_path):
     assert result.returncode == 2
     assert "rasterfn[local]" in result.stderr and "Traceback" not in result.stderr
     assert sys.executable  # the test itself runs in the dev venv
+
+
+def test_proj_finds_its_data_and_stays_off_stderr_in_the_runtime_venv(tmp_path):
+    # GIVEN a GeoTIFF whose angular-unit GeoKey makes libgeotiff ask PROJ's database (the image's case)
+    path = write_tiff(tmp_path / "angular.tif", 32, 24, bands=10, tags=geo_tags(9999, geographic_type=32767))
+    # WHEN the installed package reads its header with no PROJ variable set
+    result = run_in_runtime_venv(
+        "import os, model.gdal_messages as g\n"
+        "from model.raster import open_raster, read_header\n"
+        f"with open_raster({str(path)!r}) as src:\n"
+        f"    print(read_header(src, 'a.tif').crs, g.packaged_proj_data() is not None, 'PROJ_DATA' in os.environ)\n",
+        tmp_path,
+    )
+    # THEN the CRS reads, PROJ's data is the wheel's, and nothing reached stderr
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["EPSG:4326", "True", "True"]
+    assert result.stderr == ""
