@@ -16,10 +16,11 @@ from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 
 from handler.model_source import load_runtime_model
-from handler.settings import Settings, decode_limits, get_settings, reload_settings
+from handler.settings import Settings, get_settings, reload_settings
 from handler.storage import Storage
 from model.checkpoint import LoadedModel
 from model.cpus import cpu_budget
+from model.decode_limits import DecodeLimits
 from model.errors import ConfigError
 from model.predict import PredictOptions
 
@@ -57,7 +58,12 @@ def options_from_settings(settings: Settings) -> PredictOptions:
         precision=settings.precision,
         device=settings.device,
         max_pixels=settings.max_pixels,
-        limits=decode_limits(settings),
+        limits=DecodeLimits(
+            max_block_bytes=settings.max_block_bytes,
+            max_bands=settings.max_bands,
+            compressions=settings.allowed_compressions,
+            max_compression_ratio=settings.max_compression_ratio,
+        ),
     )
 
 

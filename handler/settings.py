@@ -27,7 +27,6 @@ from model.decode_limits import (
     DEFAULT_MAX_BLOCK_BYTES,
     DEFAULT_MAX_COMPRESSION_RATIO,
     KNOWN_COMPRESSIONS,
-    DecodeLimits,
 )
 from model.errors import ConfigError
 from model.options import DEFAULT_MAX_PIXELS, DEVICES, OUTPUT_MODES, PRECISIONS
@@ -217,16 +216,6 @@ def parse_compressions(value: str) -> tuple[str, ...]:
     if not names:
         raise ConfigError(f"{ENV_ALLOWED_COMPRESSIONS} must list at least one compression, got {value!r}")
     return names
-
-
-def decode_limits(settings: Settings) -> DecodeLimits:
-    """The predictor's decode-cost limits from the settings."""
-    return DecodeLimits(
-        max_block_bytes=settings.max_block_bytes,
-        max_bands=settings.max_bands,
-        compressions=settings.allowed_compressions,
-        max_compression_ratio=settings.max_compression_ratio,
-    )
 
 
 def _parse_int(name: str, value: str) -> int:
