@@ -45,7 +45,7 @@ def test_a_worker_predicts_like_predict_file(worker, tiny_model_card, make_raste
 def test_an_input_error_in_the_worker_arrives_as_itself_with_the_clients_name(worker, tmp_path):
     bad = tmp_path / "upload-abc.tif"
     bad.write_bytes(b"not a tiff at all")
-    with pytest.raises(Exception, match=r"x\.tif is not a TIFF") as info:
+    with pytest.raises(Exception, match=r"x\.tif: it is not a TIFF") as info:
         worker.run(job_for(bad, tmp_path))
     assert type(info.value).__name__ == "RasterReadError"
     assert worker.alive()
