@@ -11,6 +11,7 @@ import rasterio
 import torch
 
 import model.engines.torch_engine as torch_engine
+import model.predict as predict_module
 from model.card import DEFAULT_CARD_PATH, load_card
 from model.checkpoint import LoadedModel, build_model
 from model.errors import ConfigError, InputError, RasterBandsError, RasterReadError, RasterTooLargeError
