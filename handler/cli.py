@@ -26,11 +26,11 @@ LOCAL_COMMANDS = {
     "demo": ("handler.local", "moto"),
     "tf-local": ("handler.local", "moto"),
     "train-demo": ("model.training",),
+    "export": ("model.training", "torch", "nncf"),
 }
-EXPORT_NEEDS = ("torch", "nncf")  # the [export] extra: the image's build stage has it, its runtime does not
 LOCAL_TOOLS_MISSING = (
     "this installation has only the function's runtime (e.g. the container image); "
-    "run it from a checkout with `make install` (or `pip install 'rasterfn[local]'`)"
+    "run it from a checkout with `make install` (or `pip install 'rasterfn[local]'`; export: 'rasterfn[export]')"
 )
 
 
@@ -103,13 +103,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         from handler.commands.predict import run_predict
 
         return run_predict(args)
-    if args.command == "export":
-        if missing := _missing_local_modules(EXPORT_NEEDS):
-            print(f"rasterfn export: needs {', '.join(missing)}: pip install 'rasterfn[export]'", file=sys.stderr)
-            return 2
-        from handler.commands.export import run_export
-
-        return run_export(args)
     if args.command == "serve":
         from handler.knative import run_serve
 
@@ -133,6 +126,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from handler.local.tf_local import run_tf_local
 
         return run_tf_local(args)
+    if args.command == "export":
+        from model.training.export import run_export
+
+        return run_export(args)
     if args.command == "train-demo":
         from model.training.train_demo import run_train_demo
 

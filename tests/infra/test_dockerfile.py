@@ -257,7 +257,7 @@ def stage_named(instructions: list[Instruction], name: str) -> list[Instruction]
     return stage_instructions(instructions, stage)
 
 
-def test_the_default_image_has_no_torch_and_runs_the_export_made_with_it(instructions, final_stage):
+def test_the_default_image_has_no_torch_and_runs_the_export_made_with_it(instructions, final_stage, ignore_patterns):
     # GIVEN the stages: the serving venv is the builder's (no torch) plus the exporter's /opt/model
     assert build_args(instructions)["RUNTIME_VENV"] == "serving"
     assert [i.args for i in instructions if i.keyword == "FROM" and i.args.endswith(" AS venv")] == [
@@ -269,7 +269,7 @@ def test_the_default_image_has_no_torch_and_runs_the_export_made_with_it(instruc
         assert "torch==" not in " ".join(i.args for i in stage if i.keyword == "RUN")
     # THEN the export runs where torch is, and the serving venv checks INIT imports no torch
     exporter = " ".join(i.args for i in stage_named(instructions, "exporter") if i.keyword == "RUN")
-    assert "torch==" in exporter and "rasterfn export" in exporter and "--out-dir /opt/model" in exporter
+    assert "torch==" in exporter and "handler.cli export" in exporter and "--out-dir /opt/model" in exporter
     assert "'torch' not in sys.modules" in " ".join(i.args for i in serving if i.keyword == "RUN")
     assert "--from=exporter /opt/model /opt/model" in [i.args for i in serving if i.keyword == "COPY"]
     # AND the runtime runs the exported card, on the engine the build chose (auto unless the torch variant)
@@ -277,6 +277,10 @@ def test_the_default_image_has_no_torch_and_runs_the_export_made_with_it(instruc
     assert env["MODEL_CARD"] == "/opt/model/demo.json" and env["ENGINE"] == "${ENGINE}"
     assert "ENGINE=auto" in [i.args for i in final_stage if i.keyword == "ARG"]
     assert {"MODEL_CARD", "ENGINE"} <= set(settings.env_var_names())
+    # AND the export and its scene generator reach the build context (for the exporter), nothing else of training
+    for path, excluded in [("model/training/export.py", False), ("model/training/synthetic.py", False),
+                           ("model/training/train_demo.py", True), ("model/training/__init__.py", True)]:  # fmt: skip
+        assert dockerignore_excludes(path, ignore_patterns) is excluded, path
 
 
 def test_precompiled_and_never_writes_bytecode(instructions, final_stage):

@@ -11,17 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_old_service_compat import TEST_SCENE, old_service_inference
-from test_serving_engine import old_service_mask
 
-import model.engines.export as export_module
+import model.training.export as export_module
 from model.card import DEFAULT_CARD_PATH, load_card
 from model.digests import sha256_file
-from model.engines.export import ExportError, calibration_tiles, export_card
 from model.engines.loading import clear_engine_cache, load_inference_model
 from model.options import PredictOptions
 from model.predict import make_normaliser, predict_file
 from model.tiling import pad_tile
+from model.training.export import ExportError, calibration_tiles, export_card
+from tests.fixtures.engines import old_service_mask
+from tests.model.test_old_service_compat import TEST_SCENE, old_service_inference
 
 VENV_BIN = Path(sys.executable).parent
 

@@ -15,7 +15,8 @@
    measured agreement, the calibration used, the versions). A graph that misses its bar is an
    :class:`ExportError` and nothing is changed.
 
-Needs torch and nncf (the ``[export]`` extra; the image's build stage), never at serving time.
+Needs torch and nncf (the ``[export]`` extra) and the scene generator: a build-time tool beside training, run
+from a checkout or the image's exporter stage (which runs it from the source tree), never at serving time.
 
 Example:
     >>> export_card(DEFAULT_CARD_PATH)                                          # doctest: +SKIP
@@ -24,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -167,7 +169,7 @@ def heldout_scenes(card: ModelCard) -> list[tuple[int, np.ndarray]]:
 
 def _scene_input(card: ModelCard, seed: int) -> np.ndarray:
     """A synthetic scene of the card's tile size, normalised per band like the old service (p90, float64)."""
-    from model.synthetic import make_scene
+    from model.training.synthetic import make_scene
 
     image, _ = make_scene(seed, card.tile_size)
     image = image[np.arange(len(card.bands)) % image.shape[0]].astype(np.float64)  # cards of other band counts
@@ -247,3 +249,20 @@ def _write_serving(card: ModelCard, entries: dict[str, dict[str, Any]], seeds: S
     tmp = card.path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(raw, indent=2) + "\n")
     os.replace(tmp, card.path)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """``rasterfn export``: export, then print each graph's files and its measured agreement with torch."""
+    from model.card import DEFAULT_CARD_PATH
+
+    report = export_card(args.model or DEFAULT_CARD_PATH, out_dir=args.out_dir, calibrate=args.calibrate)
+    for name, entry in report.graphs.items():
+        files = ", ".join(f["file"] for f in entry["files"].values())
+        agreement = entry["agreement"]
+        print(
+            f"{name}: {files}  mask agreement with torch {agreement['mask_agreement']:.4%} "
+            f"(worst scene {agreement['min_scene_mask_agreement']:.4%}), max abs score diff "
+            f"{agreement['max_abs_score_diff']:.3g} over {agreement['scenes']} held-out scenes"
+        )
+    print(f"card updated: {report.card}")
+    return 0
