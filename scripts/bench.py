@@ -210,13 +210,23 @@ def cold_start(card_path: Path, engine: str, repeats: int = 3) -> float:
 
 
 def runtime_size_mb(card_path: Path) -> float | None:
-    """.venv-runtime (installed the Dockerfile's way, no torch) plus the card's checkpoint and graphs, in MB."""
+    """.venv-runtime (installed the Dockerfile's way, no torch) less what the Dockerfile strips (test suites, pip,
+    OpenVINO's GPU/NPU plugins and non-IR frontends), plus the card's checkpoint and graphs, in MB."""
     venv = ROOT / ".venv-runtime"
     if not venv.is_dir():
         return None
-    files = [p for p in venv.rglob("*") if p.is_file() and not p.is_symlink()]
+    files = [p for p in venv.rglob("*") if p.is_file() and not p.is_symlink() and not _stripped(p)]
     files += [p for p in card_path.parent.iterdir() if p.suffix in (".pt", ".xml", ".bin", ".json")]
     return sum(p.stat().st_size for p in files) / 1e6
+
+
+def _stripped(path: Path) -> bool:
+    name = path.name
+    if "tests" in path.parts or any(part == "pip" or part.startswith("pip-") for part in path.parts):
+        return True
+    if "_plugin.so" in name and ("intel_gpu" in name or "intel_npu" in name):
+        return True
+    return name.startswith("libopenvino_") and "_frontend.so" in name and "_ir_frontend" not in name
 
 
 def cpu_flags() -> list[str]:
