@@ -95,6 +95,17 @@ def test_a_missing_graph_file_is_a_clear_error(tmp_path):
 # -- choosing the engine -------------------------------------------------------------------------------------
 
 
+def card_with_only(monkeypatch, folder, torch_installed: bool, graphs: bool):
+    """A demo card copy (without its serving section unless ``graphs``), with openvino and maybe torch installed."""
+    monkeypatch.setattr(loading, "installed", lambda pkg: pkg == "openvino" or (pkg == "torch" and torch_installed))
+    card_path = copy_demo_card(folder, with_graphs=graphs)
+    if not graphs:
+        raw = json.loads(card_path.read_text())
+        del raw["serving"]
+        card_path.write_text(json.dumps(raw))
+    return load_card(card_path)
+
+
 @pytest.mark.parametrize(
     ("engine", "precision", "device", "torch_installed", "graphs", "expected"),
     [
@@ -108,13 +119,7 @@ def test_a_missing_graph_file_is_a_clear_error(tmp_path):
     ],
 )
 def test_engine_choice(monkeypatch, tmp_path, engine, precision, device, torch_installed, graphs, expected):
-    monkeypatch.setattr(loading, "installed", lambda pkg: pkg == "openvino" or (pkg == "torch" and torch_installed))
-    card = load_card(copy_demo_card(tmp_path, with_graphs=graphs))
-    if not graphs:
-        raw = json.loads(card.path.read_text())
-        del raw["serving"]
-        card.path.write_text(json.dumps(raw))
-        card = load_card(card.path)
+    card = card_with_only(monkeypatch, tmp_path, torch_installed, graphs)
     assert resolve_engine(engine, card, precision, device) == expected
 
 
@@ -133,14 +138,9 @@ def test_engine_choice(monkeypatch, tmp_path, engine, precision, device, torch_i
 def test_impossible_engine_choices_fail_clearly(
     monkeypatch, tmp_path, engine, precision, device, torch_installed, graphs, message
 ):
-    monkeypatch.setattr(loading, "installed", lambda pkg: pkg == "openvino" or (pkg == "torch" and torch_installed))
-    card_path = copy_demo_card(tmp_path, with_graphs=graphs)
-    if not graphs:
-        raw = json.loads(card_path.read_text())
-        del raw["serving"]
-        card_path.write_text(json.dumps(raw))
+    card = card_with_only(monkeypatch, tmp_path, torch_installed, graphs)
     with pytest.raises(ConfigError, match=message):
-        resolve_engine(engine, load_card(card_path), precision, device)
+        resolve_engine(engine, card, precision, device)
 
 
 def test_a_model_loaded_for_one_precision_refuses_another():
