@@ -1,8 +1,9 @@
 """The OpenVINO engine: the serving engine of the torch-free image (fp32, bf16 where the CPU has it, int8).
 
 It runs the OpenVINO IR graphs ``rasterfn export`` wrote and the card pins by sha256. Chosen over ONNX Runtime
-by measurement on the demo U-Net (``make bench``; the issue's table): as fast in fp32, twice as fast in int8
-(NNCF's static per-channel quantisation) and the only one of the two that uses native bf16. Graphs take any
+by measurement on the demo U-Net (README "Performance"; the issue's table): a little faster in fp32 (56-60 vs
+66 ms per 512 x 512 tile on 2 cores), much faster in int8 (NNCF's static per-channel quantisation) and the
+only one of the two that uses native bf16. Graphs take any
 batch and tile size (dynamic shapes), so edge tiles and small rasters need no recompilation.
 
 Every prediction gets its own inference requests (one compiled model, shared by threads, is safe to infer from
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 
 ENGINE = "openvino"
 # LATENCY: one stream using every core; THROUGHPUT: one stream per core, several tiles in flight. On 2 cores
-# they measured the same per tile (make bench), and LATENCY keeps one tile's memory.
+# they measured the same per fp32 tile (59.7 vs 60.7 ms, 4 tiles in flight), and LATENCY keeps one tile's memory.
 PERFORMANCE_HINT = "LATENCY"
 INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8 graphs: the rest of the ops in f32
 
