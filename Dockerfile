@@ -74,8 +74,7 @@ RUN site=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"
     && python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/venv
 # Smoke test of what was stripped: the entry modules (function, Eventing relay) import, and the Lambda one runs
 # its INIT (loads the exported model and checks its sha256) on the serving engine without torch, exactly as a
-# cold start would;
-# the local tools are not there.
+# cold start would; the local tools and torch are not there.
 RUN AWS_DEFAULT_REGION=us-east-1 MODEL_CARD=/opt/model/demo.json python -P -c "import sys, handler.knative, handler.http.relay, handler.lambda_function as f; assert f.RUNTIME.model.engine == 'openvino' and 'torch' not in sys.modules" \
     && python -P -c "from importlib.util import find_spec as f; assert not [m for m in ('handler.local', 'model.training', 'moto', 'torch') if f(m)]"
 
