@@ -8,8 +8,8 @@ CHECKOV_VENV ?= .venv-checkov
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 
 .DEFAULT_GOAL := help
-.PHONY: help install runtime-venv demo test lint static pytest bench predict train-demo serve
-.PHONY: image image-size push-image tf-init tf-ecr tf-plan tf-apply tf-local
+.PHONY: help install runtime-venv serving-test-venv test-serving demo test lint static pytest bench predict
+.PHONY: train-demo serve image image-size push-image tf-init tf-ecr tf-plan tf-apply tf-local
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -22,8 +22,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# The function's runtime alone, installed the Dockerfile's way (non-editable, no extras): the tests check that
-# both entry points import there and that the local tools' dependencies (moto) are absent.
+# The function's runtime alone, installed the Dockerfile's way (non-editable, no extras, so no torch): the tests
+# check that both entry points import there on the serving engine and that torch and moto are absent.
 RUNTIME_VENV ?= .venv-runtime
 RUNTIME_SOURCES := $(shell find handler model -name '*.py' -not -path '*/__pycache__/*' 2>/dev/null)
 
@@ -31,16 +31,31 @@ runtime-venv: $(RUNTIME_VENV)/.installed  ## .venv-runtime: rasterfn without ext
 
 $(RUNTIME_VENV)/.installed: pyproject.toml $(RUNTIME_SOURCES)
 	@test -x $(RUNTIME_VENV)/bin/python || $(PYTHON) -m venv $(RUNTIME_VENV)
-	$(RUNTIME_VENV)/bin/python -m pip install --quiet --retries 0 --timeout 15 $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL)) 'torch==2.13.0'
 	$(RUNTIME_VENV)/bin/python -m pip install --quiet .
 	$(RUNTIME_VENV)/bin/python -m pip install --quiet --no-deps --force-reinstall .
 	rm -rf build
 	touch $@
 
+# The serving engine's tests (Lambda, Knative, CLI, MODEL_URI, engine choice) in a venv without torch: the
+# runtime plus the local tools and pytest, editable so the tests import this checkout.
+SERVING_TEST_VENV ?= .venv-serving-test
+SERVING_TESTS := tests/model/engines tests/handler/test_serving_runtime.py
+
+serving-test-venv: $(SERVING_TEST_VENV)/.installed
+
+$(SERVING_TEST_VENV)/.installed: pyproject.toml
+	@test -x $(SERVING_TEST_VENV)/bin/python || $(PYTHON) -m venv $(SERVING_TEST_VENV)
+	$(SERVING_TEST_VENV)/bin/python -m pip install --quiet -e '.[local,test]'
+	@! $(SERVING_TEST_VENV)/bin/python -c 'import torch' 2>/dev/null || { echo "torch in $(SERVING_TEST_VENV)" >&2; exit 1; }
+	touch $@
+
+test-serving: serving-test-venv  ## the serving engine's tests in a venv without torch
+	$(SERVING_TEST_VENV)/bin/python -m pytest -q $(SERVING_TESTS)
+
 demo: install  ## the main job: embedded S3 + SQS, upload data/test-1.tif, get its .npy beside it
 	$(VENV)/bin/rasterfn demo
 
-test: install runtime-venv lint static pytest  ## lint, static checks and the whole test suite
+test: install runtime-venv lint static pytest test-serving  ## lint, static checks and the whole test suite
 
 lint: install  ## ruff (lint + format check)
 	$(VENV)/bin/ruff check .

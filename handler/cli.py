@@ -1,6 +1,7 @@
 """``rasterfn``: the command line. Thin: each sub-command parses flags and calls one function elsewhere.
 
-rasterfn predict IN.tif [-o OUT.npy] [--output mask|mask-uint8|score] [--model CARD.json]
+rasterfn predict IN.tif [-o OUT.npy] [--output mask|mask-uint8|score] [--model CARD.json] [--engine E]
+rasterfn export [--model CARD.json] [--out-dir DIR] [--calibrate DIR]
 rasterfn replay EVENT.json [--endpoint-url URL] [--seed]
 rasterfn demo [FILES...] [--serve]
 rasterfn tf-local [--plugin-mirror DIR] [--terraform PATH]
@@ -17,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from model.errors import RasterfnError
+from model.options import DEVICES, ENGINES, OUTPUT_MODES, PRECISIONS
 
 # Commands that run only from a checkout, and what they need that the image leaves out (.dockerignore, extras).
 LOCAL_COMMANDS = {
@@ -24,10 +26,11 @@ LOCAL_COMMANDS = {
     "demo": ("handler.local", "moto"),
     "tf-local": ("handler.local", "moto"),
     "train-demo": ("model.training",),
+    "export": ("model.training", "torch", "nncf"),
 }
 LOCAL_TOOLS_MISSING = (
     "this installation has only the function's runtime (e.g. the container image); "
-    "run it from a checkout with `make install` (or `pip install 'rasterfn[local]'`)"
+    "run it from a checkout with `make install` (or `pip install 'rasterfn[local]'`; export: 'rasterfn[export]')"
 )
 
 
@@ -38,11 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment one raster into a .npy mask")
     p.add_argument("input", help="any raster rasterio can open (GeoTIFF, COG, ...)")
     p.add_argument("-o", "--out", help="output .npy (default: the input with .npy)")
-    p.add_argument("--output", choices=("mask", "mask-uint8", "score"), help="what to write (default: mask)")
+    p.add_argument("--output", choices=OUTPUT_MODES, help="what to write (default: mask)")
     p.add_argument("--model", help="model card JSON (default: the demo card, or MODEL_CARD)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), help="default: PRECISION or fp32")
-    p.add_argument("--device", choices=("cpu", "auto", "cuda"), help="default: DEVICE or cpu")
+    p.add_argument("--engine", choices=ENGINES, help="default: ENGINE or auto (openvino when installed)")
+    p.add_argument("--precision", choices=PRECISIONS, help="default: PRECISION or fp32 (int8: openvino only)")
+    p.add_argument("--device", choices=DEVICES, help="default: DEVICE or cpu (cuda: torch only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("export", help="export a card's checkpoint to the serving engine's fp32 and int8 graphs")
+    p.add_argument("--model", help="model card JSON (default: the demo card, or MODEL_CARD)")
+    p.add_argument("--out-dir", help="write a copy of the card, checkpoint and graphs here (default: in place)")
+    p.add_argument("--calibrate", help="calibrate int8 on the GeoTIFFs in this directory (default: the card's)")
 
     p = sub.add_parser("replay", help="run the Lambda handler in-process on a saved event")
     p.add_argument("event", help="event JSON file (see events/)")
@@ -117,6 +126,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from handler.local.tf_local import run_tf_local
 
         return run_tf_local(args)
+    if args.command == "export":
+        from model.training.export import run_export
+
+        return run_export(args)
     if args.command == "train-demo":
         from model.training.train_demo import run_train_demo
 

@@ -222,7 +222,8 @@ def _worker_main(conn: Any, settings: Settings, init: Callable[[], None] | None)
     except BaseException as exc:
         conn.send(("failed", _picklable(exc)))
         return
-    conn.send(("ready", {"model": runtime.model.card.name, "sha256": runtime.model.sha256}))
+    model = runtime.model
+    conn.send(("ready", {"model": model.card.name, "sha256": model.sha256, "engine": model.engine}))
     while True:
         try:
             job = conn.recv()

@@ -18,11 +18,11 @@ from importlib.metadata import PackageNotFoundError, version
 from handler.model_source import load_runtime_model
 from handler.settings import Settings, get_settings, reload_settings
 from handler.storage import Storage
-from model.checkpoint import LoadedModel
 from model.cpus import cpu_budget
 from model.decode_limits import DecodeLimits
+from model.engines.base import InferenceModel
 from model.errors import ConfigError
-from model.predict import PredictOptions
+from model.options import PredictOptions
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class Runtime:
     """One container's long-lived state; immutable, shared by every event (and thread) it serves."""
 
     settings: Settings
-    model: LoadedModel
+    model: InferenceModel
     storage: Storage
     function_version: str = FUNCTION_VERSION
 
@@ -68,15 +68,22 @@ def options_from_settings(settings: Settings) -> PredictOptions:
 
 
 def build_runtime(settings: Settings, storage: Storage | None = None) -> Runtime:
-    """Check the directories, make the S3 client and load the model; any problem is a :class:`ConfigError`."""
+    """Check the directories, make the S3 client, load the model and run one warm-up tile.
+
+    Any problem is a :class:`ConfigError`. The warm-up tile moves the engine's first-call set-up (memory,
+    kernel choices) into start-up, where Lambda's INIT and Knative's readiness wait for it, so the first
+    event's tiles run at full speed.
+    """
     if not settings.tmp_dir.is_dir():
         raise ConfigError(f"TMPDIR {settings.tmp_dir} is not a directory")
     storage = storage if storage is not None else Storage.from_defaults()
     model = load_runtime_model(settings, storage)
+    model.warm_up(options_from_settings(settings))
     log.info(
-        "runtime ready: model %s (sha256 %s), output %s, precision %s, device %s, threads from %s",
+        "runtime ready: model %s (sha256 %s) on %s, output %s, precision %s, device %s, threads from %s",
         model.card.name,
         model.sha256[:12],
+        model.engine,
         settings.output_mode,
         settings.precision,
         settings.device,

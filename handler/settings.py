@@ -29,13 +29,14 @@ from model.decode_limits import (
     KNOWN_COMPRESSIONS,
 )
 from model.errors import ConfigError
-from model.options import DEFAULT_MAX_PIXELS, DEVICES, OUTPUT_MODES, PRECISIONS
+from model.options import DEFAULT_MAX_PIXELS, DEVICES, ENGINES, OUTPUT_MODES, PRECISIONS
 
 # Environment variable names: the infra (Terraform, Knative manifests, func.yaml) uses exactly these.
 ENV_MODEL_CARD = "MODEL_CARD"
 ENV_MODEL_URI = "MODEL_URI"
 ENV_MODEL_CACHE_DIR = "MODEL_CACHE_DIR"
 ENV_PRECISION = "PRECISION"
+ENV_ENGINE = "ENGINE"
 ENV_DEVICE = "DEVICE"
 ENV_OUTPUT_MODE = "OUTPUT_MODE"
 ENV_MAX_PIXELS = "MAX_PIXELS"
@@ -91,6 +92,7 @@ class Settings:
     model_uri: str | None = None
     model_cache_dir: Path = DEFAULT_MODEL_CACHE_DIR
     precision: str = "fp32"
+    engine: str = "auto"
     device: str = "cpu"
     output_mode: str = "mask"
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -135,6 +137,7 @@ class Settings:
         text_fields = {
             ENV_MODEL_URI: "model_uri",
             ENV_PRECISION: "precision",
+            ENV_ENGINE: "engine",
             ENV_DEVICE: "device",
             ENV_OUTPUT_MODE: "output_mode",
             ENV_OUTPUT_BUCKET: "output_bucket",
@@ -144,7 +147,7 @@ class Settings:
         }
         for name, attr in text_fields.items():
             if (value := get(name)) is not None:
-                raw[attr] = value.lower() if attr in ("precision", "device", "output_mode") else value
+                raw[attr] = value.lower() if attr in ("precision", "engine", "device", "output_mode") else value
         for name, attr in {ENV_MODEL_CARD: "model_card", ENV_MODEL_CACHE_DIR: "model_cache_dir"}.items():
             if (value := get(name)) is not None:
                 raw[attr] = Path(value)
@@ -229,6 +232,8 @@ def _validate(s: Settings) -> list[str]:
     problems = []
     if s.precision not in PRECISIONS:
         problems.append(f"{ENV_PRECISION} must be one of {PRECISIONS}, got {s.precision!r}")
+    if s.engine not in ENGINES:
+        problems.append(f"{ENV_ENGINE} must be one of {ENGINES}, got {s.engine!r}")
     if s.device not in DEVICES:
         problems.append(f"{ENV_DEVICE} must be one of {DEVICES}, got {s.device!r}")
     if s.output_mode not in OUTPUT_MODES:

@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import threading
 from collections.abc import Mapping
@@ -22,11 +21,14 @@ from pathlib import Path
 import torch
 
 from model.card import DEFAULT_CARD_PATH, ModelCard, load_card
+from model.digests import sha256_file
 from model.errors import CheckpointError
+from model.options import PredictOptions
 from model.unet import UNet
 
+__all__ = ["LoadedModel", "build_model", "load_model", "read_state_dict", "save_checkpoint", "sha256_file"]
+
 STATE_DICT_KEY = "model_state_dict"
-_HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -37,13 +39,20 @@ class LoadedModel:
     net: UNet
     sha256: str
 
+    @property
+    def engine(self) -> str:
+        return "torch"
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    def tile_engine(self, options: PredictOptions, one_tile: bool):
+        """The torch engine's runner for ``options`` (see :mod:`model.engines.torch_engine`)."""
+        from model.engines.torch_engine import choose_runner
+
+        return choose_runner(self, options.device, options, one_tile)
+
+    def warm_up(self, options: PredictOptions) -> None:
+        from model.engines.torch_engine import warm_up
+
+        warm_up(self, options)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -16,15 +16,18 @@ from model.decode_limits import DecodeLimits
 
 OUTPUT_DTYPES = {"mask": "float32", "mask-uint8": "uint8", "score": "float32"}
 OUTPUT_MODES = tuple(OUTPUT_DTYPES)
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")
 DEVICES = ("cpu", "auto", "cuda")
+# auto: the serving engine (openvino) when it is installed and the card has exported graphs, else torch.
+ENGINES = ("auto", "torch", "openvino")
+SERVING_ENGINE = "openvino"
 DEFAULT_MAX_PIXELS = 150_000_000  # a full Sentinel-2 tile is 10980 x 10980 = 120.6 M pixels
 
 
 @dataclass(frozen=True)
 class PredictOptions:
     output: str = "mask"  # mask | mask-uint8 | score
-    precision: str = "fp32"  # fp32 | bf16
+    precision: str = "fp32"  # fp32 | bf16 | int8 (int8: the serving engine only)
     device: str = "cpu"  # cpu | auto | cuda
     max_pixels: int = DEFAULT_MAX_PIXELS
     tile_size: int | None = None  # None: the card's

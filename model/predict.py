@@ -12,15 +12,13 @@ The procedure is the old service's, made to scale:
    tile and writes the finished rows of the ``.npy`` as soon as no later tile can touch them. Peak memory
    depends on the raster's width and the tile size, never on its height.
 
-A raster no larger than one tile is one forward pass over the whole (padded to a multiple of 16 only if it is
-not one already), so a 512 x 512 input gives exactly the old service's array. Tiles run in ``channels_last``
-memory format, about 1.4x faster on CPU than contiguous fp32, whose float results differ from contiguous ones
-in the last bits (at most 7.2e-6 on the demo model's scores, over 7 scenes). For a one-tile mask that could
-flip a pixel sitting on the threshold, so :class:`GuardedRunner` recomputes the tile in contiguous fp32 (the
-old arithmetic) whenever any score lies within ``EXACT_GUARD`` of it: the mask is then the old service's bit
-for bit, at channels_last speed in the common case. ``score`` output of one tile always runs contiguous. The
-tiling itself changes far more than the memory format (see :mod:`model.tiling` for the seam handling and its
-measured agreement with one pass).
+The network runs behind an engine (:mod:`model.engines`): the predictor hands batches of normalised tiles to
+``model.tile_engine(options, one_tile)`` and gets scores back, so this module imports no torch. A raster no
+larger than one tile is one forward pass over the whole (padded to a multiple of 16 only if it is not one
+already), so a 512 x 512 input on the torch engine gives exactly the old service's array (see
+:mod:`model.engines.torch_engine`); the serving engine's fp32 graph agrees with it to the export's verified
+tolerance. The tiling itself changes far more than the engine (see :mod:`model.tiling` for the seam handling
+and its measured agreement with one pass).
 
 Invalid pixels are 0 in the network's input and 0 in the output, whatever the mode.
 
@@ -33,27 +31,22 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import logging
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from model.checkpoint import LoadedModel
-from model.cpus import available_cpus
 from model.decode_limits import stat_windows
+from model.engines.base import InferenceModel, TileEngine
 from model.errors import ConfigError, InputError
 from model.npy_writer import NpyWriter
-from model.options import DEVICES, OUTPUT_DTYPES, PRECISIONS, PredictOptions
+from model.options import OUTPUT_DTYPES, PRECISIONS, PredictOptions
 from model.raster import RasterHeader, open_checked, read_window
 from model.stats import DEFAULT_EXACT_BUDGET_BYTES, PercentileAccumulator, split_budget
 from model.tiling import DEFAULT_SEAM, Span, TilePlan, axis_weights, pad_tile, plan_tiles
@@ -61,12 +54,7 @@ from model.tiling import DEFAULT_SEAM, Span, TilePlan, axis_weights, pad_tile, p
 log = logging.getLogger(__name__)
 
 PERCENTILE = 90.0
-# Measured gap between channels_last and contiguous fp32 scores: at most 7.2e-6 (demo model, 7 scenes); the
-# guard is 14x that, and a tile with a score inside it is recomputed in the old arithmetic (~1 scene in 7).
-EXACT_GUARD = 1e-4
 DEFAULT_OPTIONS = PredictOptions()
-CPU_BATCH = 1  # on CPU a batch only adds memory: one 512 x 512 tile already keeps every core busy
-CUDA_BATCH = 8
 STATS_STRIP_PIXELS = 4 * 1024 * 1024  # pixels per band read at once in pass 1
 READ_GROUP_WIDTH = 8192  # pass 2 reads at most this many columns (plus one tile) at once
 LUT_MAX_BITS = 16
@@ -87,7 +75,7 @@ class PredictionResult:
 
 
 def predict_file(
-    model: LoadedModel,
+    model: InferenceModel,
     src: str | Path,
     dst: str | Path,
     options: PredictOptions = DEFAULT_OPTIONS,
@@ -105,7 +93,6 @@ def predict_file(
     src, dst = Path(src), Path(dst)
     card = model.card
     _check_options(options)
-    device = resolve_device(options.device)
     tile = options.tile_size or card.tile_size
     overlap = card.tile_overlap if options.tile_overlap is None else options.tile_overlap
     if tile % card.size_multiple or not 0 <= overlap < tile // 2:
@@ -116,7 +103,7 @@ def predict_file(
         p90s = compute_percentiles(ds, header, card.bands, PERCENTILE, interrupt=check)
         normalise = make_normaliser(np.dtype(header.dtypes[card.bands[0] - 1]), p90s)
         plan = plan_tiles(header.height, header.width, tile, overlap, card.size_multiple)
-        runner = choose_runner(model, device, options, one_tile=plan.tiles == 1)
+        runner = model.tile_engine(options, one_tile=plan.tiles == 1)
         counts = _Counts()
         with NpyWriter(dst, (header.height, header.width), OUTPUT_DTYPES[options.output]) as writer:
             for rows, valid in _predict_rows(ds, header, card.bands, plan, normalise, _checked(runner, check), options):
@@ -210,7 +197,7 @@ def make_normaliser(dtype: np.dtype, p90s: Sequence[float]) -> Callable[[np.ndar
 
 
 def _predict_rows(
-    ds, header: RasterHeader, bands: Sequence[int], plan: TilePlan, normalise, runner: TileRunner, options
+    ds, header: RasterHeader, bands: Sequence[int], plan: TilePlan, normalise, runner: TileEngine, options
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """Yield (score rows, validity rows or None) top to bottom, each row exactly once, blending the seams."""
     width = header.width
@@ -299,124 +286,6 @@ def _checked(runner, interrupt: Callable[[], None]):
             return runner(tiles)
 
     return _Checked()
-
-
-# -- the network ---------------------------------------------------------------------------------------------
-
-
-class TileRunner:
-    """Runs the network on equally sized (bands, h, w) float32 tiles -> (h, w) float32 scores."""
-
-    def __init__(self, net: torch.nn.Module, device: str, precision: str, channels_last: bool) -> None:
-        self.net = net
-        self.device = torch.device(device)
-        self.channels_last = channels_last
-        self.batch_size = CUDA_BATCH if self.device.type == "cuda" else CPU_BATCH
-        self.autocast_dtype = torch.bfloat16 if precision == "bf16" and bf16_supported(self.device) else None
-
-    def __call__(self, tiles: Sequence[np.ndarray]) -> list[np.ndarray]:
-        batch = np.stack(tiles) if len(tiles) > 1 else tiles[0][None]
-        with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            context = (
-                torch.autocast(self.device.type, dtype=self.autocast_dtype)
-                if self.autocast_dtype is not None
-                else contextlib.nullcontext()
-            )
-            with context:
-                y = self.net(x)
-            y = y[:, 0].float().cpu().numpy()
-        return list(y)
-
-
-class GuardedRunner:
-    """channels_last speed with the contiguous runner's mask, bit for bit (one-tile rasters, mask outputs).
-
-    A tile whose fast scores all lie farther than ``guard`` from the threshold thresholds to the same mask as
-    the exact runner's (their scores differ by far less than the guard); any other tile is recomputed exactly.
-    """
-
-    def __init__(self, fast: TileRunner, exact: TileRunner, threshold: float, guard: float = EXACT_GUARD) -> None:
-        self.fast, self.exact = fast, exact
-        self.threshold, self.guard = threshold, guard
-        self.batch_size = fast.batch_size
-        self.recomputed = 0
-
-    def __call__(self, tiles: Sequence[np.ndarray]) -> list[np.ndarray]:
-        outputs = self.fast(tiles)
-        if any(bool(np.any(np.abs(out - self.threshold) <= self.guard)) for out in outputs):
-            self.recomputed += len(tiles)
-            return self.exact(tiles)
-        return outputs
-
-
-def choose_runner(model: LoadedModel, device: str, options: PredictOptions, one_tile: bool):
-    """channels_last for tiles; for a one-tile raster, whatever keeps the old service's array exact."""
-    if not one_tile:
-        return get_runner(model, device, options.precision, channels_last=True)
-    exact = get_runner(model, device, options.precision, channels_last=False)
-    if options.output == "score" or device != "cpu" or exact.autocast_dtype is not None:
-        return exact
-    fast = get_runner(model, device, options.precision, channels_last=True)
-    return GuardedRunner(fast, exact, model.card.threshold, EXACT_GUARD)
-
-
-_runner_lock = threading.Lock()
-_prepared: dict[tuple[int, str, bool], torch.nn.Module] = {}
-_threads_set = False
-_bf16_warned = False
-
-
-def get_runner(model: LoadedModel, device: str, precision: str, channels_last: bool) -> TileRunner:
-    """A runner over a copy of the network prepared for ``device`` and memory format (cached per process)."""
-    global _threads_set
-    with _runner_lock:
-        if not _threads_set:
-            # Lambda and containers restrict the CPUs a process may use (affinity or cgroup quota); torch
-            # would count the host's.
-            torch.set_num_threads(available_cpus())
-            _threads_set = True
-        key = (id(model.net), device, channels_last)
-        if key not in _prepared:
-            net = model.net
-            if device != "cpu" or channels_last:
-                # Never mutate the shared cached network: the one-tile path needs it contiguous on the CPU.
-                net = copy.deepcopy(net).to(device)
-                if channels_last:
-                    net = net.to(memory_format=torch.channels_last)
-            _prepared[key] = net
-        net = _prepared[key]
-    return TileRunner(net, device, precision, channels_last)
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """Whether bf16 autocast is worth using on ``device``; logs once when bf16 falls back to fp32."""
-    global _bf16_warned
-    if device.type == "cuda":
-        supported = torch.cuda.is_bf16_supported()
-    else:
-        supported = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    if not supported and not _bf16_warned:
-        _bf16_warned = True
-        log.warning(
-            "PRECISION=bf16 requested but this %s has no native bf16 support (CPU capability %s): using fp32",
-            device.type,
-            torch.backends.cpu.get_cpu_capability(),
-        )
-    return supported
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available else ``cpu``; ``cuda`` without a GPU is a :class:`ConfigError`."""
-    if device not in DEVICES:
-        raise ConfigError(f"device must be one of {DEVICES}, got {device!r}")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("DEVICE=cuda but no CUDA device is available (use cpu or auto)")
-    return device
 
 
 # -- output --------------------------------------------------------------------------------------------------

@@ -7,7 +7,10 @@ Prints, each beside its target:
 2. tiles/s and GFLOP/s (24.8 GFLOP per 512 x 512 tile) end to end on a 4096 x 4096 raster vs a bare
    ``channels_last`` + ``inference_mode`` forward of the same tiles;
 3. peak RSS of a child process predicting an 8192 x 8192 x 10 uint16 raster;
-4. bf16 vs fp32: speed-up and mask agreement.
+4. bf16 vs fp32: speed-up and mask agreement;
+5. the engines side by side (torch, OpenVINO fp32 / bf16 / int8): per 512 x 512 tile on the large raster vs the
+   old procedure, mask agreement with the old procedure on held-out synthetic scenes, cold start (process start
+   to first tile) per engine, and the torch-free runtime's install size (.venv-runtime + the exported model).
 
 Rasters are generated once into ``.bench/`` (gitignored) by mirroring data/test-1.tif. Uses the demo model
 when model/weights/demo.json exists, else a seeded random U-Net of the same architecture (same FLOPs).
@@ -49,13 +52,21 @@ TARGETS = {
     "bf16": 5.0,  # bf16 >= 5x the old procedure ...
     "bf16_agree": 0.995,  # ... with >= 99.5% mask agreement with fp32
     "rss_gb": 1.5,  # 8192 x 8192 x 10 uint16 peak RSS
+    # issue 10: the serving engine per tile vs the old procedure, and its agreement with the old mask
+    "openvino fp32": (2.2, 0.9999),
+    "openvino int8": (3.5, 0.995),
+    "cold": 3.0,  # cold start >= 3x faster than torch's
+    "runtime_mb": 450,
 }
+ENGINE_RUNS = [("torch", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8")]
+HELDOUT_SEEDS = range(100_000, 100_004)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller rasters (about 3 minutes on 2 cores)")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--engines", action="store_true", help="only [1] and [5]: the engines side by side")
     parser.add_argument("--rss-child", nargs=2, metavar=("RASTER", "CARD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
@@ -68,6 +79,7 @@ def main() -> None:
     capability = torch.backends.cpu.get_cpu_capability()
     print(f"model: {model.card.name} ({card_path.name}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, CPU capability {capability}")  # fmt: skip
+    print(f"CPU flags: {' '.join(cpu_flags()) or 'none of avx2/avx512*/amx'}")
 
     # 1. old procedure vs predict_file on the same 512 x 512 file, interleaved so drift hits both alike.
     old_net = copy.deepcopy(model.net).requires_grad_(True)  # as the old service loaded it: autograd on
@@ -87,6 +99,8 @@ def main() -> None:
     # 2. throughput on a large raster vs the bare forward of the same tiles.
     size = 2048 if args.quick else 4096
     big = make_big(size)
+    if args.engines:
+        return engines_side_by_side(model, card_path, big, old_net)
     result = predict_file(model, big, CACHE / "big.npy")
     e2e_tps = result.tiles / result.seconds
     bare_tps = bare_forward_tiles_per_s(model, big, limit=12 if args.quick else 24)
@@ -118,6 +132,115 @@ def main() -> None:
     row("bf16 vs old procedure (target >= 5.0x)", ratio(t_old / bf16_s[0], TARGETS["bf16"]))
     row("bf16 mask agreement (target >= 99.5%)", f"{agree:.4%}   " + verdict(agree >= 0.995, ">= 99.5%"))
     row("forced bf16 autocast forward, one tile", f"{forced[0]:.3f} s vs fp32 {forced[1]:.3f} s")
+
+    # 5. the engines side by side.
+    engines_side_by_side(model, card_path, big, old_net)
+
+
+# -- 5. engines ----------------------------------------------------------------------------------------------
+
+
+def engines_side_by_side(model, card_path: Path, big: Path, old_net) -> None:
+    from model.engines.loading import load_inference_model
+    from model.training.synthetic import make_scene, write_scene_tif
+
+    scenes = []
+    for seed in HELDOUT_SEEDS:
+        path = CACHE / f"heldout-{seed}.tif"
+        if not path.exists():
+            write_scene_tif(path, make_scene(seed)[0])
+        old_procedure(path, old_net, model.card, CACHE / f"heldout-{seed}.old.npy")
+        scenes.append(path)
+    print(f"\n[5] engines: per {model.card.tile_size} x {model.card.tile_size} tile on {big.name} vs the old "
+          f"procedure (timed around each); mask agreement with it on {len(scenes)} held-out scenes")  # fmt: skip
+    cold = {}
+    for engine, precision in ENGINE_RUNS:
+        loaded = load_inference_model(card_path, engine=engine, precision=precision)
+        options = PredictOptions(precision=precision)
+        loaded.warm_up(options)
+        # The old procedure timed right before and after each engine: a shared machine's load drifts.
+        before = timed(lambda: old_procedure(SCENE, old_net, model.card, CACHE / "old.npy"))
+        result = predict_file(loaded, big, CACHE / "engine.npy", options)
+        t_old = (before + timed(lambda: old_procedure(SCENE, old_net, model.card, CACHE / "old.npy"))) / 2
+        per_tile = result.seconds / result.tiles
+        same = total = 0
+        for path in scenes:
+            predict_file(loaded, path, CACHE / "engine.npy", options)
+            expected = np.load(path.with_suffix(".old.npy"))
+            same += int((np.load(CACHE / "engine.npy") == expected).sum())
+            total += expected.size
+        agreement, speed = same / total, t_old / per_tile
+        target = TARGETS.get(f"{engine} {precision}")
+        verdict_text = (
+            verdict(speed >= target[0] and agreement >= target[1], f">= {target[0]}x, >= {target[1]:.2%}")
+            if target
+            else ""
+        )
+        row(f"{engine} {precision}", f"{per_tile * 1000:6.0f} ms/tile (old {t_old * 1000:.0f} ms)  {speed:5.2f}x  "
+            f"agreement {agreement:.4%}  "
+            + verdict_text)  # fmt: skip
+        if precision == "fp32":
+            cold[engine] = cold_start(card_path, engine)
+    row("cold start, torch (process start -> first tile)", f"{cold['torch']:.2f} s")
+    speed_up = ratio(cold["torch"] / cold["openvino"], TARGETS["cold"])
+    row("cold start, openvino", f"{cold['openvino']:.2f} s   faster than torch: {speed_up}")
+    size = runtime_size_mb(card_path)
+    if size is None:
+        row("runtime install size", "run `make runtime-venv` first")
+    else:
+        row("runtime venv (no torch) + exported model", f"{size:.0f} MB   "
+            + verdict(size <= TARGETS["runtime_mb"], f"<= {TARGETS['runtime_mb']} MB"))  # fmt: skip
+
+
+COLD_START = """
+import sys, time
+import numpy as np
+from model.engines.loading import load_inference_model
+from model.options import PredictOptions
+model = load_inference_model(sys.argv[1], engine=sys.argv[2])
+card = model.card
+model.tile_engine(PredictOptions(), one_tile=False)([np.zeros((len(card.bands), 512, 512), np.float32)])
+"""
+
+
+def cold_start(card_path: Path, engine: str, repeats: int = 3) -> float:
+    """Median seconds from starting a fresh Python to the first 512 x 512 tile's scores (imports, load, compile)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", COLD_START, str(card_path), engine], check=True, cwd=ROOT)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def runtime_size_mb(card_path: Path) -> float | None:
+    """.venv-runtime (installed the Dockerfile's way, no torch) less what the Dockerfile strips (test suites, pip,
+    OpenVINO's GPU/NPU plugins and non-IR frontends), plus the card's checkpoint and graphs, in MB."""
+    venv = ROOT / ".venv-runtime"
+    if not venv.is_dir():
+        return None
+    files = [p for p in venv.rglob("*") if p.is_file() and not p.is_symlink() and not _stripped(p)]
+    files += [p for p in card_path.parent.iterdir() if p.suffix in (".pt", ".xml", ".bin", ".json")]
+    return sum(p.stat().st_size for p in files) / 1e6
+
+
+def _stripped(path: Path) -> bool:
+    name = path.name
+    if "tests" in path.parts or any(part == "pip" or part.startswith("pip-") for part in path.parts):
+        return True
+    if "_plugin.so" in name and ("intel_gpu" in name or "intel_npu" in name):
+        return True
+    return name.startswith("libopenvino_") and "_frontend.so" in name and "_ir_frontend" not in name
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's vector/matrix flags every figure depends on (Linux /proc/cpuinfo)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return sorted(f for f in flags if f == "avx2" or f.startswith(("avx512", "amx")))
 
 
 # -- the old service's procedure -----------------------------------------------------------------------------

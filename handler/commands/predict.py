@@ -1,4 +1,4 @@
-"""``rasterfn predict IN.tif [-o OUT.npy] [--output ...] [--model CARD.json]``: segment one local raster.
+"""``rasterfn predict IN.tif [-o OUT.npy] [--output ...] [--model CARD.json] [--engine ...]``: one raster.
 
 Settings come from the environment (:func:`handler.settings.get_settings`); flags given on the command line
 win. Prints where the output went, its shape, the positive fraction and the time; a raster that cannot be
@@ -12,9 +12,9 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from handler.model_source import load_runtime_model
 from handler.runtime import options_from_settings
 from handler.settings import get_settings
-from model.checkpoint import load_model
 from model.errors import InputError
 from model.predict import predict_file
 
@@ -26,6 +26,7 @@ def run_predict(args: argparse.Namespace) -> int:
     overrides = {
         "model_card": Path(args.model) if args.model else None,
         "output_mode": args.output,
+        "engine": args.engine,
         "precision": args.precision,
         "device": args.device,
     }
@@ -34,7 +35,7 @@ def run_predict(args: argparse.Namespace) -> int:
     dst = Path(args.out) if args.out else src.with_suffix(".npy")
     progress = not args.no_progress and sys.stderr.isatty()
     options = dataclasses.replace(options_from_settings(settings), progress=progress)
-    model = load_model(settings.model_card)
+    model = load_runtime_model(settings)
     try:
         result = predict_file(model, src, dst, options)
     except InputError as exc:
@@ -44,6 +45,6 @@ def run_predict(args: argparse.Namespace) -> int:
     print(
         f"{result.out_path}  {height} x {width} {result.dtype} ({result.output}), "
         f"{result.positive_fraction:.1%} of {result.valid_pixels:,} valid pixels above "
-        f"{model.card.threshold}, {result.tiles} tile(s), {result.seconds:.2f} s"
+        f"{model.card.threshold}, {result.tiles} tile(s), {result.seconds:.2f} s on {model.engine} {options.precision}"
     )
     return 0

@@ -142,7 +142,13 @@ class WorkerPool:
     def _new_worker(self) -> Worker:
         worker = Worker(self.settings, init=self._init)
         info = worker.wait_ready()
-        logger.info("worker %s ready: model %s (sha256 %s)", worker.pid, info["model"], info["sha256"][:12])
+        logger.info(
+            "worker %s ready: model %s (sha256 %s) on %s",
+            worker.pid,
+            info["model"],
+            info["sha256"][:12],
+            info.get("engine", "?"),
+        )
         return worker
 
     def _start_all(self) -> None:

@@ -34,6 +34,7 @@ locals {
   lambda_settings = {
     INPUT_SUFFIXES   = join(",", var.input_suffixes)
     PRECISION        = var.precision
+    ENGINE           = var.engine
     OUTPUT_MODE      = var.output_mode
     MAX_PIXELS       = var.max_pixels == null ? null : tostring(var.max_pixels)
     MAX_INPUT_BYTES  = var.max_input_bytes == null ? null : tostring(var.max_input_bytes)

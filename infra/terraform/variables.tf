@@ -191,7 +191,13 @@ variable "metrics_namespace" {
 # --- Settings passed to the code (handler/settings.py); null keeps the code's default.
 
 variable "precision" {
-  description = "PRECISION: fp32 or bf16 (bf16 is faster only on CPUs with AVX512-BF16 / AMX)."
+  description = "PRECISION: fp32, bf16 (faster only on CPUs with AVX512-BF16 / AMX) or int8 (openvino engine)."
+  type        = string
+  default     = null
+}
+
+variable "engine" {
+  description = "ENGINE: auto (openvino when installed and exported), torch (needs the image's torch target) or openvino."
   type        = string
   default     = null
 }

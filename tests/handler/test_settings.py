@@ -34,6 +34,7 @@ def test_every_variable_is_read():
         "MODEL_URI": "s3://models/live.pt",
         "MODEL_CACHE_DIR": "/tmp/cache",
         "PRECISION": "BF16",
+        "ENGINE": "OpenVINO",
         "DEVICE": "auto",
         "OUTPUT_MODE": "mask-uint8",
         "MAX_PIXELS": "1_000_000",
@@ -67,7 +68,7 @@ def test_every_variable_is_read():
     # THEN each lands in its field, normalised
     assert s.model_card == Path("/opt/model/live.json") and s.model_uri == "s3://models/live.pt"
     assert s.model_cache_dir == Path("/tmp/cache") and s.tmp_dir == Path("/var/tmp")
-    assert (s.precision, s.device, s.output_mode) == ("bf16", "auto", "mask-uint8")
+    assert (s.precision, s.engine, s.device, s.output_mode) == ("bf16", "openvino", "auto", "mask-uint8")
     assert (s.max_pixels, s.max_input_bytes, s.min_remaining_ms) == (1_000_000, 2048, 0)
     assert s.input_suffixes == (".tif", ".gtiff")
     assert (s.output_bucket, s.output_prefix, s.webhook_token) == ("masks", "out/", "s3cr3t")
@@ -88,6 +89,7 @@ def test_blank_values_mean_unset():
     ("env", "message"),
     [
         ({"PRECISION": "fp16"}, "PRECISION must be one of"),
+        ({"ENGINE": "onnx"}, "ENGINE must be one of"),
         ({"DEVICE": "tpu"}, "DEVICE must be one of"),
         ({"OUTPUT_MODE": "png"}, "OUTPUT_MODE must be one of"),
         ({"MAX_PIXELS": "lots"}, "MAX_PIXELS must be an integer"),

@@ -135,15 +135,21 @@ def test_multi_stage_on_the_pinned_slim_base(instructions):
     froms = [i.args for i in instructions if i.keyword == "FROM"]
     assert len(froms) >= 2, "a builder stage keeps pip and build outputs out of the runtime image"
     assert build_args(instructions)["PYTHON_IMAGE"] == BASE_IMAGE
-    assert all(f.startswith("${PYTHON_IMAGE}") for f in froms)
+    # Every stage starts from the pinned base or from an earlier stage (the venv one picks by RUNTIME_VENV).
+    earlier: set[str] = set()
+    for source, _, name in (f.partition(" AS ") for f in froms):
+        assert source == "${PYTHON_IMAGE}" or source in earlier or source == "venv-${RUNTIME_VENV}", source
+        earlier.add(name)
+    assert {"venv-serving", "venv-torch"} <= earlier
 
 
 def test_torch_comes_from_the_cpu_index_at_the_pinned_version(instructions):
     args = build_args(instructions)
     assert args["TORCH_INDEX_URL"] == TORCH_CPU_INDEX
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    pins = [d for d in pyproject["project"]["dependencies"] if d.replace(" ", "").startswith("torch==")]
+    pins = [d for d in pyproject["project"]["optional-dependencies"]["torch"] if d.replace(" ", "").startswith("torch")]
     assert pins == [f"torch=={args['TORCH_VERSION']}"]
+    assert not [d for d in pyproject["project"]["dependencies"] if d.startswith("torch")]
     torch_runs = [i.args for i in instructions if i.keyword == "RUN" and "torch==" in i.args]
     assert len(torch_runs) == 1
     assert '--index-url "${TORCH_INDEX_URL}"' in torch_runs[0]
@@ -226,8 +232,11 @@ def test_code_imports_only_what_the_image_installs():
         for module in third_party
         if not any(_normalise(d) in installed for d in providers.get(module, []))
     }
-    # THEN each is installed by the image
-    assert missing == {}
+    # THEN each is installed by the image, but for the reference engine's and the export's (torch, NNCF: the
+    # [torch] and [export] extras, which tests/test_serving_engine.py shows the serving path never imports)
+    assert set(missing) <= {"torch", "nncf"}
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert "torch==" in " ".join(extras["torch"]) and "nncf" in " ".join(extras["export"])
     # AND powertools' Tracer, which imports aws-xray-sdk itself in Lambda, has it
     if "Tracer" in (ROOT / "handler" / "observability.py").read_text():
         assert "aws-xray-sdk" in installed
@@ -237,9 +246,41 @@ def test_runtime_stage_has_no_build_tools(final_stage):
     runs = " ".join(i.args for i in final_stage if i.keyword == "RUN")
     assert "pip install" not in runs
     assert "apt-get" not in runs
-    assert [i.args for i in final_stage if i.keyword == "COPY" and "--from=builder" in i.args] == [
-        "--from=builder /opt/venv /opt/venv"
+    assert [i.args for i in final_stage if i.keyword == "COPY" and "--from=" in i.args] == [
+        "--from=venv /opt/venv /opt/venv",
+        "--from=venv /opt/model /opt/model",
     ]
+
+
+def stage_named(instructions: list[Instruction], name: str) -> list[Instruction]:
+    [stage] = {i.stage for i in instructions if i.keyword == "FROM" and i.args.endswith(f" AS {name}")}
+    return stage_instructions(instructions, stage)
+
+
+def test_the_default_image_has_no_torch_and_runs_the_export_made_with_it(instructions, final_stage, ignore_patterns):
+    # GIVEN the stages: the serving venv is the builder's (no torch) plus the exporter's /opt/model
+    assert build_args(instructions)["RUNTIME_VENV"] == "serving"
+    assert [i.args for i in instructions if i.keyword == "FROM" and i.args.endswith(" AS venv")] == [
+        "venv-${RUNTIME_VENV} AS venv"
+    ]
+    serving = stage_named(instructions, "venv-serving")
+    assert serving[0].args == "builder AS venv-serving"
+    for stage in (stage_named(instructions, "builder"), serving):
+        assert "torch==" not in " ".join(i.args for i in stage if i.keyword == "RUN")
+    # THEN the export runs where torch is, and the serving venv checks INIT imports no torch
+    exporter = " ".join(i.args for i in stage_named(instructions, "exporter") if i.keyword == "RUN")
+    assert "torch==" in exporter and "handler.cli export" in exporter and "--out-dir /opt/model" in exporter
+    assert "'torch' not in sys.modules" in " ".join(i.args for i in serving if i.keyword == "RUN")
+    assert "--from=exporter /opt/model /opt/model" in [i.args for i in serving if i.keyword == "COPY"]
+    # AND the runtime runs the exported card, on the engine the build chose (auto unless the torch variant)
+    env = env_of(final_stage)
+    assert env["MODEL_CARD"] == "/opt/model/demo.json" and env["ENGINE"] == "${ENGINE}"
+    assert "ENGINE=auto" in [i.args for i in final_stage if i.keyword == "ARG"]
+    assert {"MODEL_CARD", "ENGINE"} <= set(settings.env_var_names())
+    # AND the export and its scene generator reach the build context (for the exporter), nothing else of training
+    for path, excluded in [("model/training/export.py", False), ("model/training/synthetic.py", False),
+                           ("model/training/train_demo.py", True), ("model/training/__init__.py", True)]:  # fmt: skip
+        assert dockerignore_excludes(path, ignore_patterns) is excluded, path
 
 
 def test_precompiled_and_never_writes_bytecode(instructions, final_stage):

@@ -34,9 +34,10 @@ def run_in_runtime_venv(code: str, tmp_path) -> subprocess.CompletedProcess[str]
     )
 
 
-def test_runtime_venv_has_no_local_tool_dependencies(tmp_path):
+def test_runtime_venv_has_no_local_tool_dependencies_and_no_torch(tmp_path):
     result = run_in_runtime_venv(
-        "from importlib.util import find_spec; print([m for m in ('moto', 'pytest') if find_spec(m)])", tmp_path
+        "from importlib.util import find_spec; print([m for m in ('moto', 'pytest', 'torch', 'nncf') if find_spec(m)])",
+        tmp_path,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
@@ -46,12 +47,13 @@ def test_both_entry_points_import_in_the_runtime_venv(tmp_path):
     # handler.http.relay: `rasterfn relay`, the Knative Eventing relay, needs only runtime dependencies too.
     result = run_in_runtime_venv(
         "import sys, handler.knative, handler.http.relay, handler.lambda_function as f; "
-        "print(f.RUNTIME.model.card.name, 'handler.local' in sys.modules, handler.knative.__file__)",
+        "print(f.RUNTIME.model.card.name, 'handler.local' in sys.modules, handler.knative.__file__, "
+        "f.RUNTIME.model.engine)",
         tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    name, local_loaded, location = result.stdout.split()
-    assert local_loaded == "False"
+    name, local_loaded, location, engine = result.stdout.split()
+    assert local_loaded == "False" and engine == "openvino"
     assert str(RUNTIME_VENV) in location and str(REPO_ROOT / "handler") not in location
     assert name
 

@@ -100,18 +100,18 @@ def test_predictor_sets_torch_threads_from_the_budget(monkeypatch, tmp_path, eig
     # GIVEN a 1.5-CPU quota on an 8-CPU affinity, and a predictor that has not set its threads yet
     import torch
 
-    from model import predict
+    from model.engines import base, torch_engine
 
     root = write_cpu_max(tmp_path, "150000 100000")
-    monkeypatch.setattr(predict, "available_cpus", lambda: cpus.available_cpus(root))
-    monkeypatch.setattr(predict, "_threads_set", False)
-    monkeypatch.setattr(predict, "_prepared", {})  # keyed by id(net): keep this fake out of the real cache
+    monkeypatch.setattr(base, "available_cpus", lambda: cpus.available_cpus(root))
+    monkeypatch.setattr(torch_engine, "_threads_set", False)
+    monkeypatch.setattr(torch_engine, "_prepared", {})  # keyed by id(net): keep this fake out of the real cache
     calls: list[int] = []
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
     model = SimpleNamespace(net=torch.nn.Identity())
 
     # WHEN the first runner is prepared
-    predict.get_runner(model, "cpu", "fp32", channels_last=False)
+    torch_engine.get_runner(model, "cpu", "fp32", channels_last=False)
 
     # THEN torch gets two threads, not eight
     assert calls == [2]

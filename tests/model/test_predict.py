@@ -10,6 +10,7 @@ import pytest
 import rasterio
 import torch
 
+import model.engines.torch_engine as torch_engine
 import model.predict as predict_module
 from model.card import DEFAULT_CARD_PATH, load_card
 from model.checkpoint import LoadedModel, build_model
@@ -95,7 +96,7 @@ class _FixedRunner:
 def test_guarded_runner_recomputes_only_tiles_near_the_threshold(fast_score, recomputed):
     # GIVEN a fast runner and an exact one, guarded at 1e-4 around the threshold 0.5
     fast, exact = _FixedRunner(fast_score), _FixedRunner(0.25)
-    runner = predict_module.GuardedRunner(fast, exact, threshold=0.5, guard=1e-4)
+    runner = torch_engine.GuardedRunner(fast, exact, threshold=0.5, guard=1e-4)
     # WHEN one tile runs
     (out,) = runner([np.zeros((10, 16, 16), dtype=np.float32)])
     # THEN the exact runner answers exactly when a fast score lies within the guard
@@ -105,7 +106,7 @@ def test_guarded_runner_recomputes_only_tiles_near_the_threshold(fast_score, rec
 
 def test_one_tile_mask_is_exact_even_when_the_guard_always_recomputes(load, make_raster, tmp_path, monkeypatch):
     # GIVEN a guard so wide that every tile is recomputed in the old arithmetic
-    monkeypatch.setattr(predict_module, "EXACT_GUARD", 10.0)
+    monkeypatch.setattr(torch_engine, "EXACT_GUARD", 10.0)
     model = load()
     path = make_raster(512, 512)
     # WHEN predicted
@@ -117,8 +118,8 @@ def test_one_tile_mask_is_exact_even_when_the_guard_always_recomputes(load, make
 @pytest.mark.parametrize(("output", "guarded"), [("mask", True), ("mask-uint8", True), ("score", False)])
 def test_one_tile_runner_choice(load, output, guarded):
     model = load(**SMALL)
-    runner = predict_module.choose_runner(model, "cpu", PredictOptions(output=output), one_tile=True)
-    assert isinstance(runner, predict_module.GuardedRunner) == guarded
+    runner = torch_engine.choose_runner(model, "cpu", PredictOptions(output=output), one_tile=True)
+    assert isinstance(runner, torch_engine.GuardedRunner) == guarded
     if not guarded:
         assert runner.channels_last is False  # one-tile scores keep the old arithmetic
 
@@ -316,11 +317,11 @@ def test_output_modes_agree(load, make_raster, tmp_path):
 
 
 def test_bf16_runs_and_agrees_with_fp32(load, make_raster, tmp_path, caplog, monkeypatch):
-    monkeypatch.setattr(predict_module, "_bf16_warned", False)
+    monkeypatch.setattr(torch_engine, "_bf16_warned", False)
     model = load(**SMALL)
     path = make_raster(64, 64)
     predict_file(model, path, tmp_path / "fp32.npy")
-    with caplog.at_level(logging.WARNING, logger="model.predict"):
+    with caplog.at_level(logging.WARNING, logger="model.engines.torch_engine"):
         predict_file(model, path, tmp_path / "bf16.npy", PredictOptions(precision="bf16"))
         predict_file(model, path, tmp_path / "bf16.npy", PredictOptions(precision="bf16"))
     agreement = (np.load(tmp_path / "fp32.npy") == np.load(tmp_path / "bf16.npy")).mean()
