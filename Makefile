@@ -30,9 +30,10 @@ RUNTIME_SOURCES := $(shell find handler model -name '*.py' -not -path '*/__pycac
 runtime-venv: $(RUNTIME_VENV)/.installed  ## .venv-runtime: rasterfn without extras, as the image installs it
 
 $(RUNTIME_VENV)/.installed: pyproject.toml $(RUNTIME_SOURCES)
-	@test -x $(RUNTIME_VENV)/bin/python || $(PYTHON) -m venv $(RUNTIME_VENV)
+	@# From scratch each time: a package left over from an older install (torch) must not hide a missing split.
+	rm -rf $(RUNTIME_VENV)
+	$(PYTHON) -m venv $(RUNTIME_VENV)
 	$(RUNTIME_VENV)/bin/python -m pip install --quiet .
-	$(RUNTIME_VENV)/bin/python -m pip install --quiet --no-deps --force-reinstall .
 	rm -rf build
 	touch $@
 
