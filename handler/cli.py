@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--terraform", help="terraform executable (default: terraform on PATH)")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the .npy")
 
+    p = sub.add_parser("status", help="progress of a sharded job: shards done / total, ETA, failures")
+    p.add_argument("uri", help="the input, s3://bucket/key")
+    p.add_argument("--endpoint-url", help="S3 endpoint (MinIO, moto); default: AWS_ENDPOINT_URL or AWS")
+
     p = sub.add_parser("serve", help="run the Knative function locally (func-python's server)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
@@ -103,6 +107,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from handler.commands.predict import run_predict
 
         return run_predict(args)
+    if args.command == "status":
+        from handler.commands.status import run_status
+
+        return run_status(args)
     if args.command == "serve":
         from handler.knative import run_serve
 

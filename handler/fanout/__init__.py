@@ -2,7 +2,7 @@
 
 from handler.fanout.coordinator import fan_out_if_large, job_id, run_shard
 from handler.fanout.messages import ShardMessage, is_shard_message, parse_shard_message
-from handler.fanout.queue import sender_from_settings
+from handler.fanout.sender import sender_from_settings
 
 __all__ = [
     "ShardMessage",

@@ -37,7 +37,7 @@ from botocore.exceptions import ClientError
 from handler.errors import ObjectMissingError
 from handler.fanout.jobs import JobStore, _code
 from handler.fanout.messages import ShardMessage
-from handler.fanout.queue import sender_from_settings
+from handler.fanout.sender import sender_from_settings
 from handler.objects import ObjectRef
 from handler.outcome import Outcome, OutcomeStatus
 from handler.runtime import Runtime
@@ -58,6 +58,11 @@ def job_id(info: ObjectInfo, model_sha256: str, output: str) -> str:
     """The job's id: the same upload, model and output mode always give the same job (pure)."""
     identity = "\n".join([info.bucket, info.key, info.etag, info.version_id or "", model_sha256, output])
     return hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+
+def pointer_name(bucket: str, key: str) -> str:
+    """Where the latest job of input ``bucket/key`` is recorded (``<JOB_PREFIX><this>/latest.json``) (pure)."""
+    return "by-key-" + hashlib.sha256(f"{bucket}\n{key}".encode()).hexdigest()[:32]
 
 
 def estimate_seconds(tiles: int, seconds_per_tile: float) -> float:
@@ -164,6 +169,9 @@ def _open_job(runtime, store: JobStore, info: ObjectInfo, header, shards, target
         "created": time.time(),
     }
     if store.put_json("job.json", job, if_absent=True):
+        # ``rasterfn status s3://bucket/key`` finds the job from the input's key alone.
+        pointer = JobStore(client, store.bucket, pointer_name(info.bucket, info.key))
+        pointer.put_json("latest.json", {"job": store.job, "created": job["created"]})
         return job
     # A re-delivered coordinator message lost the race: adopt the winner's job, drop our upload.
     _abort(client, store.bucket, target_key, upload_id)

@@ -290,3 +290,38 @@ def test_job_objects_are_never_inputs():
     reason = skip_reason(ObjectRef("b", f"{JOB_PREFIX}abc/stats/0.tif", event_name="ObjectCreated:Put"))
     assert reason is not None and "fan-out job" in reason
     assert skip_reason(ObjectRef("b", f"masks/{JOB_PREFIX}x/job.tif", event_name="ObjectCreated:Put")) is not None
+
+
+def test_status_follows_the_job_to_done(
+    small_parts, queue, fan_runtime, make_bucket, s3_client, make_raster, moto_endpoint, capsys
+):
+    from handler.cli import main
+    from handler.fanout.status import find_job_status
+
+    runtime = fan_runtime()
+    bucket = make_bucket()
+    upload(s3_client, bucket, make_raster, 300, 70)
+    assert main(["status", f"s3://{bucket}/scenes/big.tif"]) == 1  # no job yet
+    process_object(ref(bucket), runtime)
+    queued = find_job_status(s3_client, bucket, bucket, "scenes/big.tif")
+    assert (queued.shards, queued.stats_done, queued.parts_done, queued.done) == (3, 0, 0, False)
+    queue.drain(runtime)
+    capsys.readouterr()
+    assert main(["status", f"s3://{bucket}/scenes/big.tif"]) == 0
+    out = capsys.readouterr().out
+    assert "3 shards; stats 3/3, parts 3/3; done: " in out and "scenes/big.npy" in out
+
+
+def test_status_reports_a_failed_job(small_parts, queue, fan_runtime, make_bucket, s3_client, make_raster, capsys):
+    from handler.cli import main
+
+    path = make_raster(300, 70, tiled=True, blockxsize=64, blockysize=64, compress="deflate")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) * 9 // 10] = b"\xff" * (len(data) * 9 // 10 - len(data) // 2)
+    runtime = fan_runtime()
+    bucket = make_bucket()
+    s3_client.put_object(Bucket=bucket, Key="scenes/big.tif", Body=bytes(data))
+    process_object(ref(bucket), runtime)
+    queue.drain(runtime)
+    assert main(["status", f"s3://{bucket}/scenes/big.tif"]) == 2
+    assert "FAILED: RasterReadError" in capsys.readouterr().out
