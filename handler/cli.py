@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="*", help="extra rasters to upload besides data/test-1.tif")
     p.add_argument("--serve", action="store_true", help="keep the stack running for your own uploads")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for all outputs")
+    p.add_argument("--workers", type=int, default=0, help="N > 0: one generated scene sharded over N workers")
+    p.add_argument("--scene-size", type=int, default=2560, help="with --workers: the scene's side in pixels")
+    p.add_argument("--max-pixels", type=int, default=None, help="with --workers: MAX_PIXELS (default: 3/4 of the scene)")
+    p.add_argument("--max-shards", type=int, default=None, help="with --workers: FANOUT_MAX_SHARDS (2 x N)")
 
     p = sub.add_parser(
         "tf-local", help="terraform apply infra/terraform onto embedded moto, one upload through it, destroy"
@@ -126,6 +130,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from handler.local.replay import run_replay
 
         return run_replay(args)
+    if args.command == "demo" and args.workers > 0:
+        from handler.local.fanout_demo import run_fanout_demo
+
+        return run_fanout_demo(args)
     if args.command == "demo":
         from handler.local.demo import run_demo
 
