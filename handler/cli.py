@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for all outputs")
     p.add_argument("--workers", type=int, default=0, help="N > 0: one generated scene sharded over N workers")
     p.add_argument("--scene-size", type=int, default=2560, help="with --workers: the scene's side in pixels")
-    p.add_argument("--max-pixels", type=int, default=None, help="with --workers: MAX_PIXELS (default: 3/4 of the scene)")
+    p.add_argument("--max-pixels", type=int, default=None, help="with --workers: MAX_PIXELS (3/4 of the scene)")
     p.add_argument("--max-shards", type=int, default=None, help="with --workers: FANOUT_MAX_SHARDS (2 x N)")
 
     p = sub.add_parser(
