@@ -224,6 +224,8 @@ def _predict_phase(runtime: Runtime, store: JobStore, job: dict, band: RowBand) 
     if not store.exists(f"parts/{band.index}.json"):
         p90s = store.get_json("p90s.json")["p90s"]
         etag = _upload_band(runtime, store, job, band, p90s)
+        if etag is None:  # a duplicate of this shard finished the job while this one computed
+            return "job already finished"
         store.put_json(f"parts/{band.index}.json", {"etag": etag, "time": time.time()})
         status = "part uploaded"
     if store.count("parts") < count:
@@ -231,7 +233,7 @@ def _predict_phase(runtime: Runtime, store: JobStore, job: dict, band: RowBand) 
     return _complete(store, job)
 
 
-def _upload_band(runtime: Runtime, store: JobStore, job: dict, band: RowBand, p90s: list[float]) -> str:
+def _upload_band(runtime: Runtime, store: JobStore, job: dict, band: RowBand, p90s: list[float]) -> str | None:
     dtype = np.dtype(job["dtype"])
     with _source(runtime, job) as src, tempfile.TemporaryFile(dir=runtime.settings.tmp_dir) as part:
         if band.index == 0:
@@ -242,7 +244,9 @@ def _upload_band(runtime: Runtime, store: JobStore, job: dict, band: RowBand, p9
 
         predict_band(runtime.model, src, band, p90s, write, _options(runtime))
         part.seek(0)
-        with s3_errors(s3_uri(store.bucket, job["target_key"]), writing=True):
+        if store.exists("done.json"):
+            return None
+        try:
             response = store.client.upload_part(
                 Bucket=store.bucket,
                 Key=job["target_key"],
@@ -250,6 +254,11 @@ def _upload_band(runtime: Runtime, store: JobStore, job: dict, band: RowBand, p9
                 PartNumber=band.part_number,
                 Body=part,
             )
+        except ClientError as exc:
+            if _code(exc) == "NoSuchUpload":  # completed (or aborted) since: nothing left to add
+                return None
+            with s3_errors(s3_uri(store.bucket, job["target_key"]), writing=True):
+                raise
     return response["ETag"]
 
 

@@ -325,3 +325,33 @@ def test_status_reports_a_failed_job(small_parts, queue, fan_runtime, make_bucke
     queue.drain(runtime)
     assert main(["status", f"s3://{bucket}/scenes/big.tif"]) == 2
     assert "FAILED: RasterReadError" in capsys.readouterr().out
+
+
+def test_a_late_duplicate_after_completion_changes_nothing(
+    small_parts, queue, fan_runtime, make_bucket, s3_client, make_raster, tmp_path, monkeypatch
+):
+    # GIVEN a finished job, and a copy of a predict shard that passed the early checks before it finished
+    runtime = fan_runtime()
+    bucket = make_bucket()
+    body = upload(s3_client, bucket, make_raster, 300, 70)
+    process_object(ref(bucket), runtime)
+    queue.drain(runtime)
+    store = JobStore(runtime.storage.client, bucket, queue.log[-1]["job"])
+    real_exists = JobStore.exists
+    blinded = []
+
+    def exists_before_completion(self, name):
+        # The copy checked done.json and its part record before the job completed; its last check is real.
+        if name == "parts/1.json" or (name == "done.json" and not blinded):
+            blinded.append(name)
+            return False
+        return real_exists(self, name)
+
+    monkeypatch.setattr(JobStore, "exists", exists_before_completion)
+    # WHEN it is about to upload its part to the completed upload
+    status = run_shard(ShardMessage(bucket, store.job, "predict", 1), runtime, queue.send)
+    monkeypatch.setattr(JobStore, "exists", real_exists)
+    # THEN nothing is marked failed and the output stands
+    assert status["status"] == "job already finished"
+    assert not store.exists("failed.json")
+    assert get(s3_client, bucket, "scenes/big.npy") == expected_npy(runtime, make_raster, tmp_path, body)
