@@ -73,6 +73,15 @@ def upload(s3_client, bucket, make_raster, height, width, **kw) -> bytes:
     return body
 
 
+def upload_corrupt(s3_client, bucket, make_raster) -> None:
+    """A tiled, compressed 300 x 70 raster whose later blocks are overwritten: the header still reads."""
+    path = make_raster(300, 70, tiled=True, blockxsize=64, blockysize=64, compress="deflate")
+    data = bytearray(path.read_bytes())
+    start, stop = len(data) // 2, len(data) * 9 // 10
+    data[start:stop] = b"\xff" * (stop - start)
+    s3_client.put_object(Bucket=bucket, Key="scenes/big.tif", Body=bytes(data))
+
+
 def get(s3_client, bucket, key) -> bytes:
     return s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
@@ -236,13 +245,9 @@ def test_bad_shard_input_ends_in_error_json_and_no_npy(
     small_parts, queue, fan_runtime, make_bucket, s3_client, make_raster, tmp_path
 ):
     # A readable header over corrupt compressed blocks: the coordinator plans, a shard cannot read its rows
-    path = make_raster(300, 70, tiled=True, blockxsize=64, blockysize=64, compress="deflate")
-    data = bytearray(path.read_bytes())
-    start, stop = len(data) // 2, len(data) * 9 // 10
-    data[start:stop] = b"\xff" * (stop - start)
     runtime = fan_runtime()
     bucket = make_bucket()
-    s3_client.put_object(Bucket=bucket, Key="scenes/big.tif", Body=bytes(data))
+    upload_corrupt(s3_client, bucket, make_raster)
     assert process_object(ref(bucket), runtime).status is OutcomeStatus.FANNED_OUT
     queue.drain(runtime)
     keys = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]}
@@ -315,12 +320,9 @@ def test_status_follows_the_job_to_done(
 def test_status_reports_a_failed_job(small_parts, queue, fan_runtime, make_bucket, s3_client, make_raster, capsys):
     from handler.cli import main
 
-    path = make_raster(300, 70, tiled=True, blockxsize=64, blockysize=64, compress="deflate")
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2 : len(data) * 9 // 10] = b"\xff" * (len(data) * 9 // 10 - len(data) // 2)
     runtime = fan_runtime()
     bucket = make_bucket()
-    s3_client.put_object(Bucket=bucket, Key="scenes/big.tif", Body=bytes(data))
+    upload_corrupt(s3_client, bucket, make_raster)
     process_object(ref(bucket), runtime)
     queue.drain(runtime)
     assert main(["status", f"s3://{bucket}/scenes/big.tif"]) == 2
@@ -354,4 +356,44 @@ def test_a_late_duplicate_after_completion_changes_nothing(
     # THEN nothing is marked failed and the output stands
     assert status["status"] == "job already finished"
     assert not store.exists("failed.json")
+    assert get(s3_client, bucket, "scenes/big.npy") == expected_npy(runtime, make_raster, tmp_path, body)
+
+
+def test_lambda_entry_point_runs_a_whole_job_from_sqs_batches(
+    small_parts,
+    queue,
+    fan_runtime,
+    make_bucket,
+    s3_client,
+    make_raster,
+    make_sqs_event,
+    make_s3_record,
+    tiny_model_card,
+    monkeypatch,
+    tmp_path,
+):
+    # GIVEN the Lambda module (tiny model) and an upload's S3 notification in an SQS batch
+    import importlib
+
+    from handler.local.lambda_context import make_context
+    from handler.runtime import get_runtime
+    from handler.settings import get_settings
+
+    monkeypatch.setenv("MODEL_CARD", str(tiny_model_card))
+    get_settings.cache_clear()
+    get_runtime.cache_clear()
+    lambda_fn = importlib.import_module("handler.lambda_function")
+    runtime = fan_runtime(min_remaining_ms=0)
+    monkeypatch.setattr(lambda_fn, "get_runtime", lambda: runtime)
+    bucket = make_bucket()
+    body = upload(s3_client, bucket, make_raster, 300, 70)
+    notification = {"Records": [make_s3_record("scenes/big.tif", bucket=bucket, size=None)]}
+    # WHEN the batch and then every shard message (as SQS batches of one) reach lambda_handler
+    assert lambda_fn.lambda_handler(make_sqs_event(notification), make_context()) == {"batchItemFailures": []}
+    while queue.messages:
+        event = make_sqs_event(queue.messages.popleft())
+        assert lambda_fn.lambda_handler(event, make_context()) == {"batchItemFailures": []}
+    get_settings.cache_clear()
+    get_runtime.cache_clear()
+    # THEN the assembled .npy is the single-invocation one
     assert get(s3_client, bucket, "scenes/big.npy") == expected_npy(runtime, make_raster, tmp_path, body)
