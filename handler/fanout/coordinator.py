@@ -279,29 +279,16 @@ def _complete(store: JobStore, job: dict) -> str:
 
 
 def _fail(runtime: Runtime, store: JobStore, job: dict, exc: Exception, *, marker: bool) -> None:
-    from handler.process import (
-        META_MODEL_SHA256,
-        META_OUTPUT,
-        META_PRODUCER,
-        META_SOURCE_ETAG,
-        PRODUCER,
-        error_document,
-    )
+    from handler.process import reject_object  # process imports this module for its one branch
 
     if not store.put_json("failed.json", {"error": type(exc).__name__, "message": str(exc)}, if_absent=True):
         return
     _abort(store.client, store.bucket, job["target_key"], job["upload_id"])
     log.warning("fan-out job %s failed: %s", store.job, exc)
     if marker:
-        info = _source_info(job)
-        doc = error_document(info, exc, runtime.model.sha256, runtime.function_version)
-        metadata = {
-            META_PRODUCER: PRODUCER,
-            META_SOURCE_ETAG: info.etag,
-            META_MODEL_SHA256: runtime.model.sha256,
-            META_OUTPUT: runtime.settings.output_mode,
-        }
-        runtime.storage.put_json(store.bucket, job["marker_key"], doc, metadata=metadata)
+        source = job["source"]
+        ref = ObjectRef(source["bucket"], source["key"], etag=source["etag"], version_id=source["version_id"])
+        reject_object(ref, runtime, exc)  # the same <stem>.error.json a single invocation writes
 
 
 def _abort(client: Any, bucket: str, key: str, upload_id: str) -> None:
@@ -315,11 +302,6 @@ def _abort(client: Any, bucket: str, key: str, upload_id: str) -> None:
 
 def _options(runtime: Runtime):
     return replace(runtime.options, max_pixels=runtime.settings.max_scene_pixels)
-
-
-def _source_info(job: dict) -> ObjectInfo:
-    source = job["source"]
-    return ObjectInfo(source["bucket"], source["key"], job["source_size"], source["etag"], source["version_id"])
 
 
 @contextlib.contextmanager
