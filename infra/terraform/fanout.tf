@@ -32,7 +32,7 @@ variable "fanout_max_shards" {
   default     = null
 
   validation {
-    condition     = var.fanout_max_shards == null || (var.fanout_max_shards >= 1 && var.fanout_max_shards <= 10000)
+    condition     = var.fanout_max_shards == null ? true : var.fanout_max_shards >= 1 && var.fanout_max_shards <= 10000
     error_message = "fanout_max_shards must be between 1 and 10000 (S3's part limit)."
   }
 }
