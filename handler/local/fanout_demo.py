@@ -125,13 +125,19 @@ def _worker(env: dict[str, str | None], queue_url: str, queue_arn: str, index: i
 
 
 def _single(scene: str, out: str, answer) -> None:
-    from model.checkpoint import load_model
-    from model.options import PredictOptions
+    """One process, the model loaded as the function loads it (same engine), ``MAX_PIXELS`` lifted."""
+    import dataclasses
+
+    from handler.model_source import load_runtime_model
+    from handler.runtime import options_from_settings
+    from handler.settings import get_settings
     from model.predict import predict_file
 
-    model = load_model()
+    settings = get_settings()
+    model = load_runtime_model(settings)
+    options = dataclasses.replace(options_from_settings(settings), max_pixels=10**12, progress=False)
     started = time.perf_counter()
-    predict_file(model, scene, out, PredictOptions(max_pixels=10**12))
+    predict_file(model, scene, out, options)
     answer.put((time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
 
 
