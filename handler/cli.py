@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="*", help="extra rasters to upload besides data/test-1.tif")
     p.add_argument("--serve", action="store_true", help="keep the stack running for your own uploads")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for all outputs")
+    p.add_argument("--workers", type=int, default=0, help="N > 0: one generated scene sharded over N workers")
+    p.add_argument("--scene-size", type=int, default=2560, help="with --workers: the scene's side in pixels")
+    p.add_argument("--max-pixels", type=int, default=None, help="with --workers: MAX_PIXELS (3/4 of the scene)")
+    p.add_argument("--max-shards", type=int, default=None, help="with --workers: FANOUT_MAX_SHARDS (2 x N)")
 
     p = sub.add_parser(
         "tf-local", help="terraform apply infra/terraform onto embedded moto, one upload through it, destroy"
@@ -71,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--terraform", help="terraform executable (default: terraform on PATH)")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the .npy")
+
+    p = sub.add_parser("status", help="progress of a sharded job: shards done / total, ETA, failures")
+    p.add_argument("uri", help="the input, s3://bucket/key")
+    p.add_argument("--endpoint-url", help="S3 endpoint (MinIO, moto); default: AWS_ENDPOINT_URL or AWS")
 
     p = sub.add_parser("serve", help="run the Knative function locally (func-python's server)")
     p.add_argument("--host", default="127.0.0.1")
@@ -103,6 +111,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from handler.commands.predict import run_predict
 
         return run_predict(args)
+    if args.command == "status":
+        from handler.commands.status import run_status
+
+        return run_status(args)
     if args.command == "serve":
         from handler.knative import run_serve
 
@@ -118,6 +130,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from handler.local.replay import run_replay
 
         return run_replay(args)
+    if args.command == "demo" and args.workers > 0:
+        from handler.local.fanout_demo import run_fanout_demo
+
+        return run_fanout_demo(args)
     if args.command == "demo":
         from handler.local.demo import run_demo
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from handler.events import is_created_event
-from handler.objects import OWN_OUTPUT_SUFFIXES, ObjectRef
+from handler.objects import JOB_PREFIX, OWN_OUTPUT_SUFFIXES, ObjectRef
 from handler.settings import DEFAULT_INPUT_SUFFIXES
 
 
@@ -30,6 +30,8 @@ def skip_reason(ref: ObjectRef, suffixes: Iterable[str] = DEFAULT_INPUT_SUFFIXES
     key = ref.key.lower()
     if key.endswith("/"):
         return "a directory placeholder (key ends in '/')"
+    if key.startswith(JOB_PREFIX) or f"/{JOB_PREFIX}" in key:
+        return f"a fan-out job object (under {JOB_PREFIX})"
     own = next((suffix for suffix in OWN_OUTPUT_SUFFIXES if key.endswith(suffix)), None)
     if own is not None:
         return f"the function's own output ({own})"

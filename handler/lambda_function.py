@@ -40,6 +40,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from handler.errors import EventError, TransientError, WorkerCrashedError
 from handler.events import check_record_count, parse_event, parse_sqs_body
+from handler.fanout import is_shard_message, parse_shard_message, run_shard
 from handler.isolation import ProcessJob, run_isolated
 from handler.objects import ObjectRef
 from handler.observability import logger, metrics, record_deferred, record_failure, record_outcome, tracer
@@ -84,6 +85,8 @@ def handle_sqs_batch(event: Mapping[str, Any], context: Any, runtime: Runtime) -
         try:
             what = f"SQS message {record.message_id}"
             ensure_time_left(context, runtime, what)
+            if is_shard_message(record.body):  # a band of a sharded raster (handler/fanout)
+                return [run_shard(parse_shard_message(record.body), runtime)]
             try:
                 refs = check_record_count(parse_sqs_body(record.body), runtime.settings.max_event_records)
             except RasterfnError as exc:

@@ -15,6 +15,8 @@ OUTPUT_SUFFIX = ".npy"
 ERROR_SUFFIX = ".error.json"
 # Anything the function itself writes: never an input, whatever the bucket notification says.
 OWN_OUTPUT_SUFFIXES = (OUTPUT_SUFFIX, ERROR_SUFFIX)
+# Fan-out job state (handler/fanout) lives under this prefix of the output bucket; never an input.
+JOB_PREFIX = ".rasterfn-jobs/"
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,14 @@ from typing import Any
 
 
 class OutcomeStatus(StrEnum):
-    """The five ways processing one object ends (their values appear in logs, metrics and JSON answers)."""
+    """The ways processing one object ends (their values appear in logs, metrics and JSON answers)."""
 
     WRITTEN = "written"  # the .npy is beside the input
     DUPLICATE = "duplicate"  # this upload's result (or error marker) was already there
     SKIPPED = "skipped"  # not ours to process: wrong suffix, our own output, a removal, a folder
     REJECTED = "rejected"  # an InputError: <stem>.error.json written, not retried
     MISSING = "missing"  # the object is gone or was replaced by a newer upload
+    FANNED_OUT = "fanned_out"  # too much for one invocation: shard messages sent (handler/fanout)
 
 
 @dataclass(frozen=True)

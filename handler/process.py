@@ -44,6 +44,7 @@ from typing import Any
 
 from handler.access import check_allowed
 from handler.errors import ObjectMissingError, TransientError
+from handler.fanout import fan_out_if_large
 from handler.filters import skip_reason
 from handler.objects import ObjectRef, error_key, output_key
 from handler.outcome import Outcome, OutcomeStatus
@@ -204,6 +205,9 @@ def _segment(
         src = storage.download(info, workdir, max_bytes=settings.max_input_bytes, reserve_bytes=reserve)
         dst = Path(workdir) / "output.npy"
         try:
+            # Too much for one invocation: this one becomes the coordinator of a sharded job (handler/fanout).
+            if (job := fan_out_if_large(runtime, info, target.bucket, target.key, target.marker, src)) is not None:
+                return job
             result = predict_file(runtime.model, src, dst, runtime.options, interrupt=interrupt)
         except InputError as exc:
             # The predictor names our temp file; the user knows the object by its key.

@@ -67,6 +67,12 @@ ENV_MAX_BLOCK_BYTES = "MAX_BLOCK_BYTES"
 ENV_MAX_BANDS = "MAX_BANDS"
 ENV_ALLOWED_COMPRESSIONS = "ALLOWED_COMPRESSIONS"
 ENV_MAX_COMPRESSION_RATIO = "MAX_COMPRESSION_RATIO"
+# -- fan-out: one raster across parallel invocations (handler/fanout) --
+ENV_FANOUT_QUEUE_URL = "FANOUT_QUEUE_URL"
+ENV_FANOUT_SECONDS_PER_TILE = "FANOUT_SECONDS_PER_TILE"
+ENV_FANOUT_THRESHOLD_SECONDS = "FANOUT_THRESHOLD_SECONDS"
+ENV_FANOUT_MAX_SHARDS = "FANOUT_MAX_SHARDS"
+ENV_MAX_SCENE_PIXELS = "MAX_SCENE_PIXELS"
 
 DEFAULT_MAX_INPUT_BYTES = 4 * 1024**3
 DEFAULT_INPUT_SUFFIXES = (".tif", ".tiff")
@@ -82,6 +88,13 @@ DEFAULT_STALE_TMP_MINUTES = 60
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
+# Fan-out defaults: make bench measured 0.31 - 0.36 s per 512 x 512 tile on 2 CPU cores (81 tiles in 25 - 29 s);
+# 0.5 s leaves room for Lambda's shared vCPUs. Above 5 estimated minutes a raster is sharded, into at most 50
+# bands; a job is bounded at 5 G pixels.
+DEFAULT_FANOUT_SECONDS_PER_TILE = 0.5
+DEFAULT_FANOUT_THRESHOLD_SECONDS = 300
+DEFAULT_FANOUT_MAX_SHARDS = 50
+DEFAULT_MAX_SCENE_PIXELS = 5_000_000_000
 
 
 @dataclass(frozen=True)
@@ -119,6 +132,12 @@ class Settings:
     max_bands: int = DEFAULT_MAX_BANDS
     allowed_compressions: tuple[str, ...] = DEFAULT_COMPRESSIONS
     max_compression_ratio: int = DEFAULT_MAX_COMPRESSION_RATIO
+    # fan-out (handler/fanout): off while fanout_queue_url is unset
+    fanout_queue_url: str | None = None
+    fanout_seconds_per_tile: float = DEFAULT_FANOUT_SECONDS_PER_TILE
+    fanout_threshold_seconds: int = DEFAULT_FANOUT_THRESHOLD_SECONDS
+    fanout_max_shards: int = DEFAULT_FANOUT_MAX_SHARDS
+    max_scene_pixels: int = DEFAULT_MAX_SCENE_PIXELS
 
     def __post_init__(self) -> None:
         problems = _validate(self)
@@ -144,6 +163,7 @@ class Settings:
             ENV_OUTPUT_PREFIX: "output_prefix",
             ENV_WEBHOOK_TOKEN: "webhook_token",
             ENV_INFERENCE_TOKEN: "inference_token",
+            ENV_FANOUT_QUEUE_URL: "fanout_queue_url",
         }
         for name, attr in text_fields.items():
             if (value := get(name)) is not None:
@@ -168,6 +188,9 @@ class Settings:
             ENV_MAX_BLOCK_BYTES: "max_block_bytes",
             ENV_MAX_BANDS: "max_bands",
             ENV_MAX_COMPRESSION_RATIO: "max_compression_ratio",
+            ENV_FANOUT_THRESHOLD_SECONDS: "fanout_threshold_seconds",
+            ENV_FANOUT_MAX_SHARDS: "fanout_max_shards",
+            ENV_MAX_SCENE_PIXELS: "max_scene_pixels",
         }
         for name, attr in int_fields.items():
             if (value := get(name)) is not None:
@@ -180,6 +203,8 @@ class Settings:
             raw["allow_unauthenticated_events"] = _parse_bool(ENV_ALLOW_UNAUTHENTICATED_EVENTS, value)
         if (value := get(ENV_ALLOWED_COMPRESSIONS)) is not None:
             raw["allowed_compressions"] = parse_compressions(value)
+        if (value := get(ENV_FANOUT_SECONDS_PER_TILE)) is not None:
+            raw["fanout_seconds_per_tile"] = _parse_float(ENV_FANOUT_SECONDS_PER_TILE, value)
         return cls(**raw)  # type: ignore[arg-type]
 
 
@@ -228,6 +253,13 @@ def _parse_int(name: str, value: str) -> int:
         raise ConfigError(f"{name} must be an integer, got {value!r}") from exc
 
 
+def _parse_float(name: str, value: str) -> float:
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {value!r}") from exc
+
+
 def _validate(s: Settings) -> list[str]:
     problems = []
     if s.precision not in PRECISIONS:
@@ -268,6 +300,11 @@ def _validate(s: Settings) -> list[str]:
         problems.append(
             f"{ENV_ALLOWED_COMPRESSIONS} must list names among {', '.join(KNOWN_COMPRESSIONS)}, got {unknown or '()'}"
         )
+    for name in ("fanout_max_shards", "max_scene_pixels"):
+        if getattr(s, name) < 1:
+            problems.append(f"{name.upper()} must be >= 1, got {getattr(s, name)}")
+    if not s.fanout_seconds_per_tile > 0 or s.fanout_threshold_seconds < 0:
+        problems.append("FANOUT_SECONDS_PER_TILE must be > 0 and FANOUT_THRESHOLD_SECONDS >= 0")
     if ".npy" in s.input_suffixes:
         problems.append(f"{ENV_INPUT_SUFFIXES} must not include .npy (the function's own outputs)")
     for rule in s.allowed_buckets:

@@ -48,6 +48,7 @@ from model.errors import ConfigError, InputError
 from model.npy_writer import NpyWriter
 from model.options import OUTPUT_DTYPES, PRECISIONS, PredictOptions
 from model.raster import RasterHeader, open_checked, read_window
+from model.shards import RowBand, ShardPlan, plan_shards
 from model.stats import DEFAULT_EXACT_BUDGET_BYTES, PercentileAccumulator, split_budget
 from model.tiling import DEFAULT_SEAM, Span, TilePlan, axis_weights, pad_tile, plan_tiles
 
@@ -92,11 +93,7 @@ def predict_file(
     started = time.perf_counter()
     src, dst = Path(src), Path(dst)
     card = model.card
-    _check_options(options)
-    tile = options.tile_size or card.tile_size
-    overlap = card.tile_overlap if options.tile_overlap is None else options.tile_overlap
-    if tile % card.size_multiple or not 0 <= overlap < tile // 2:
-        raise ConfigError(f"tile {tile} / overlap {overlap} do not fit the network (multiple {card.size_multiple})")
+    tile, overlap = _resolve_options(model, options)
     _check_destination(src, dst)
 
     with open_checked(src, card.bands, options.max_pixels, options.limits) as (ds, header):
@@ -124,6 +121,74 @@ def predict_file(
     )
 
 
+# -- row bands: one raster across parallel invocations (see model.shards) ----------------------------------
+
+
+@dataclass(frozen=True)
+class BandResult:
+    rows: int
+    valid_pixels: int
+    positive_pixels: int  # valid pixels above the card's threshold
+
+
+def plan_raster_shards(
+    model: InferenceModel, header: RasterHeader, wanted: int, options: PredictOptions = DEFAULT_OPTIONS, **limits
+) -> ShardPlan:
+    """The row bands of the raster ``header`` describes, as :func:`predict_band` will process them."""
+    tile, overlap = _resolve_options(model, options)
+    plan = plan_tiles(header.height, header.width, tile, overlap, model.card.size_multiple)
+    return plan_shards(plan, OUTPUT_DTYPES[options.output], wanted, **limits)
+
+
+def band_statistics(
+    model: InferenceModel, src: str | Path, band: RowBand, options: PredictOptions = DEFAULT_OPTIONS
+) -> list[tuple[str, np.ndarray]]:
+    """Pass 1 over ``band``'s rows: each model band's mergeable histogram (:func:`model.shards.merge_percentiles`).
+
+    ``options.max_pixels`` bounds the whole raster (the scene limit of a sharded job).
+    """
+    with open_checked(src, model.card.bands, options.max_pixels, options.limits) as (ds, header):
+        dtype = np.dtype(header.dtypes[model.card.bands[0] - 1])
+        accumulators = [PercentileAccumulator(dtype, PERCENTILE) for _ in model.card.bands]
+        for window in _stat_windows(ds, header, band.row_start, band.row_stop):
+            data, valid = read_window(ds, model.card.bands, window, header.all_valid)
+            for acc, values in zip(accumulators, data, strict=True):
+                acc.add(values if valid is None else values[valid])
+    return [acc.histogram() for acc in accumulators]
+
+
+def predict_band(
+    model: InferenceModel,
+    src: str | Path,
+    band: RowBand,
+    p90s: Sequence[float],
+    write: Callable[[np.ndarray], object],
+    options: PredictOptions = DEFAULT_OPTIONS,
+) -> BandResult:
+    """Pass 2 over ``band`` with the whole raster's ``p90s``: ``write`` gets the band's output rows, top to bottom.
+
+    Their bytes are exactly those :func:`predict_file` writes for rows ``band.row_start..band.row_stop-1``.
+    """
+    card = model.card
+    tile, overlap = _resolve_options(model, options)
+    with open_checked(src, card.bands, options.max_pixels, options.limits) as (ds, header):
+        plan = plan_tiles(header.height, header.width, tile, overlap, card.size_multiple)
+        if band.stop_tile_row > len(plan.rows) or plan.rows[band.emit_tile_row].start > band.row_start:
+            raise InputError(f"{header.name}: shard {band.index} does not fit this raster's tiles")
+        normalise = make_normaliser(np.dtype(header.dtypes[card.bands[0] - 1]), p90s)
+        runner = model.tile_engine(options, one_tile=plan.tiles == 1)
+        counts = _Counts()
+        row = plan.rows[band.first_tile_row].start if band.first_tile_row else 0
+        tile_rows = range(band.first_tile_row, band.stop_tile_row)
+        for scores, valid in _predict_rows(ds, header, card.bands, plan, normalise, runner, options, tile_rows):
+            top, row = row, row + scores.shape[0]
+            if top < band.row_start:
+                continue  # an overlap tile row's own rows: another band emits them
+            counts.add(scores, valid, card.threshold)
+            write(_to_output(scores, valid, card.threshold, options.output))
+    return BandResult(row - band.row_start, counts.valid, counts.positive)
+
+
 # -- pass 1: statistics --------------------------------------------------------------------------------------
 
 
@@ -148,10 +213,14 @@ def compute_percentiles(
     return [acc.result() for acc in accumulators]
 
 
-def _stat_windows(ds, header: RasterHeader) -> Iterator[Window]:
+def _stat_windows(ds, header: RasterHeader, start: int = 0, stop: int | None = None) -> Iterator[Window]:
+    """Windows over the whole raster, or clipped to rows ``start..stop-1`` (one shard's band)."""
+    stop = header.height if stop is None else stop
     block = (header.layout.block_height, header.layout.block_width)
     for left, top, width, height in stat_windows(header.height, header.width, block, STATS_STRIP_PIXELS):
-        yield Window(left, top, width, height)
+        first, last = max(top, start), min(top + height, stop)
+        if first < last:
+            yield Window(left, first, width, last - first)
 
 
 # -- normalisation -------------------------------------------------------------------------------------------
@@ -197,9 +266,22 @@ def make_normaliser(dtype: np.dtype, p90s: Sequence[float]) -> Callable[[np.ndar
 
 
 def _predict_rows(
-    ds, header: RasterHeader, bands: Sequence[int], plan: TilePlan, normalise, runner: TileEngine, options
+    ds,
+    header: RasterHeader,
+    bands: Sequence[int],
+    plan: TilePlan,
+    normalise,
+    runner: TileEngine,
+    options,
+    tile_rows: range | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-    """Yield (score rows, validity rows or None) top to bottom, each row exactly once, blending the seams."""
+    """Yield (score rows, validity rows or None) top to bottom, each row exactly once, blending the seams.
+
+    ``tile_rows`` (default: all) limits the loop to those tile rows; iteration ``r`` yields the raster rows from
+    ``plan.rows[r].start`` to the next tile row's start, so a row band that starts with every tile row reaching
+    into it gets exactly the arithmetic of the whole run (see :mod:`model.shards`).
+    """
+    tile_rows = range(len(plan.rows)) if tile_rows is None else tile_rows
     width = header.width
     row_weights = axis_weights(plan.rows, DEFAULT_SEAM)
     col_weights = axis_weights(plan.cols, DEFAULT_SEAM)
@@ -207,10 +289,12 @@ def _predict_rows(
     scores = np.zeros((capacity, width), dtype=np.float32)
     # Float data can hold NaN/inf without any nodata tag: those pixels are invalid too, so 0 in the output.
     valid = np.ones((capacity, width), dtype=bool) if header.may_have_invalid else None
-    top = 0  # raster row held in scores[0]
+    top = plan.rows[tile_rows[0]].start if tile_rows[0] else 0  # raster row held in scores[0]
     groups = _column_groups(plan.cols)
-    with tqdm(total=plan.tiles, unit="tile", disable=not options.progress, file=sys.stderr, leave=False) as bar:
-        for r, rspan in enumerate(plan.rows):
+    total = len(tile_rows) * len(plan.cols)
+    with tqdm(total=total, unit="tile", disable=not options.progress, file=sys.stderr, leave=False) as bar:
+        for r in tile_rows:
+            rspan = plan.rows[r]
             offset = rspan.start - top
             for group in groups:
                 left, right = group[0].start, group[-1].stop
@@ -311,6 +395,17 @@ class _Counts:
         else:
             self.valid += int(np.count_nonzero(valid))
             self.positive += int(np.count_nonzero(above & valid))
+
+
+def _resolve_options(model: InferenceModel, options: PredictOptions) -> tuple[int, int]:
+    """Validated (tile size, tile overlap) for ``model`` under ``options``."""
+    card = model.card
+    _check_options(options)
+    tile = options.tile_size or card.tile_size
+    overlap = card.tile_overlap if options.tile_overlap is None else options.tile_overlap
+    if tile % card.size_multiple or not 0 <= overlap < tile // 2:
+        raise ConfigError(f"tile {tile} / overlap {overlap} do not fit the network (multiple {card.size_multiple})")
+    return tile, overlap
 
 
 def _check_options(options: PredictOptions) -> None:

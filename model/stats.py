@@ -135,6 +135,28 @@ class PercentileAccumulator:
             return percentile_of_sorted_pair(self.count, self.q, lambda k: float(values[k]))
         return self._approx_result()
 
+    # -- merging (sharded rasters: each shard counts its rows, one reduction answers) --------------------------
+
+    def histogram(self) -> tuple[str, np.ndarray]:
+        """This accumulator's counts in a form another one can merge: ``(mode, counts)``.
+
+        ``hist`` counts are exact; collected values (floats, wide integers) are first folded into the ``approx``
+        key histogram, so a merged float percentile is the documented approximation (as past the budget).
+        """
+        if self._mode == "collect":
+            self._switch_to_approx()
+        assert self._hist is not None
+        return self._mode, self._hist.copy()
+
+    def merge_histogram(self, mode: str, counts: np.ndarray) -> None:
+        """Add another accumulator's :meth:`histogram` (same dtype) to this one."""
+        if self._mode == "collect" and mode == "approx":
+            self._switch_to_approx()
+        if mode != self._mode or self._hist is None or counts.shape != self._hist.shape:
+            raise ValueError(f"cannot merge a {mode} histogram of {counts.shape} into a {self._mode} accumulator")
+        self._hist += counts.astype(np.int64, copy=False)
+        self.count += int(counts.sum())
+
     # -- approximate mode (floats or wide integers past the budget) ------------------------------------------
 
     def _switch_to_approx(self) -> None:

@@ -90,6 +90,7 @@ CLOUDEVENT_TYPES = {
     OutcomeStatus.SKIPPED: "skipped",
     OutcomeStatus.REJECTED: "rejected",
     OutcomeStatus.MISSING: "skipped",
+    OutcomeStatus.FANNED_OUT: "accepted",
 }
 TRANSIENT_RETRY_AFTER_S = 10
 LOADING_RETRY_AFTER_S = 5

@@ -69,6 +69,22 @@ resource "aws_s3_bucket_lifecycle_configuration" "input" {
     }
   }
 
+  # Fan-out job state (fanout.tf): small objects, useless once the job is done or abandoned.
+  rule {
+    id     = "expire-fanout-job-objects"
+    status = "Enabled"
+    filter {
+      prefix = local.fanout_job_prefix
+    }
+    expiration {
+      days = var.fanout_job_expiration_days
+    }
+    noncurrent_version_expiration {
+      noncurrent_days = 1
+    }
+  }
+
+  # Also sharded .npy uploads whose job failed or was abandoned (the function aborts them when it can).
   rule {
     id     = "abort-incomplete-multipart-uploads"
     status = "Enabled"

@@ -56,6 +56,7 @@ locals {
   }
   lambda_environment = merge(
     { for name, value in local.lambda_settings : name => value if value != null },
+    { for name, value in local.fanout_settings : name => value if value != null }, # fanout.tf
     local.powertools_settings,
   )
 

@@ -15,8 +15,9 @@ def test_outcome_as_dict_is_json_serialisable_with_plain_status():
     assert type(outcome.as_dict()["status"]) is str
 
 
-def test_statuses_are_the_five_documented_strings():
-    assert [str(s) for s in OutcomeStatus] == ["written", "duplicate", "skipped", "rejected", "missing"]
+def test_statuses_are_the_documented_strings():
+    statuses = [str(s) for s in OutcomeStatus]
+    assert statuses == ["written", "duplicate", "skipped", "rejected", "missing", "fanned_out"]
 
 
 def test_summarise_counts_each_status():

@@ -60,6 +60,11 @@ def test_every_variable_is_read():
         "MAX_BANDS": "20",
         "ALLOWED_COMPRESSIONS": "deflate, LERC,deflate",
         "MAX_COMPRESSION_RATIO": "50",
+        "FANOUT_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/rasterfn",
+        "FANOUT_SECONDS_PER_TILE": "0.5",
+        "FANOUT_THRESHOLD_SECONDS": "120",
+        "FANOUT_MAX_SHARDS": "8",
+        "MAX_SCENE_PIXELS": "2_000_000_000",
     }
     # (the Eventing relay's own two are read by RelaySettings, below)
     assert set(env) == set(env_var_names()) - {ENV_K_SINK, ENV_RELAY_TARGET_URL}
@@ -79,6 +84,9 @@ def test_every_variable_is_read():
     assert s.stale_tmp_minutes == 30
     assert (s.max_block_bytes, s.max_bands, s.max_compression_ratio) == (1_048_576, 20, 50)
     assert s.allowed_compressions == ("DEFLATE", "LERC")
+    assert s.fanout_queue_url == env["FANOUT_QUEUE_URL"]
+    assert (s.fanout_seconds_per_tile, s.fanout_threshold_seconds, s.fanout_max_shards) == (0.5, 120, 8)
+    assert s.max_scene_pixels == 2_000_000_000
 
 
 def test_blank_values_mean_unset():

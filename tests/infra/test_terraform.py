@@ -487,6 +487,8 @@ def test_evaluate_refuses_anything_else():
 def test_lifecycle_rules_filter_on_an_explicit_empty_prefix(tf):
     # An empty `filter {}` warns on current providers ("will be an error in a future version")
     rules = tf.resource("aws_s3_bucket_lifecycle_configuration", "input")["rule"]
+    # (the fan-out's job-object rule filters on its own prefix: tests/infra/test_terraform_fanout.py)
+    rules = [rule for rule in rules if rule["id"] != "expire-fanout-job-objects"]
     assert len(rules) == 2
     assert [rule["filter"] for rule in rules] == [[{"prefix": ""}], [{"prefix": ""}]]
 

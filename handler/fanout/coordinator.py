@@ -1,0 +1,314 @@
+"""One raster across parallel invocations: the coordinator, the two shard phases and the assembly.
+
+1. **Coordinator** (:func:`fan_out_if_large`, called by :mod:`handler.process` after the download): from the
+   header alone, tiles x ``FANOUT_SECONDS_PER_TILE``; at or below ``FANOUT_THRESHOLD_SECONDS`` (and within
+   ``MAX_PIXELS``) it returns ``None`` and the invocation processes the raster itself. Above, it plans row
+   bands (:mod:`model.shards`: each reads at most ``MAX_PIXELS``, the scene at most ``MAX_SCENE_PIXELS``),
+   opens the ``.npy``'s multipart upload, records the job (:mod:`handler.fanout.jobs`) and sends one
+   ``stats`` message per band.
+2. **Stats shard**: counts its band's histograms; the one that finds all of them present reduces them to the
+   whole raster's p90s and sends one ``predict`` message per band.
+3. **Predict shard**: writes its band's rows (part 1 starts with the ``.npy`` header) to a temp file and
+   uploads it as its part; the one that finds every part present completes the upload: the ``.npy`` appears
+   at once, with the same metadata as a single invocation's.
+
+An :class:`InputError` in any shard fails the job: ``failed.json``, the upload aborted, ``<stem>.error.json``
+written; no ``.npy``. Any other error raises, so the queue re-delivers the message. Hop depth: upload ->
+coordinator -> stats -> predict, two hops of our own messages, far below Lambda's recursive-loop detection
+(it stops a chain after 16 invocations carrying the same trace); the messages are new sends, never a loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from botocore.exceptions import ClientError
+
+from handler.errors import ObjectMissingError
+from handler.fanout.jobs import JobStore, _code
+from handler.fanout.messages import ShardMessage
+from handler.fanout.sender import sender_from_settings
+from handler.objects import ObjectRef
+from handler.outcome import Outcome, OutcomeStatus
+from handler.runtime import Runtime
+from handler.storage import OUTPUT_CONTENT_TYPE, ObjectInfo, s3_errors, s3_uri
+from model.errors import ConfigError, InputError, RasterTooLargeError
+from model.predict import PredictionResult, band_statistics, plan_raster_shards, predict_band
+from model.raster import check_header, open_raster, read_header
+from model.shards import S3_MIN_PART_BYTES, RowBand, merge_percentiles, npy_header
+from model.tiling import plan_tiles
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[ShardMessage], None]
+MIN_PART_BYTES = S3_MIN_PART_BYTES  # S3's; moto's can be lowered for tests
+
+
+def job_id(info: ObjectInfo, model_sha256: str, output: str) -> str:
+    """The job's id: the same upload, model and output mode always give the same job (pure)."""
+    identity = "\n".join([info.bucket, info.key, info.etag, info.version_id or "", model_sha256, output])
+    return hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+
+def pointer_name(bucket: str, key: str) -> str:
+    """Where the latest job of input ``bucket/key`` is recorded (``<JOB_PREFIX><this>/latest.json``) (pure)."""
+    return "by-key-" + hashlib.sha256(f"{bucket}\n{key}".encode()).hexdigest()[:32]
+
+
+def estimate_seconds(tiles: int, seconds_per_tile: float) -> float:
+    return tiles * seconds_per_tile
+
+
+def fan_out_if_large(
+    runtime: Runtime,
+    info: ObjectInfo,
+    target_bucket: str,
+    target_key: str,
+    marker_key: str,
+    src: Path,
+    send: Send | None = None,
+) -> Outcome | None:
+    """Start (or re-join) a sharded job for a raster too large for one invocation; ``None`` when it is not
+    (or when fan-out is off: no ``FANOUT_QUEUE_URL``)."""
+    settings, model = runtime.settings, runtime.model
+    send = send or sender_from_settings(settings)
+    if send is None:
+        return None
+    with open_raster(src) as ds:
+        header = read_header(ds, src)
+    options = replace(runtime.options, max_pixels=settings.max_scene_pixels)
+    card = model.card
+    plan = plan_tiles(header.height, header.width, card.tile_size, card.tile_overlap, card.size_multiple)
+    seconds = estimate_seconds(plan.tiles, settings.fanout_seconds_per_tile)
+    if seconds <= settings.fanout_threshold_seconds and header.pixels <= settings.max_pixels:
+        return None
+    check_header(header, card.bands, settings.max_scene_pixels)
+    threshold = max(1, settings.fanout_threshold_seconds)
+    wanted = min(settings.fanout_max_shards, math.ceil(seconds / threshold))
+    try:
+        shards = plan_raster_shards(
+            model, header, wanted, options, max_band_pixels=settings.max_pixels, min_part_bytes=MIN_PART_BYTES
+        )
+    except ValueError as exc:
+        raise RasterTooLargeError(f"{info.uri}: {exc} (MAX_PIXELS per shard)") from exc
+
+    jid = job_id(info, model.sha256, settings.output_mode)
+    store = JobStore(runtime.storage.client, target_bucket, jid)
+    job = store.get_json("job.json")
+    if job is None:
+        job = _open_job(runtime, store, info, header, shards, target_key, marker_key, seconds)
+    log.info(
+        "fan-out %s: %d x %d, %d tiles (~%.0f s in one invocation) -> %d shards, job %s",
+        info.uri,
+        header.height,
+        header.width,
+        plan.tiles,
+        seconds,
+        len(job["bands"]),
+        s3_uri(target_bucket, store.key("job.json")),
+    )
+    for index in range(len(job["bands"])):
+        send(ShardMessage(target_bucket, jid, "stats", index))
+    return Outcome(
+        OutcomeStatus.FANNED_OUT,
+        info.bucket,
+        info.key,
+        output_key=target_key,
+        output_bucket=target_bucket,
+        detail=f"{len(job['bands'])} shards, job {jid}",
+        pixels=header.pixels,
+        bytes_in=info.size,
+    )
+
+
+def _open_job(runtime, store: JobStore, info: ObjectInfo, header, shards, target_key, marker_key, seconds) -> dict:
+    # Imported here: process imports this module for its one branch.
+    from handler.process import output_metadata
+
+    result = PredictionResult(
+        out_path=Path(target_key),
+        shape=(header.height, header.width),
+        dtype=shards.dtype,
+        output=runtime.settings.output_mode,
+        crs=header.crs,
+        transform=header.transform,
+        tiles=0,
+        valid_pixels=0,
+        positive_fraction=0.0,
+        seconds=0.0,
+    )
+    client = store.client
+    with s3_errors(s3_uri(store.bucket, target_key), writing=True):
+        upload_id = client.create_multipart_upload(
+            Bucket=store.bucket,
+            Key=target_key,
+            Metadata=output_metadata(info, runtime.model.sha256, result),
+            ContentType=OUTPUT_CONTENT_TYPE,
+        )["UploadId"]
+    job = {
+        "source": {"bucket": info.bucket, "key": info.key, "etag": info.etag, "version_id": info.version_id},
+        "source_size": info.size,
+        "source_dtype": header.dtypes[runtime.model.card.bands[0] - 1],
+        "target_key": target_key,
+        "marker_key": marker_key,
+        "upload_id": upload_id,
+        "dtype": shards.dtype,
+        "shape": [header.height, header.width],
+        "bands": [asdict(band) for band in shards.bands],
+        "estimated_seconds": seconds,
+        "created": time.time(),
+    }
+    if store.put_json("job.json", job, if_absent=True):
+        # ``rasterfn status s3://bucket/key`` finds the job from the input's key alone.
+        pointer = JobStore(client, store.bucket, pointer_name(info.bucket, info.key))
+        pointer.put_json("latest.json", {"job": store.job, "created": job["created"]})
+        return job
+    # A re-delivered coordinator message lost the race: adopt the winner's job, drop our upload.
+    _abort(client, store.bucket, target_key, upload_id)
+    return store.get_json("job.json")
+
+
+def run_shard(message: ShardMessage, runtime: Runtime, send: Send | None = None) -> dict[str, Any]:
+    """Do one shard message's work (idempotent); returns a small summary for the logs."""
+    send = send or sender_from_settings(runtime.settings)
+    if send is None:
+        raise ConfigError("a shard message arrived but FANOUT_QUEUE_URL is not set")
+    store = JobStore(runtime.storage.client, message.bucket, message.job)
+    job = store.get_json("job.json")
+    summary = {"job": message.job, "phase": message.phase, "shard": message.index}
+    if job is None or not 0 <= message.index < len(job["bands"]):
+        return {**summary, "status": "unknown job or shard (expired?)"}
+    if store.exists("failed.json") or store.exists("done.json"):
+        return {**summary, "status": "job already finished"}
+    band = RowBand(**job["bands"][message.index])
+    try:
+        if message.phase == "stats":
+            return {**summary, "status": _stats_phase(runtime, store, job, band, send)}
+        return {**summary, "status": _predict_phase(runtime, store, job, band)}
+    except InputError as exc:
+        _fail(runtime, store, job, exc, marker=True)
+        return {**summary, "status": "failed", "error": str(exc)}
+    except ObjectMissingError as exc:  # the upload was replaced: its own event supersedes this job
+        _fail(runtime, store, job, exc, marker=False)
+        return {**summary, "status": "abandoned", "error": str(exc)}
+
+
+def _stats_phase(runtime: Runtime, store: JobStore, job: dict, band: RowBand, send: Send) -> str:
+    count = len(job["bands"])
+    if not store.exists(f"stats/{band.index}.npz"):
+        with _source(runtime, job) as src:
+            store.put_histograms(band.index, band_statistics(runtime.model, src, band, _options(runtime)))
+    if store.count("stats") < count:
+        return "stats counted"
+    p90s = merge_percentiles(job["source_dtype"], (store.get_histograms(i) for i in range(count)))
+    store.put_json("p90s.json", {"p90s": p90s}, if_absent=True)
+    # Every stats shard that sees the last histogram sends: duplicates are harmless, a lost send is not.
+    for index in range(count):
+        send(ShardMessage(store.bucket, store.job, "predict", index))
+    return "stats reduced"
+
+
+def _predict_phase(runtime: Runtime, store: JobStore, job: dict, band: RowBand) -> str:
+    count = len(job["bands"])
+    status = "part already uploaded"
+    if not store.exists(f"parts/{band.index}.json"):
+        p90s = store.get_json("p90s.json")["p90s"]
+        etag = _upload_band(runtime, store, job, band, p90s)
+        if etag is None:  # a duplicate of this shard finished the job while this one computed
+            return "job already finished"
+        store.put_json(f"parts/{band.index}.json", {"etag": etag, "time": time.time()})
+        status = "part uploaded"
+    if store.count("parts") < count:
+        return status
+    return _complete(store, job)
+
+
+def _upload_band(runtime: Runtime, store: JobStore, job: dict, band: RowBand, p90s: list[float]) -> str | None:
+    dtype = np.dtype(job["dtype"])
+    with _source(runtime, job) as src, tempfile.TemporaryFile(dir=runtime.settings.tmp_dir) as part:
+        if band.index == 0:
+            part.write(npy_header(tuple(job["shape"]), dtype))
+
+        def write(rows: np.ndarray) -> None:
+            part.write(np.ascontiguousarray(rows, dtype=dtype).data)
+
+        predict_band(runtime.model, src, band, p90s, write, _options(runtime))
+        part.seek(0)
+        if store.exists("done.json"):
+            return None
+        try:
+            response = store.client.upload_part(
+                Bucket=store.bucket,
+                Key=job["target_key"],
+                UploadId=job["upload_id"],
+                PartNumber=band.part_number,
+                Body=part,
+            )
+        except ClientError as exc:
+            if _code(exc) == "NoSuchUpload":  # completed (or aborted) since: nothing left to add
+                return None
+            with s3_errors(s3_uri(store.bucket, job["target_key"]), writing=True):
+                raise
+    return response["ETag"]
+
+
+def _complete(store: JobStore, job: dict) -> str:
+    parts = [{"PartNumber": i + 1, "ETag": store.get_json(f"parts/{i}.json")["etag"]} for i in range(len(job["bands"]))]
+    try:
+        store.client.complete_multipart_upload(
+            Bucket=store.bucket, Key=job["target_key"], UploadId=job["upload_id"], MultipartUpload={"Parts": parts}
+        )
+    except ClientError as exc:
+        if _code(exc) == "NoSuchUpload":  # another shard completed it first (or the job was aborted)
+            return "completed by another shard"
+        with s3_errors(s3_uri(store.bucket, job["target_key"]), writing=True):
+            raise
+    store.put_json("done.json", {"time": time.time(), "output": s3_uri(store.bucket, job["target_key"])})
+    log.info("fan-out job %s complete: %s", store.job, s3_uri(store.bucket, job["target_key"]))
+    return "completed"
+
+
+def _fail(runtime: Runtime, store: JobStore, job: dict, exc: Exception, *, marker: bool) -> None:
+    from handler.process import reject_object  # process imports this module for its one branch
+
+    if not store.put_json("failed.json", {"error": type(exc).__name__, "message": str(exc)}, if_absent=True):
+        return
+    _abort(store.client, store.bucket, job["target_key"], job["upload_id"])
+    log.warning("fan-out job %s failed: %s", store.job, exc)
+    if marker:
+        source = job["source"]
+        ref = ObjectRef(source["bucket"], source["key"], etag=source["etag"], version_id=source["version_id"])
+        reject_object(ref, runtime, exc)  # the same <stem>.error.json a single invocation writes
+
+
+def _abort(client: Any, bucket: str, key: str, upload_id: str) -> None:
+    try:
+        client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+    except ClientError as exc:
+        if _code(exc) != "NoSuchUpload":
+            with s3_errors(s3_uri(bucket, key), writing=True):
+                raise
+
+
+def _options(runtime: Runtime):
+    return replace(runtime.options, max_pixels=runtime.settings.max_scene_pixels)
+
+
+@contextlib.contextmanager
+def _source(runtime: Runtime, job: dict) -> Iterator[Path]:
+    """The job's exact source version, downloaded into a private temp dir for the shard's lifetime."""
+    settings, storage, source = runtime.settings, runtime.storage, job["source"]
+    ref = ObjectRef(source["bucket"], source["key"], etag=source["etag"], version_id=source["version_id"])
+    info = storage.locate(ref)
+    with tempfile.TemporaryDirectory(prefix="rasterfn-shard-", dir=settings.tmp_dir) as workdir:
+        yield storage.download(info, workdir, max_bytes=settings.max_input_bytes)

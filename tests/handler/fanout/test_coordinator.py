@@ -1,0 +1,399 @@
+"""Sharded jobs on moto's real S3 server: the assembled .npy is predict_file's, whatever the queue does twice."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import deque
+
+import moto.s3.models
+import numpy as np
+import pytest
+
+import handler.fanout.coordinator as coordinator
+from handler.errors import TransientError
+from handler.fanout import ShardMessage, parse_shard_message, run_shard
+from handler.fanout.jobs import JobStore
+from handler.objects import JOB_PREFIX, ObjectRef
+from handler.outcome import OutcomeStatus
+from handler.process import process_object
+from model.options import PredictOptions
+from model.predict import predict_file
+
+
+class Queue:
+    """The function's queue, in order, with what each delivery answered."""
+
+    def __init__(self) -> None:
+        self.messages: deque[str] = deque()
+        self.log: list[dict] = []
+
+    def send(self, message: ShardMessage) -> None:
+        self.messages.append(message.to_json())
+
+    def drain(self, runtime, *, twice: bool = False) -> None:
+        while self.messages:
+            body = self.messages.popleft()
+            for _ in range(2 if twice else 1):
+                self.log.append(run_shard(parse_shard_message(body), runtime, self.send))
+
+
+@pytest.fixture
+def small_parts(monkeypatch):
+    """Parts of any size (moto and the planner): multi-shard jobs on small test rasters."""
+    monkeypatch.setattr(moto.s3.models, "S3_UPLOAD_PART_MIN_SIZE", 1)
+    monkeypatch.setattr(coordinator, "MIN_PART_BYTES", 1)
+
+
+@pytest.fixture
+def queue(monkeypatch) -> Queue:
+    q = Queue()
+    monkeypatch.setattr(coordinator, "sender_from_settings", lambda settings: q.send)
+    return q
+
+
+@pytest.fixture
+def fan_runtime(make_runtime):
+    def make(**settings):
+        return make_runtime(fanout_threshold_seconds=0, fanout_max_shards=3, **settings)
+
+    return make
+
+
+def expected_npy(runtime, make_raster, tmp_path, body: bytes, output: str = "mask") -> bytes:
+    src = tmp_path / "expected-src.tif"
+    src.write_bytes(body)
+    predict_file(runtime.model, src, tmp_path / "expected.npy", PredictOptions(output=output))
+    return (tmp_path / "expected.npy").read_bytes()
+
+
+def upload(s3_client, bucket, make_raster, height, width, **kw) -> bytes:
+    body = make_raster(height, width, name=f"src-{height}x{width}.tif", **kw).read_bytes()
+    s3_client.put_object(Bucket=bucket, Key="scenes/big.tif", Body=body)
+    return body
+
+
+def upload_corrupt(s3_client, bucket, make_raster) -> None:
+    """A tiled, compressed 300 x 70 raster whose later blocks are overwritten: the header still reads."""
+    path = make_raster(300, 70, tiled=True, blockxsize=64, blockysize=64, compress="deflate")
+    data = bytearray(path.read_bytes())
+    start, stop = len(data) // 2, len(data) * 9 // 10
+    data[start:stop] = b"\xff" * (stop - start)
+    s3_client.put_object(Bucket=bucket, Key="scenes/big.tif", Body=bytes(data))
+
+
+def get(s3_client, bucket, key) -> bytes:
+    return s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def in_progress_uploads(s3_client, bucket) -> list:
+    return s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+
+
+REF = ObjectRef("", "scenes/big.tif", event_name="ObjectCreated:Put")
+
+
+def ref(bucket: str) -> ObjectRef:
+    return ObjectRef(bucket, REF.key, event_name=REF.event_name)
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "output", "nodata"),
+    [(300, 70, "mask", None), (530, 90, "score", None), (250, 64, "mask", 0)],
+)
+def test_sharded_job_assembles_predict_files_npy(
+    small_parts, queue, fan_runtime, make_bucket, s3_client, make_raster, tmp_path, height, width, output, nodata
+):
+    # GIVEN an upload the estimate says is too much for one invocation
+    runtime = fan_runtime(output_mode=output)
+    bucket = make_bucket()
+    body = upload(s3_client, bucket, make_raster, height, width, nodata=nodata)
+    # WHEN it is processed, then every shard message is
+    outcome = process_object(ref(bucket), runtime)
+    assert outcome.status is OutcomeStatus.FANNED_OUT
+    assert len(queue.messages) == 3
+    queue.drain(runtime)
+    # THEN the .npy is the single-invocation result byte for byte, with the same metadata
+    assert get(s3_client, bucket, "scenes/big.npy") == expected_npy(runtime, make_raster, tmp_path, body, output)
+    meta = s3_client.head_object(Bucket=bucket, Key="scenes/big.npy")["Metadata"]
+    assert meta["shape"] == f"{height},{width}" and meta["output"] == output
+    assert [entry["status"] for entry in queue.log].count("completed") == 1
+    assert in_progress_uploads(s3_client, bucket) == []
+    # and the upload's event again is a duplicate
+    assert process_object(ref(bucket), runtime).status is OutcomeStatus.DUPLICATE
+
+
+def test_narrow_raster_under_s3s_real_part_minimum_is_one_part(
+    queue, fan_runtime, make_bucket, s3_client, make_raster, tmp_path
+):
+    # 400 x 64 uint8 is 25 KB, under one 5 MiB part: one shard, and moto's real minimum is kept
+    runtime = fan_runtime()
+    bucket = make_bucket()
+    body = upload(s3_client, bucket, make_raster, 400, 64)
+    assert process_object(ref(bucket), runtime).status is OutcomeStatus.FANNED_OUT
+    assert len(queue.messages) == 1
+    queue.drain(runtime)
+    assert get(s3_client, bucket, "scenes/big.npy") == expected_npy(runtime, make_raster, tmp_path, body)
+
+
+def test_every_message_delivered_twice_gives_one_output(
+    small_parts, queue, fan_runtime, make_bucket, s3_client, make_raster, tmp_path
+):
+    runtime = fan_runtime()
+    bucket = make_bucket()
+    body = upload(s3_client, bucket, make_raster, 300, 70)
+    process_object(ref(bucket), runtime)
+    queue.drain(runtime, twice=True)
+    assert get(s3_client, bucket, "scenes/big.npy") == expected_npy(runtime, make_raster, tmp_path, body)
+    statuses = [entry["status"] for entry in queue.log]
+    assert statuses.count("completed") == 1
+    assert "part already uploaded" in statuses
+    assert in_progress_uploads(s3_client, bucket) == []
+
+
+def test_shard_failing_once_then_succeeding(
+    small_parts, queue, fan_runtime, make_bucket, s3_client, make_raster, tmp_path, monkeypatch
+):
+    runtime = fan_runtime()
+    bucket = make_bucket()
+    body = upload(s3_client, bucket, make_raster, 300, 70)
+    process_object(ref(bucket), runtime)
+    real = coordinator.predict_band
+    failures = []
+
+    def flaky(model, src, band, *args, **kwargs):
+        if band.index == 1 and not failures:
+            failures.append(band.index)
+            raise TransientError("S3 throttled mid-shard")
+        return real(model, src, band, *args, **kwargs)
+
+    monkeypatch.setattr(coordinator, "predict_band", flaky)
+    redelivered = 0
+    while queue.messages:
+        body_ = queue.messages.popleft()
+        try:
+            run_shard(parse_shard_message(body_), runtime, queue.send)
+        except TransientError:
+            queue.messages.append(body_)  # the queue delivers it again after the visibility timeout
+            redelivered += 1
+    assert failures == [1] and redelivered == 1
+    assert get(s3_client, bucket, "scenes/big.npy") == expected_npy(runtime, make_raster, tmp_path, body)
+
+
+def test_redelivered_coordinator_rejoins_the_job(
+    small_parts, queue, fan_runtime, make_bucket, s3_client, make_raster, tmp_path, monkeypatch
+):
+    runtime = fan_runtime()
+    bucket = make_bucket()
+    body = upload(s3_client, bucket, make_raster, 300, 70)
+    first = process_object(ref(bucket), runtime)
+    # A re-delivered coordinator that raced the first (it did not see job.json yet) loses the conditional put
+    real_get, blind = JobStore.get_json, []
+
+    def get_json_once_blind(self, name):
+        if name == "job.json" and not blind:
+            blind.append(name)
+            return None
+        return real_get(self, name)
+
+    monkeypatch.setattr(JobStore, "get_json", get_json_once_blind)
+    second = process_object(ref(bucket), runtime)
+    monkeypatch.setattr(JobStore, "get_json", real_get)
+    assert blind == ["job.json"]
+    third = process_object(ref(bucket), runtime)
+    assert first.detail == second.detail == third.detail  # one job id
+    assert len(in_progress_uploads(s3_client, bucket)) == 1  # the loser's upload was aborted
+    queue.drain(runtime)
+    assert get(s3_client, bucket, "scenes/big.npy") == expected_npy(runtime, make_raster, tmp_path, body)
+    assert in_progress_uploads(s3_client, bucket) == []
+
+
+def test_two_concurrent_completers_give_one_output(
+    small_parts, queue, fan_runtime, make_bucket, s3_client, make_raster, tmp_path
+):
+    runtime = fan_runtime()
+    bucket = make_bucket()
+    body = upload(s3_client, bucket, make_raster, 300, 70)
+    process_object(ref(bucket), runtime)
+    while queue.messages and json.loads(queue.messages[0])["rasterfn-shard"]["phase"] == "stats":
+        queue.log.append(run_shard(parse_shard_message(queue.messages.popleft()), runtime, queue.send))
+    predict = [parse_shard_message(m) for m in queue.messages]
+    queue.messages.clear()
+    for message in predict[:-1]:
+        run_shard(message, runtime, queue.send)
+    # The last part, delivered twice at once: both copies may find every part present and complete
+    barrier, results = threading.Barrier(2), []
+
+    def deliver() -> None:
+        barrier.wait()
+        results.append(run_shard(predict[-1], runtime, queue.send)["status"])
+
+    threads = [threading.Thread(target=deliver) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results.count("completed") >= 1
+    assert get(s3_client, bucket, "scenes/big.npy") == expected_npy(runtime, make_raster, tmp_path, body)
+    assert [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket, Prefix="scenes/")["Contents"]] == [
+        "scenes/big.npy",
+        "scenes/big.tif",
+    ]
+
+
+def test_bad_shard_input_ends_in_error_json_and_no_npy(
+    small_parts, queue, fan_runtime, make_bucket, s3_client, make_raster, tmp_path
+):
+    # A readable header over corrupt compressed blocks: the coordinator plans, a shard cannot read its rows
+    runtime = fan_runtime()
+    bucket = make_bucket()
+    upload_corrupt(s3_client, bucket, make_raster)
+    assert process_object(ref(bucket), runtime).status is OutcomeStatus.FANNED_OUT
+    queue.drain(runtime)
+    keys = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert "scenes/big.error.json" in keys
+    assert "scenes/big.npy" not in keys
+    assert in_progress_uploads(s3_client, bucket) == []
+    assert any(entry["status"] == "failed" for entry in queue.log)
+    assert any(k.startswith(JOB_PREFIX) and k.endswith("failed.json") for k in keys)
+    error = json.loads(get(s3_client, bucket, "scenes/big.error.json"))
+    assert error["key"] == "scenes/big.tif" and error["error"] == "RasterReadError"
+    # the upload's event again is a duplicate of the rejection
+    assert process_object(ref(bucket), runtime).status is OutcomeStatus.DUPLICATE
+
+
+def test_small_raster_is_not_fanned_out(queue, make_runtime, make_bucket, s3_client, make_raster):
+    runtime = make_runtime()  # default threshold: 64 x 64 is one tile, far below it
+    bucket = make_bucket()
+    upload(s3_client, bucket, make_raster, 64, 64)
+    assert process_object(ref(bucket), runtime).status is OutcomeStatus.WRITTEN
+    assert not queue.messages
+    assert np.load(__import__("io").BytesIO(get(s3_client, bucket, "scenes/big.npy"))).shape == (64, 64)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("FANOUT_MAX_SHARDS", "0", "FANOUT_MAX_SHARDS must be >= 1"),
+        ("MAX_SCENE_PIXELS", "0", "MAX_SCENE_PIXELS must be >= 1"),
+        ("FANOUT_SECONDS_PER_TILE", "0", "FANOUT_SECONDS_PER_TILE must be > 0"),
+        ("FANOUT_SECONDS_PER_TILE", "fast", "FANOUT_SECONDS_PER_TILE must be a number"),
+        ("FANOUT_THRESHOLD_SECONDS", "-1", "FANOUT_THRESHOLD_SECONDS >= 0"),
+    ],
+)
+def test_fanout_settings_refuse_bad_values(variable, value, message):
+    from handler.settings import Settings
+    from model.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env({variable: value})
+
+
+def test_job_objects_are_never_inputs():
+    from handler.filters import skip_reason
+
+    reason = skip_reason(ObjectRef("b", f"{JOB_PREFIX}abc/stats/0.tif", event_name="ObjectCreated:Put"))
+    assert reason is not None and "fan-out job" in reason
+    assert skip_reason(ObjectRef("b", f"masks/{JOB_PREFIX}x/job.tif", event_name="ObjectCreated:Put")) is not None
+
+
+def test_status_follows_the_job_to_done(
+    small_parts, queue, fan_runtime, make_bucket, s3_client, make_raster, moto_endpoint, capsys
+):
+    from handler.cli import main
+    from handler.fanout.status import find_job_status
+
+    runtime = fan_runtime()
+    bucket = make_bucket()
+    upload(s3_client, bucket, make_raster, 300, 70)
+    assert main(["status", f"s3://{bucket}/scenes/big.tif"]) == 1  # no job yet
+    process_object(ref(bucket), runtime)
+    queued = find_job_status(s3_client, bucket, bucket, "scenes/big.tif")
+    assert (queued.shards, queued.stats_done, queued.parts_done, queued.done) == (3, 0, 0, False)
+    queue.drain(runtime)
+    capsys.readouterr()
+    assert main(["status", f"s3://{bucket}/scenes/big.tif"]) == 0
+    out = capsys.readouterr().out
+    assert "3 shards; stats 3/3, parts 3/3; done: " in out and "scenes/big.npy" in out
+
+
+def test_status_reports_a_failed_job(small_parts, queue, fan_runtime, make_bucket, s3_client, make_raster, capsys):
+    from handler.cli import main
+
+    runtime = fan_runtime()
+    bucket = make_bucket()
+    upload_corrupt(s3_client, bucket, make_raster)
+    process_object(ref(bucket), runtime)
+    queue.drain(runtime)
+    assert main(["status", f"s3://{bucket}/scenes/big.tif"]) == 2
+    assert "FAILED: RasterReadError" in capsys.readouterr().out
+
+
+def test_a_late_duplicate_after_completion_changes_nothing(
+    small_parts, queue, fan_runtime, make_bucket, s3_client, make_raster, tmp_path, monkeypatch
+):
+    # GIVEN a finished job, and a copy of a predict shard that passed the early checks before it finished
+    runtime = fan_runtime()
+    bucket = make_bucket()
+    body = upload(s3_client, bucket, make_raster, 300, 70)
+    process_object(ref(bucket), runtime)
+    queue.drain(runtime)
+    store = JobStore(runtime.storage.client, bucket, queue.log[-1]["job"])
+    real_exists = JobStore.exists
+    blinded = []
+
+    def exists_before_completion(self, name):
+        # The copy checked done.json and its part record before the job completed; its last check is real.
+        if name == "parts/1.json" or (name == "done.json" and not blinded):
+            blinded.append(name)
+            return False
+        return real_exists(self, name)
+
+    monkeypatch.setattr(JobStore, "exists", exists_before_completion)
+    # WHEN it is about to upload its part to the completed upload
+    status = run_shard(ShardMessage(bucket, store.job, "predict", 1), runtime, queue.send)
+    monkeypatch.setattr(JobStore, "exists", real_exists)
+    # THEN nothing is marked failed and the output stands
+    assert status["status"] == "job already finished"
+    assert not store.exists("failed.json")
+    assert get(s3_client, bucket, "scenes/big.npy") == expected_npy(runtime, make_raster, tmp_path, body)
+
+
+def test_lambda_entry_point_runs_a_whole_job_from_sqs_batches(
+    small_parts,
+    queue,
+    fan_runtime,
+    make_bucket,
+    s3_client,
+    make_raster,
+    make_sqs_event,
+    make_s3_record,
+    tiny_model_card,
+    monkeypatch,
+    tmp_path,
+):
+    # GIVEN the Lambda module (tiny model) and an upload's S3 notification in an SQS batch
+    import importlib
+
+    from handler.local.lambda_context import make_context
+    from handler.runtime import get_runtime
+    from handler.settings import get_settings
+
+    monkeypatch.setenv("MODEL_CARD", str(tiny_model_card))
+    get_settings.cache_clear()
+    get_runtime.cache_clear()
+    lambda_fn = importlib.import_module("handler.lambda_function")
+    runtime = fan_runtime(min_remaining_ms=0)
+    monkeypatch.setattr(lambda_fn, "get_runtime", lambda: runtime)
+    bucket = make_bucket()
+    body = upload(s3_client, bucket, make_raster, 300, 70)
+    notification = {"Records": [make_s3_record("scenes/big.tif", bucket=bucket, size=None)]}
+    # WHEN the batch and then every shard message (as SQS batches of one) reach lambda_handler
+    assert lambda_fn.lambda_handler(make_sqs_event(notification), make_context()) == {"batchItemFailures": []}
+    while queue.messages:
+        event = make_sqs_event(queue.messages.popleft())
+        assert lambda_fn.lambda_handler(event, make_context()) == {"batchItemFailures": []}
+    get_settings.cache_clear()
+    get_runtime.cache_clear()
+    # THEN the assembled .npy is the single-invocation one
+    assert get(s3_client, bucket, "scenes/big.npy") == expected_npy(runtime, make_raster, tmp_path, body)
