@@ -41,7 +41,9 @@ echo "== terraform fmt -check, validate infra/terraform"
 if ! command -v "$TERRAFORM" >/dev/null 2>&1; then
     echo "terraform: SKIPPED: no '$TERRAFORM' on PATH, so fmt -check and validate did not run (install Terraform >= 1.6)"
 else
-    "$TERRAFORM" version | head -1
+    # Not `version | head -1`: under pipefail, head closing the pipe early kills terraform with SIGPIPE (exit 141).
+    tf_version=$("$TERRAFORM" version 2>/dev/null) || true
+    echo "${tf_version%%$'\n'*}"
     if "$TERRAFORM" fmt -check -recursive -diff infra/terraform; then
         echo "terraform fmt: no changes needed"
     else
