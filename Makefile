@@ -194,14 +194,15 @@ knative-secrets:  ## create the Secret rasterfn-minio with random MinIO credenti
 		$(KUBECTL) label secret $(KNATIVE_SECRET) app.kubernetes.io/part-of=rasterfn; \
 	fi
 
-knative-deploy: knative-secrets  ## MinIO, its bucket setup Job, the Eventing relay, Broker and Trigger, the Service
+knative-deploy: knative-secrets  ## MinIO, its bucket setup Job, the Eventing relay, Broker, Triggers, the Service
 	$(KUBECTL) apply -f infra/knative/minio.yaml
 	$(KUBECTL) delete job/minio-setup --ignore-not-found  # a Job's template cannot change: run it afresh
 	$(KUBECTL) apply -f infra/knative/
 	$(KUBECTL) wait --for=condition=Available --timeout=300s deployment/minio
 	$(KUBECTL) wait --for=condition=Complete --timeout=300s job/minio-setup
 	$(KUBECTL) wait --for=condition=Ready --timeout=600s ksvc/rasterfn
-	$(KUBECTL) wait --for=condition=Ready --timeout=300s broker/default trigger/rasterfn-uploads sinkbinding/rasterfn-relay
+	$(KUBECTL) wait --for=condition=Ready --timeout=300s broker/default trigger/rasterfn-uploads sinkbinding/rasterfn-relay \
+		trigger/rasterfn-shards sinkbinding/rasterfn-fanout
 	$(KUBECTL) rollout status --timeout=300s deployment/rasterfn-relay
 
 knative-func-deploy: knative-secrets  ## the Service alone with the func CLI: no build, no push, the local image

@@ -3,7 +3,8 @@
 GDAL, PROJ and torch are C and C++: a hostile file can make them abort (``std::bad_alloc``), segfault or be
 OOM-killed, and a Python ``try`` catches none of that. A :class:`Worker` is a ``spawn``-context child process
 that builds its own :class:`~handler.runtime.Runtime` (the model, loaded once per worker) and then runs
-:class:`PredictJob` / :class:`ProcessJob` / :class:`RejectJob` messages sent over a pipe, one at a time. When
+:class:`PredictJob` / :class:`ProcessJob` / :class:`ShardJob` (and the two crash follow-ups, :class:`RejectJob`
+and :class:`FailShardJob`) messages sent over a pipe, one at a time. When
 the child dies mid-job, :meth:`Worker.run` raises :class:`~handler.errors.WorkerCrashedError` (an input error:
 the input that killed it is refused) and the caller starts a new worker.
 
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from handler.errors import CancelledError, DeadlineError, TransientError, WorkerCrashedError
+from handler.fanout import ShardMessage, fail_shard_job, run_shard
 from handler.objects import ObjectRef
 from handler.process import process_object, reject_object
 from handler.runtime import build_runtime
@@ -75,7 +77,23 @@ class RejectJob:
     message: str
 
 
-Job = PredictJob | ProcessJob | RejectJob
+@dataclass(frozen=True)
+class ShardJob:
+    """One band of a sharded raster: :func:`handler.fanout.run_shard`."""
+
+    message: ShardMessage
+    deadline: float | None = None
+
+
+@dataclass(frozen=True)
+class FailShardJob:
+    """End the job of a shard whose processing crashed a worker: :func:`handler.fanout.fail_shard_job`."""
+
+    message: ShardMessage
+    reason: str
+
+
+Job = PredictJob | ProcessJob | RejectJob | ShardJob | FailShardJob
 
 
 def make_interrupt(deadline: float | None, timeout_s: int, cancelled: Callable[[], bool]) -> Callable[[], None]:
@@ -95,6 +113,11 @@ def run_job(runtime: Any, job: Job, cancelled: Callable[[], bool] = lambda: Fals
     timeout_s = runtime.settings.inference_timeout_s
     if isinstance(job, RejectJob):
         return reject_object(job.ref, runtime, WorkerCrashedError(job.message))
+    if isinstance(job, FailShardJob):
+        return fail_shard_job(job.message, runtime, WorkerCrashedError(job.reason))
+    if isinstance(job, ShardJob):
+        # No between-tiles interrupt in a band's passes: a shard past its deadline is killed (Worker.run).
+        return run_shard(job.message, runtime)
     interrupt = make_interrupt(job.deadline, timeout_s, cancelled)
     if isinstance(job, ProcessJob):
         return process_object(job.ref, runtime, interrupt=interrupt)

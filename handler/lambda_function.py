@@ -18,7 +18,8 @@ point ``MODEL_CARD`` etc. at what they need before importing this module.
   Terraform's ``max_receive_count``) is processed in a child process (:func:`handler.isolation.run_isolated`):
   if the file crashed the runtime on every earlier receive (a native abort, a segfault, the OOM killer), the
   child dies instead, and this process writes ``<stem>.error.json`` and acknowledges the record, so the
-  user sees why and the DLQ keeps only what an operator must look at.
+  user sees why and the DLQ keeps only what an operator must look at. A fan-out shard message on its last
+  receive runs the same way; its crash ends the whole job (``failed.json``, the upload aborted, the marker).
 - Events naming more than ``MAX_EVENT_RECORDS`` objects, or a bucket outside ``ALLOWED_BUCKETS``, are refused
   before any S3 call; ``INIT`` removes temp dirs a killed invocation left in ``/tmp``.
 
@@ -40,8 +41,8 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from handler.errors import EventError, TransientError, WorkerCrashedError
 from handler.events import check_record_count, parse_event, parse_sqs_body
-from handler.fanout import is_shard_message, parse_shard_message, run_shard
-from handler.isolation import ProcessJob, run_isolated
+from handler.fanout import ShardMessage, fail_shard_job, is_shard_message, parse_shard_message, run_shard
+from handler.isolation import ProcessJob, ShardJob, run_isolated
 from handler.objects import ObjectRef
 from handler.observability import logger, metrics, record_deferred, record_failure, record_outcome, tracer
 from handler.outcome import Outcome, summarise
@@ -86,7 +87,8 @@ def handle_sqs_batch(event: Mapping[str, Any], context: Any, runtime: Runtime) -
             what = f"SQS message {record.message_id}"
             ensure_time_left(context, runtime, what)
             if is_shard_message(record.body):  # a band of a sharded raster (handler/fanout)
-                return [run_shard(parse_shard_message(record.body), runtime)]
+                message = parse_shard_message(record.body)
+                return [run_shard_message(message, runtime, isolate=is_last_receive(record, runtime))]
             try:
                 refs = check_record_count(parse_sqs_body(record.body), runtime.settings.max_event_records)
             except RasterfnError as exc:
@@ -129,6 +131,17 @@ def process_isolated(ref: ObjectRef, runtime: Runtime) -> Outcome:
     except WorkerCrashedError as exc:
         logger.error(f"s3://{ref.bucket}/{ref.key} crashed the function on its last allowed receive: {exc}")
         return reject_object(ref, runtime, exc)
+
+
+def run_shard_message(message: ShardMessage, runtime: Runtime, *, isolate: bool = False) -> dict[str, Any]:
+    """One shard message; on its last allowed receive in a child process, and a crash there ends the job."""
+    if not isolate:
+        return run_shard(message, runtime)
+    try:
+        return run_isolated(runtime.settings, ShardJob(message))
+    except WorkerCrashedError as exc:
+        logger.error(f"shard {message.event_id} crashed the function on its last allowed receive: {exc}")
+        return fail_shard_job(message, runtime, exc)
 
 
 def is_last_receive(record: SQSRecord, runtime: Runtime) -> bool:

@@ -49,7 +49,7 @@ ENV_MAX_CONCURRENT_INFERENCES = "MAX_CONCURRENT_INFERENCES"
 ENV_MAX_QUEUED_REQUESTS = "MAX_QUEUED_REQUESTS"
 ENV_WEBHOOK_TOKEN = "WEBHOOK_TOKEN"  # noqa: S105 (the variable's name, not a secret)
 ENV_TMP_DIR = "TMPDIR"
-# The Eventing relay (handler/http/relay.py); K_SINK is injected by Knative's SinkBinding.
+# Knative's SinkBinding injects K_SINK: the relay's Broker (handler/http/relay.py) and the function's fan-out sink.
 ENV_K_SINK = "K_SINK"
 ENV_RELAY_TARGET_URL = "RELAY_TARGET_URL"
 # Security and per-request bounds (README: Security).
@@ -132,8 +132,10 @@ class Settings:
     max_bands: int = DEFAULT_MAX_BANDS
     allowed_compressions: tuple[str, ...] = DEFAULT_COMPRESSIONS
     max_compression_ratio: int = DEFAULT_MAX_COMPRESSION_RATIO
-    # fan-out (handler/fanout): off while fanout_queue_url is unset
+    # fan-out (handler/fanout): off while both are unset. AWS: the SQS queue for shard messages; Knative: the
+    # sink (K_SINK, injected by the SinkBinding of infra/knative/fanout.yaml) that takes them as CloudEvents.
     fanout_queue_url: str | None = None
+    fanout_sink_url: str | None = None
     fanout_seconds_per_tile: float = DEFAULT_FANOUT_SECONDS_PER_TILE
     fanout_threshold_seconds: int = DEFAULT_FANOUT_THRESHOLD_SECONDS
     fanout_max_shards: int = DEFAULT_FANOUT_MAX_SHARDS
@@ -164,6 +166,7 @@ class Settings:
             ENV_WEBHOOK_TOKEN: "webhook_token",
             ENV_INFERENCE_TOKEN: "inference_token",
             ENV_FANOUT_QUEUE_URL: "fanout_queue_url",
+            ENV_K_SINK: "fanout_sink_url",
         }
         for name, attr in text_fields.items():
             if (value := get(name)) is not None:
@@ -303,6 +306,10 @@ def _validate(s: Settings) -> list[str]:
     for name in ("fanout_max_shards", "max_scene_pixels"):
         if getattr(s, name) < 1:
             problems.append(f"{name.upper()} must be >= 1, got {getattr(s, name)}")
+    if s.fanout_sink_url is not None and not s.fanout_sink_url.startswith(("http://", "https://")):
+        problems.append(f"{ENV_K_SINK} must be an http:// or https:// URL, got {s.fanout_sink_url!r}")
+    if s.fanout_queue_url is not None and s.fanout_sink_url is not None:
+        problems.append(f"set {ENV_FANOUT_QUEUE_URL} (AWS) or {ENV_K_SINK} (Knative) for shard messages, not both")
     if not s.fanout_seconds_per_tile > 0 or s.fanout_threshold_seconds < 0:
         problems.append("FANOUT_SECONDS_PER_TILE must be > 0 and FANOUT_THRESHOLD_SECONDS >= 0")
     if ".npy" in s.input_suffixes:

@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 from botocore.exceptions import ClientError
 
-from handler.errors import ObjectMissingError
+from handler.access import check_allowed
+from handler.errors import ForbiddenObjectError, ObjectMissingError
 from handler.fanout.jobs import JobStore, _code
 from handler.fanout.messages import ShardMessage
 from handler.fanout.sender import sender_from_settings
@@ -79,7 +80,7 @@ def fan_out_if_large(
     send: Send | None = None,
 ) -> Outcome | None:
     """Start (or re-join) a sharded job for a raster too large for one invocation; ``None`` when it is not
-    (or when fan-out is off: no ``FANOUT_QUEUE_URL``)."""
+    (or when fan-out is off: neither ``FANOUT_QUEUE_URL`` nor ``K_SINK``)."""
     settings, model = runtime.settings, runtime.model
     send = send or sender_from_settings(settings)
     if send is None:
@@ -182,9 +183,8 @@ def run_shard(message: ShardMessage, runtime: Runtime, send: Send | None = None)
     """Do one shard message's work (idempotent); returns a small summary for the logs."""
     send = send or sender_from_settings(runtime.settings)
     if send is None:
-        raise ConfigError("a shard message arrived but FANOUT_QUEUE_URL is not set")
-    store = JobStore(runtime.storage.client, message.bucket, message.job)
-    job = store.get_json("job.json")
+        raise ConfigError("a shard message arrived but neither FANOUT_QUEUE_URL nor K_SINK is set")
+    job, store = _load_job(message, runtime)
     summary = {"job": message.job, "phase": message.phase, "shard": message.index}
     if job is None or not 0 <= message.index < len(job["bands"]):
         return {**summary, "status": "unknown job or shard (expired?)"}
@@ -201,6 +201,37 @@ def run_shard(message: ShardMessage, runtime: Runtime, send: Send | None = None)
     except ObjectMissingError as exc:  # the upload was replaced: its own event supersedes this job
         _fail(runtime, store, job, exc, marker=False)
         return {**summary, "status": "abandoned", "error": str(exc)}
+
+
+def fail_shard_job(message: ShardMessage, runtime: Runtime, exc: InputError) -> dict[str, Any]:
+    """End the job of a shard whose processing crashed the function (``<stem>.error.json``, no ``.npy``).
+
+    Called when a shard message killed its worker process on its last allowed receive: retrying it cannot
+    help, and without this the job would wait for that part until its objects expire.
+    """
+    job, store = _load_job(message, runtime)
+    summary = {"job": message.job, "phase": message.phase, "shard": message.index}
+    if job is None:
+        return {**summary, "status": "unknown job or shard (expired?)"}
+    _fail(runtime, store, job, exc, marker=True)
+    return {**summary, "status": "failed", "error": str(exc)}
+
+
+def _load_job(message: ShardMessage, runtime: Runtime) -> tuple[dict | None, JobStore]:
+    """The message's ``job.json`` (``None`` when absent), after checking its buckets against ALLOWED_BUCKETS."""
+    settings = runtime.settings
+    allowed = settings.allowed_buckets
+    # Job state lives in the output bucket: OUTPUT_BUCKET, or the input's bucket when that is unset.
+    buckets = {rule.partition("/")[0] for rule in allowed} | {settings.output_bucket}
+    if allowed and message.bucket not in buckets:
+        # Before any S3 call: a forged message must not make the function read a bucket it was not given.
+        raise ForbiddenObjectError(f"shard message for bucket {message.bucket!r}, outside ALLOWED_BUCKETS")
+    store = JobStore(runtime.storage.client, message.bucket, message.job)
+    job = store.get_json("job.json")
+    if job is not None:
+        source = job["source"]
+        check_allowed([ObjectRef(source["bucket"], source["key"])], allowed)
+    return job, store
 
 
 def _stats_phase(runtime: Runtime, store: JobStore, job: dict, band: RowBand, send: Send) -> str:

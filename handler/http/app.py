@@ -6,7 +6,8 @@ Routes (func-python itself answers ``/health/liveness`` and ``/health/readiness`
   ``application/octet-stream`` body; ``?output=mask|mask-uint8|score``. Answers the ``.npy`` as an attachment.
 - ``POST /``: bucket events (MinIO webhook, S3 notification, CloudEvents binary or structured), processed by
   exactly the code Lambda runs (``parse_event`` -> ``skip_reason`` -> ``process_object``); answers a JSON
-  summary, and a binary-mode CloudEvent when the request was one.
+  summary, and a binary-mode CloudEvent when the request was one. A CloudEvent of type ``dev.rasterfn.shard``
+  is a fan-out shard message (:mod:`handler.fanout`), run as Lambda runs one from its queue.
 - ``GET /healthz``: the old API's health check (200 once the model is loaded, 503 before).
 - ``GET /metrics``: Prometheus text format.
 
@@ -66,12 +67,14 @@ from handler.errors import (
     UploadTimeoutError,
     WorkerCrashedError,
 )
+from handler.event_types import REPLY_TYPE_PREFIX
 from handler.events import MAX_EVENT_BYTES, check_record_count, cloudevent_mode, parse_event
+from handler.fanout import ShardMessage, shard_from_cloudevent
 from handler.http.metrics import Metrics, create_metrics, method_label, record_outcome, render_metrics
 from handler.http.slots import InferenceSlots
 from handler.http.uploads import check_content_length, receive_upload
 from handler.http.workers import backend_of
-from handler.isolation import PredictJob, ProcessJob
+from handler.isolation import PredictJob, ProcessJob, ShardJob
 from handler.objects import ObjectRef
 from handler.outcome import Outcome, OutcomeStatus, summarise
 from handler.settings import OUTPUT_MODES, Settings
@@ -82,7 +85,7 @@ logger = logging.getLogger(__name__)
 
 NPY_MEDIA_TYPE = "application/octet-stream"
 CLOUDEVENT_SOURCE = "/rasterfn"
-CLOUDEVENT_TYPE_PREFIX = "dev.rasterfn.mask."
+CLOUDEVENT_TYPE_PREFIX = REPLY_TYPE_PREFIX
 # Outcome status -> the reply CloudEvent's type suffix.
 CLOUDEVENT_TYPES = {
     OutcomeStatus.WRITTEN: "created",
@@ -228,6 +231,8 @@ class _App:
             return denied
         body = await self._read_body(request, "/", MAX_EVENT_BYTES)
         headers = {k.lower(): v for k, v in request.headers.items()}
+        if (message := shard_from_cloudevent(body, headers)) is not None:
+            return await self._shard(request, message)
         refs = check_record_count(parse_event(body, headers), self.settings.max_event_records)
         check_allowed(refs, self.settings.allowed_buckets)  # before any S3 call, for the whole event
         backend = backend_of(await run_in_threadpool(self.runtime.wait))
@@ -247,6 +252,20 @@ class _App:
     async def metrics_route(self, request: Request) -> Response:
         body, content_type = render_metrics(self.metrics)
         return Response(body, media_type=content_type)
+
+    async def _shard(self, request: Request, message: ShardMessage) -> Response:
+        """A fan-out shard message (a CloudEvent the Trigger ``rasterfn-shards`` delivered): run it in the backend.
+
+        Answered with plain JSON, never a reply CloudEvent: the next phase's messages are sent to ``K_SINK`` by
+        the shard itself, and a reply would only go back into the Broker for nobody. A transient error is a 503,
+        so the Broker retries the delivery.
+        """
+        backend = backend_of(await run_in_threadpool(self.runtime.wait))
+        job = ShardJob(message, deadline=time.time() + self.settings.inference_timeout_s)
+        async with self.slots.acquire():
+            summary = await self._until_disconnect(request, backend.shard, job)
+        logger.info("shard %s: %s", message.event_id, summary.get("status"))
+        return JSONResponse(summary)
 
     # --- the shared processing path
 

@@ -9,7 +9,8 @@ the Broker) bridges both sides:
   (:func:`handler.events.parse_event`), wrapped unchanged as the data of a binary-mode CloudEvent of type
   :data:`EVENT_TYPE` and published to ``K_SINK``. Answers 202 as soon as the Broker has it, or 502 so
   MinIO keeps the event in its queue and sends it again. Nothing here waits for a scene.
-- ``POST /deliver``: the Trigger's subscriber. Forwards the CloudEvent (``ce-*`` headers and body) to the
+- ``POST /deliver``: the Triggers' subscriber (uploads, and the function's own fan-out shard messages:
+  :data:`handler.event_types.DELIVERED_TYPES`). Forwards the CloudEvent (``ce-*`` headers and body) to the
   function's event route with the bearer token, and passes the function's answer back: its status decides
   the Broker's retries (5xx, 429) and its binary-mode reply CloudEvent goes back into the Broker.
 - ``POST /dead-letter``: the Trigger's dead-letter sink. Logs the event that exhausted its retries (one
@@ -43,14 +44,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from handler.errors import EventError
+from handler.event_types import DELIVERED_TYPES, UPLOAD_EVENT_TYPE
 from handler.events import MAX_EVENT_BYTES, parse_event
 from handler.settings import RelaySettings
 
 logger = logging.getLogger(__name__)
 
-# The one type the Trigger filters on (infra/knative/eventing.yaml). The function's own replies are
-# dev.rasterfn.mask.*, so they never match it and never loop back to the function.
-EVENT_TYPE = "dev.rasterfn.object.notification"
+# The type of the events published here (handler/event_types.py: the Trigger "rasterfn-uploads" filters on it).
+EVENT_TYPE = UPLOAD_EVENT_TYPE
 SOURCE_PREFIX = "/minio/"
 PUBLISH_TIMEOUT_S = 10.0
 # Longer than the Trigger's delivery timeout (PT10M): the Broker gives up first and retries or dead-letters.
@@ -130,9 +131,10 @@ class _Relay:
         return JSONResponse({"accepted": event.get_id()}, status_code=202)
 
     async def deliver(self, request: Request) -> Response:
-        if request.headers.get("ce-type") != EVENT_TYPE:
-            # The Trigger filters on this type; anything else did not come through it.
-            return _error(400, "bad event", f"expected a binary-mode CloudEvent of type {EVENT_TYPE}")
+        if request.headers.get("ce-type") not in DELIVERED_TYPES:
+            # The Triggers filter on these types; anything else did not come through them.
+            expected = " or ".join(DELIVERED_TYPES)
+            return _error(400, "bad event", f"expected a binary-mode CloudEvent of type {expected}")
         body = await _read_limited(request)
         if body is None:
             return _error(413, "too large", f"event body is over the {MAX_EVENT_BYTES}-byte limit")

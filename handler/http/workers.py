@@ -1,7 +1,8 @@
 """Where the Knative function runs inference: in-process (tests, tools) or a pool of worker processes.
 
-The app asks a *backend* for two things, from a worker thread: ``predict(job, cancelled)`` for
-``POST /inference`` and ``process(job, cancelled)`` for each object of an event. ``cancelled`` says whether
+The app asks a *backend* for three things, from a worker thread: ``predict(job, cancelled)`` for
+``POST /inference``, ``process(job, cancelled)`` for each object of an event and ``shard(job, cancelled)`` for a
+fan-out shard message (:mod:`handler.fanout`). ``cancelled`` says whether
 the client has gone; the job's deadline is ``INFERENCE_TIMEOUT_S``.
 
 - :class:`InProcessBackend` runs them over a :class:`~handler.runtime.Runtime` in this process.
@@ -25,7 +26,17 @@ from collections.abc import Callable
 from typing import Any
 
 from handler.errors import TransientError, WorkerCrashedError
-from handler.isolation import START_TIMEOUT_S, Job, PredictJob, ProcessJob, RejectJob, Worker, run_job
+from handler.isolation import (
+    START_TIMEOUT_S,
+    FailShardJob,
+    Job,
+    PredictJob,
+    ProcessJob,
+    RejectJob,
+    ShardJob,
+    Worker,
+    run_job,
+)
 from handler.outcome import Outcome
 from handler.runtime import Runtime
 from handler.settings import Settings
@@ -46,6 +57,9 @@ class InProcessBackend:
         return run_job(self.runtime, job, cancelled)
 
     def process(self, job: ProcessJob, cancelled: Cancelled) -> Outcome:
+        return run_job(self.runtime, job, cancelled)
+
+    def shard(self, job: ShardJob, cancelled: Cancelled) -> dict[str, Any]:
         return run_job(self.runtime, job, cancelled)
 
 
@@ -110,6 +124,15 @@ class WorkerPool:
             # source does not send it again (and again).
             logger.error("s3://%s/%s crashed its worker: %s", job.ref.bucket, job.ref.key, exc)
             return self._run(RejectJob(job.ref, str(exc)), lambda: False)
+
+    def shard(self, job: ShardJob, cancelled: Cancelled) -> dict[str, Any]:
+        try:
+            return self._run(job, cancelled)
+        except WorkerCrashedError as exc:
+            # The shard's input killed its worker: redelivering it would kill the next one. The replacement
+            # ends the job (failed.json, <stem>.error.json), as an input error in a shard does.
+            logger.error("shard %s crashed its worker: %s", job.message.event_id, exc)
+            return self._run(FailShardJob(job.message, str(exc)), lambda: False)
 
     def _run(self, job: Job, cancelled: Cancelled) -> Any:
         # The app's slots admit at most ``size`` jobs at once, so a worker is free or being replaced.

@@ -66,7 +66,7 @@ def test_every_variable_is_read():
         "FANOUT_MAX_SHARDS": "8",
         "MAX_SCENE_PIXELS": "2_000_000_000",
     }
-    # (the Eventing relay's own two are read by RelaySettings, below)
+    # (the Eventing relay's own is read by RelaySettings, below; K_SINK too, and here for Knative's fan-out)
     assert set(env) == set(env_var_names()) - {ENV_K_SINK, ENV_RELAY_TARGET_URL}
     # WHEN parsed
     s = Settings.from_env(env)
@@ -89,6 +89,13 @@ def test_every_variable_is_read():
     assert s.max_scene_pixels == 2_000_000_000
 
 
+def test_k_sink_is_the_fanout_sink_on_knative():
+    # The SinkBinding of infra/knative/fanout.yaml injects it; AWS deployments set FANOUT_QUEUE_URL instead.
+    sink = "http://broker-ingress.knative-eventing.svc.cluster.local/default/default"
+    s = Settings.from_env({"K_SINK": sink})
+    assert (s.fanout_sink_url, s.fanout_queue_url) == (sink, None)
+
+
 def test_blank_values_mean_unset():
     assert Settings.from_env({"OUTPUT_BUCKET": "  ", "PRECISION": ""}) == Settings()
 
@@ -108,6 +115,8 @@ def test_blank_values_mean_unset():
         ({"OUTPUT_PREFIX": "../escape/"}, "OUTPUT_PREFIX must be a relative key prefix"),
         ({"OUTPUT_PREFIX": "/abs/"}, "OUTPUT_PREFIX must be a relative key prefix"),
         ({"INPUT_SUFFIXES": ".tif,.npy"}, "must not include .npy"),
+        ({"K_SINK": "broker.default"}, "K_SINK must be an http:// or https:// URL"),
+        ({"K_SINK": "http://broker", "FANOUT_QUEUE_URL": "https://sqs/q"}, "not both"),
         ({"INPUT_SUFFIXES": " , ."}, "must list at least one suffix"),
         ({"MAX_BLOCK_BYTES": "0"}, "MAX_BLOCK_BYTES must be >= 1"),
         ({"MAX_BANDS": "0"}, "MAX_BANDS must be >= 1"),

@@ -19,11 +19,14 @@ import pytest
 import yaml
 
 from handler import knative
+from handler.event_types import DELIVERED_TYPES, REPLY_TYPE_PREFIX, SHARD_EVENT_TYPE
+from handler.fanout.sender import sender_from_settings
 from handler.http import app as http_app
 from handler.http import relay as relay_module
 from handler.http.relay import EVENT_TYPE as RELAY_EVENT_TYPE
 from handler.http.relay import create_relay_app
 from handler.http.uploads import DEFAULT_STEM
+from handler.objects import JOB_PREFIX
 from handler.settings import RelaySettings, Settings, env_var_names
 from model.options import OUTPUT_DTYPES
 from tests.fixtures.paths import REPO_ROOT
@@ -253,14 +256,14 @@ def test_the_function_s_minio_policy_covers_storage_s_calls_and_no_more(manifest
         for action in statement["Action"]:
             allowed.setdefault(action, set()).update(statement["Resource"])
     # THEN it may read the bucket's objects (HEAD/GET, versions; ListBucket so a missing key is a 404, not 403),
-    # write only the function's outputs and markers, and delete only its own markers
+    # write only the function's outputs, markers and fan-out job state (JOB_PREFIX), and delete only its own markers
     bucket, objects = "arn:aws:s3:::rasterfn", "arn:aws:s3:::rasterfn/"
     assert allowed == {
         "s3:ListBucket": {bucket},
         "s3:GetBucketLocation": {bucket},
         "s3:GetObject": {objects + "*"},
         "s3:GetObjectVersion": {objects + "*"},
-        "s3:PutObject": {objects + "*.npy", objects + "*.error.json"},
+        "s3:PutObject": {objects + "*.npy", objects + "*.error.json", objects + JOB_PREFIX + "*"},
         "s3:AbortMultipartUpload": {objects + "*.npy", objects + "*.error.json"},
         "s3:DeleteObject": {objects + "*.error.json"},
         "s3:DeleteObjectVersion": {objects + "*.error.json"},
@@ -563,6 +566,58 @@ def test_trigger_delivery_has_a_timeout_retries_with_backoff_and_a_dead_letter_s
     assert delivery["retry"] >= 1 and delivery["backoffPolicy"] == "exponential"
     assert _iso_seconds(delivery["backoffDelay"]) >= 1
     assert '"delivery-timeout":"enabled"' in _recipe("knative-install")
+
+
+# --- Fan-out through the Broker (fanout.yaml) ---------------------------------------------------------------
+
+
+def test_fanout_sinkbinding_gives_the_function_the_broker_as_k_sink(manifests, ksvc):
+    binding = manifests[("SinkBinding", "rasterfn-fanout")]["spec"]
+    broker = manifests[("Broker", "default")]["metadata"]["name"]
+    assert binding["subject"] == {"apiVersion": ksvc["apiVersion"], "kind": "Service", "name": ksvc["metadata"]["name"]}
+    assert binding["sink"]["ref"] == {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": broker}
+
+
+def test_fanout_is_on_exactly_when_the_sinkbinding_injects_k_sink(container):
+    env = literal_env(container["env"])
+    assert "K_SINK" not in env  # the SinkBinding's, never hard-coded
+    assert sender_from_settings(Settings.from_env(env)) is None
+    with_sink = Settings.from_env({**env, "K_SINK": "http://broker-ingress.knative-eventing.svc/default/default"})
+    assert sender_from_settings(with_sink) is not None
+
+
+def test_a_shard_fits_one_request_of_the_service(container, ksvc):
+    # A band is planned to take about FANOUT_THRESHOLD_SECONDS: it must fit the Service's request timeout.
+    settings = Settings.from_env(literal_env(container["env"]))
+    assert 0 < settings.fanout_threshold_seconds < ksvc["spec"]["template"]["spec"]["timeoutSeconds"]
+    assert settings.max_scene_pixels >= settings.max_pixels
+
+
+def test_shard_trigger_takes_only_shard_events_to_the_relay_which_forwards_them(manifests):
+    shards = manifests[("Trigger", "rasterfn-shards")]["spec"]
+    uploads = manifests[("Trigger", "rasterfn-uploads")]["spec"]
+    assert shards["broker"] == uploads["broker"] == manifests[("Broker", "default")]["metadata"]["name"]
+    assert shards["filter"] == {"attributes": {"type": SHARD_EVENT_TYPE}}
+    # every Trigger matches one of the types the relay forwards, none the function's replies, no two the same
+    filters = [t["spec"]["filter"]["attributes"]["type"] for (kind, _), t in manifests.items() if kind == "Trigger"]
+    assert sorted(filters) == sorted(DELIVERED_TYPES)
+    assert not any(f.startswith(REPLY_TYPE_PREFIX) for f in filters)
+    # the same subscriber, dead-letter sink and retry policy as uploads (the relay adds the bearer token)
+    assert shards["subscriber"] == uploads["subscriber"]
+    assert shards["delivery"] == uploads["delivery"]
+
+
+def test_minio_expires_fanout_job_state_and_lets_the_function_write_it(manifests):
+    [job] = manifests[("Job", "minio-setup")]["spec"]["template"]["spec"]["containers"]
+    script = job["args"][0]
+    rule = re.search(r"mc ilm rule add \S+ --prefix (\S+) --expire-days (\d+)", script)
+    assert rule and rule.group(1) == JOB_PREFIX and 1 <= int(rule.group(2)) <= 30
+    assert any("arn:aws:s3:::rasterfn/" + JOB_PREFIX + "*" in st["Resource"] for st in minio_policy(manifests))
+
+
+def test_knative_deploy_waits_for_the_fanout_wiring():
+    recipe = _recipe("knative-deploy")
+    assert "trigger/rasterfn-shards" in recipe and "sinkbinding/rasterfn-fanout" in recipe
 
 
 def _iso_seconds(duration: str) -> float:

@@ -6,7 +6,6 @@ import json
 import threading
 from collections import deque
 
-import moto.s3.models
 import numpy as np
 import pytest
 
@@ -36,13 +35,6 @@ class Queue:
             body = self.messages.popleft()
             for _ in range(2 if twice else 1):
                 self.log.append(run_shard(parse_shard_message(body), runtime, self.send))
-
-
-@pytest.fixture
-def small_parts(monkeypatch):
-    """Parts of any size (moto and the planner): multi-shard jobs on small test rasters."""
-    monkeypatch.setattr(moto.s3.models, "S3_UPLOAD_PART_MIN_SIZE", 1)
-    monkeypatch.setattr(coordinator, "MIN_PART_BYTES", 1)
 
 
 @pytest.fixture

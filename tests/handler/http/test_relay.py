@@ -28,6 +28,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from handler.errors import EventError
+from handler.event_types import SHARD_EVENT_TYPE
 from handler.http.app import create_app
 from handler.http.metrics import create_metrics
 from handler.http.relay import EVENT_TYPE, create_relay_app, publishable_event
@@ -226,6 +227,16 @@ def test_deliver_of_an_unreachable_function_is_502():
     with relay_client(down) as relay:
         response = relay.post("/deliver", content=b"{}", headers=delivery_headers())
     assert response.status_code == 502
+
+
+def test_deliver_forwards_fanout_shard_events_too():
+    # The Trigger "rasterfn-shards" (infra/knative/fanout.yaml) subscribes the relay as well.
+    seen: list[httpx.Request] = []
+    with relay_client(lambda request: seen.append(request) or httpx.Response(200, json={})) as relay:
+        response = relay.post("/deliver", content=b"{}", headers={**delivery_headers(), "ce-type": SHARD_EVENT_TYPE})
+    assert response.status_code == 200
+    [request] = seen
+    assert request.headers["ce-type"] == SHARD_EVENT_TYPE and request.headers["authorization"] == f"Bearer {TOKEN}"
 
 
 def test_deliver_refuses_events_that_did_not_come_through_the_trigger():
