@@ -29,11 +29,17 @@ RUNTIME_SOURCES := $(shell find handler model -name '*.py' -not -path '*/__pycac
 
 runtime-venv: $(RUNTIME_VENV)/.installed  ## .venv-runtime: rasterfn without extras, as the image installs it
 
-$(RUNTIME_VENV)/.installed: pyproject.toml $(RUNTIME_SOURCES)
-	@# From scratch each time: a package left over from an older install (torch) must not hide a missing split.
+# From scratch whenever the dependencies change: a package left over from an older install (torch) must not hide
+# a missing split. A change of the sources alone reinstalls rasterfn itself (no dependencies: seconds, not a minute).
+$(RUNTIME_VENV)/.dependencies: pyproject.toml
 	rm -rf $(RUNTIME_VENV)
 	$(PYTHON) -m venv $(RUNTIME_VENV)
 	$(RUNTIME_VENV)/bin/python -m pip install --quiet .
+	rm -rf build
+	touch $@
+
+$(RUNTIME_VENV)/.installed: $(RUNTIME_VENV)/.dependencies $(RUNTIME_SOURCES)
+	$(RUNTIME_VENV)/bin/python -m pip install --quiet --no-deps --force-reinstall .
 	rm -rf build
 	touch $@
 

@@ -121,7 +121,7 @@ def _worker(env: dict[str, str | None], queue_url: str, queue_arn: str, index: i
     progress.put(("ready", index, ""))
     with esm:
         stop.wait()
-    progress.put(("rss", index, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
+    progress.put(("rss", index, peak_rss_bytes()))
 
 
 def _single(scene: str, out: str, answer) -> None:
@@ -138,7 +138,17 @@ def _single(scene: str, out: str, answer) -> None:
     options = dataclasses.replace(options_from_settings(settings), max_pixels=10**12, progress=False)
     started = time.perf_counter()
     predict_file(model, scene, out, options)
-    answer.put((time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
+    answer.put((time.perf_counter() - started, peak_rss_bytes()))
+
+
+def peak_rss_bytes() -> int:
+    """This process's own peak RSS: ``VmHWM``, not ``ru_maxrss``, which Linux carries over from the parent
+    across fork and exec (so a worker would report the demo process's peak when that is higher)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # not Linux: the best there is
 
 
 def _wait_ready(progress, workers: int) -> None:
