@@ -241,11 +241,15 @@ def _stats_phase(runtime: Runtime, store: JobStore, job: dict, band: RowBand, se
             store.put_histograms(band.index, band_statistics(runtime.model, src, band, _options(runtime)))
     if store.count("stats") < count:
         return "stats counted"
+    if store.exists("predict-sent.json"):  # a duplicate of a stats message, after the reduction
+        return "stats reduced earlier"
     p90s = merge_percentiles(job["source_dtype"], (store.get_histograms(i) for i in range(count)))
     store.put_json("p90s.json", {"p90s": p90s}, if_absent=True)
-    # Every stats shard that sees the last histogram sends: duplicates are harmless, a lost send is not.
+    # Every stats shard that sees the last histogram before predict-sent.json exists sends: a duplicate send is
+    # harmless (two racing shards), a lost one is not (a shard that dies here is redelivered and sends again).
     for index in range(count):
         send(ShardMessage(store.bucket, store.job, "predict", index))
+    store.put_json("predict-sent.json", {"time": time.time()})
     return "stats reduced"
 
 

@@ -7,6 +7,7 @@ idempotent, so at-least-once delivery is safe:
   both try; the loser aborts its own upload and adopts the winner's job.
 - ``stats/<i>.npz``: band ``i``'s histograms (a duplicate writes the same bytes again).
 - ``p90s.json`` (conditional): the reduction, written by whichever stats shard first sees every histogram.
+- ``predict-sent.json``: the predict messages are sent; a stats message delivered again later sends none.
 - ``parts/<i>.json``: band ``i``'s part is uploaded (its ETag); a duplicate shard sees it and does nothing.
 - ``failed.json`` (conditional): the first input error; later shards stop, the upload is aborted.
 - ``done.json``: the ``.npy`` is complete.

@@ -141,6 +141,9 @@ def test_every_message_delivered_twice_gives_one_output(
     assert statuses.count("completed") == 1
     assert "part already uploaded" in statuses
     assert in_progress_uploads(s3_client, bucket) == []
+    # the stats message delivered again after the reduction sent no second round of predict messages
+    assert statuses.count("stats reduced") == 1 and statuses.count("stats reduced earlier") == 1
+    assert [entry["phase"] for entry in queue.log].count("predict") == 2 * 3
 
 
 def test_shard_failing_once_then_succeeding(
