@@ -155,6 +155,7 @@ SERVING_RELEASE := $(KNATIVE_RELEASES)/serving/releases/download/knative-v$(KNAT
 EVENTING_RELEASE := $(KNATIVE_RELEASES)/eventing/releases/download/knative-v$(EVENTING_VERSION)
 KNATIVE_SECRET ?= rasterfn-minio
 .PHONY: minikube knative-install knative-image knative-secrets knative-deploy knative-func-deploy knative-smoke
+.PHONY: knative-fanout-smoke
 
 minikube:  ## start the local cluster for Knative (profile rasterfn, 4 CPUs, 8 GB, Calico for NetworkPolicies)
 	minikube start -p $(MINIKUBE_PROFILE) --kubernetes-version=$(KUBERNETES_VERSION) --cpus=4 --memory=8g --cni=calico
@@ -216,3 +217,6 @@ knative-func-deploy: knative-secrets  ## the Service alone with the func CLI: no
 
 knative-smoke: install  ## upload data/test-1.tif to MinIO, wait for its .npy (via the Broker); POST /inference
 	KUBECTL="$(KUBECTL)" PY="$(PY)" bash infra/knative/smoke.sh
+
+knative-fanout-smoke: install  ## shard a generated 2048 x 2048 scene through the Broker (threshold 0 meanwhile)
+	KUBECTL="$(KUBECTL)" PY="$(PY)" bash infra/knative/fanout-smoke.sh

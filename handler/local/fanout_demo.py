@@ -36,7 +36,7 @@ def run_fanout_demo(args: argparse.Namespace) -> int:
     max_pixels = args.max_pixels or size * size * 3 // 4
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="rasterfn-fanout-") as tmp, MotoServer() as server:
-        scene = _write_scene(Path(tmp) / "scene.tif", size)
+        scene = write_demo_scene(Path(tmp) / "scene.tif", size)
         aws_env = local_aws_environ(server.endpoint_url)
         with patched_environ(aws_env):
             stack = create_stack(server.endpoint_url)
@@ -85,7 +85,7 @@ def run_fanout_demo(args: argparse.Namespace) -> int:
     return 0 if identical else 1
 
 
-def _write_scene(path: Path, size: int) -> Path:
+def write_demo_scene(path: Path, size: int) -> Path:
     from model.training.synthetic import make_scene, write_scene_tif
 
     base, _ = make_scene(seed=7, size=1024)

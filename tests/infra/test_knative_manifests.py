@@ -615,6 +615,19 @@ def test_minio_expires_fanout_job_state_and_lets_the_function_write_it(manifests
     assert any("arn:aws:s3:::rasterfn/" + JOB_PREFIX + "*" in st["Resource"] for st in minio_policy(manifests))
 
 
+def test_fanout_smoke_forces_sharding_on_the_deployed_service_and_puts_it_back(ksvc, secret_keys):
+    script = (KNATIVE_DIR / "fanout-smoke.sh").read_text()
+    assert "infra/knative/fanout-smoke.sh" in _recipe("knative-fanout-smoke")
+    # it waits for the fan-out wiring by its manifest names, and the names it changes are real settings
+    assert "trigger/rasterfn-shards sinkbinding/rasterfn-fanout" in script
+    assert f"SERVICE=${{SERVICE:-{ksvc['metadata']['name']}}}" in script
+    for name in ("FANOUT_THRESHOLD_SECONDS", "FANOUT_MAX_SHARDS"):
+        assert name in env_var_names() and f'"name": "{name}"' in script
+    assert "trap cleanup EXIT" in script and 'set_env "$WORK/env.json"' in script  # the original env comes back
+    used = re.findall(r"secret (\S+)\)", script)
+    assert len(used) == 2 and set(used) <= set(secret_keys)
+
+
 def test_knative_deploy_waits_for_the_fanout_wiring():
     recipe = _recipe("knative-deploy")
     assert "trigger/rasterfn-shards" in recipe and "sinkbinding/rasterfn-fanout" in recipe
@@ -642,7 +655,7 @@ def _recipe(target: str) -> str:
     "target",
     [
         "minikube", "knative-install", "knative-image", "knative-secrets", "knative-deploy", "knative-func-deploy",
-        "knative-smoke",
+        "knative-smoke", "knative-fanout-smoke",
     ],
 )  # fmt: skip
 def test_knative_make_targets_exist_and_are_documented(target):
