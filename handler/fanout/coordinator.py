@@ -118,8 +118,12 @@ def fan_out_if_large(
         len(job["bands"]),
         s3_uri(target_bucket, store.key("job.json")),
     )
-    for index in range(len(job["bands"])):
-        send(ShardMessage(target_bucket, jid, "stats", index))
+    # A re-delivered upload event re-joins the job; it sends the stats messages again only if the first
+    # coordinator may have died before sending them all (no stats-sent.json yet).
+    if not store.exists("stats-sent.json"):
+        for index in range(len(job["bands"])):
+            send(ShardMessage(target_bucket, jid, "stats", index))
+        store.put_json("stats-sent.json", {"time": time.time()})
     return Outcome(
         OutcomeStatus.FANNED_OUT,
         info.bucket,

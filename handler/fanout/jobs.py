@@ -5,6 +5,7 @@ idempotent, so at-least-once delivery is safe:
 
 - ``job.json`` (conditional): the plan and the multipart upload id. Two coordinators (a re-delivered message)
   both try; the loser aborts its own upload and adopts the winner's job.
+- ``stats-sent.json``: the coordinator sent the stats messages; a re-delivered upload event sends none.
 - ``stats/<i>.npz``: band ``i``'s histograms (a duplicate writes the same bytes again).
 - ``p90s.json`` (conditional): the reduction, written by whichever stats shard first sees every histogram.
 - ``predict-sent.json``: the predict messages are sent; a stats message delivered again later sends none.

@@ -198,6 +198,7 @@ def test_redelivered_coordinator_rejoins_the_job(
     third = process_object(ref(bucket), runtime)
     assert first.detail == second.detail == third.detail  # one job id
     assert len(in_progress_uploads(s3_client, bucket)) == 1  # the loser's upload was aborted
+    assert len(queue.messages) == 3  # the stats messages once: the re-joining coordinators found them sent
     queue.drain(runtime)
     assert get(s3_client, bucket, "scenes/big.npy") == expected_npy(runtime, make_raster, tmp_path, body)
     assert in_progress_uploads(s3_client, bucket) == []
