@@ -87,10 +87,10 @@ class ShardJob:
 
 @dataclass(frozen=True)
 class FailShardJob:
-    """End the job of a shard whose processing crashed a worker: :func:`handler.fanout.fail_shard_job`."""
+    """End the job of a shard that crashed or outran its worker: :func:`handler.fanout.fail_shard_job`."""
 
     message: ShardMessage
-    reason: str
+    error: InputError  # WorkerCrashedError or DeadlineError: what the job's marker says
 
 
 Job = PredictJob | ProcessJob | RejectJob | ShardJob | FailShardJob
@@ -114,7 +114,7 @@ def run_job(runtime: Any, job: Job, cancelled: Callable[[], bool] = lambda: Fals
     if isinstance(job, RejectJob):
         return reject_object(job.ref, runtime, WorkerCrashedError(job.message))
     if isinstance(job, FailShardJob):
-        return fail_shard_job(job.message, runtime, WorkerCrashedError(job.reason))
+        return fail_shard_job(job.message, runtime, job.error)
     if isinstance(job, ShardJob):
         # No between-tiles interrupt in a band's passes: a shard past its deadline is killed (Worker.run).
         return run_shard(job.message, runtime)

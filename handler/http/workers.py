@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from handler.errors import TransientError, WorkerCrashedError
+from handler.errors import DeadlineError, TransientError, WorkerCrashedError
 from handler.isolation import (
     START_TIMEOUT_S,
     FailShardJob,
@@ -128,11 +128,11 @@ class WorkerPool:
     def shard(self, job: ShardJob, cancelled: Cancelled) -> dict[str, Any]:
         try:
             return self._run(job, cancelled)
-        except WorkerCrashedError as exc:
-            # The shard's input killed its worker: redelivering it would kill the next one. The replacement
-            # ends the job (failed.json, <stem>.error.json), as an input error in a shard does.
-            logger.error("shard %s crashed its worker: %s", job.message.event_id, exc)
-            return self._run(FailShardJob(job.message, str(exc)), lambda: False)
+        except (WorkerCrashedError, DeadlineError) as exc:
+            # The shard killed its worker, or outran INFERENCE_TIMEOUT_S and was killed: a redelivery would do
+            # the same. A worker ends the job instead (failed.json, <stem>.error.json), as an input error does.
+            logger.error("shard %s: %s", job.message.event_id, exc)
+            return self._run(FailShardJob(job.message, exc), lambda: False)
 
     def _run(self, job: Job, cancelled: Cancelled) -> Any:
         # The app's slots admit at most ``size`` jobs at once, so a worker is free or being replaced.

@@ -8,6 +8,7 @@ webhook, the coordinator, every shard, and the assembled .npy must be ``predict_
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from starlette.testclient import TestClient
 
 import handler.fanout.coordinator as coordinator
 import handler.isolation as isolation
-from handler.errors import WorkerCrashedError
+from handler.errors import DeadlineError, WorkerCrashedError
 from handler.event_types import SHARD_EVENT_TYPE
 from handler.fanout import ShardMessage
 from handler.fanout.jobs import JobStore
@@ -197,36 +198,46 @@ def test_shard_events_need_the_token_and_an_allowed_bucket(knative):
     assert "ce-type" not in answer.headers  # no reply CloudEvent goes back into the Broker
 
 
-def test_a_shard_that_kills_its_worker_ends_the_job_with_an_error_marker(
-    knative, s3_client, make_raster, make_s3_record, monkeypatch
+@pytest.mark.parametrize(
+    "error",
+    [
+        WorkerCrashedError("processing crashed its worker process (killed by SIGSEGV)"),
+        DeadlineError("processing did not finish in time (INFERENCE_TIMEOUT_S); its worker was replaced"),
+    ],
+    ids=["crashed", "deadline"],
+)
+def test_a_shard_that_kills_or_outruns_its_worker_ends_the_job_with_an_error_marker(
+    knative, s3_client, make_raster, make_s3_record, monkeypatch, error
 ):
     upload(s3_client, knative.bucket, make_raster, 300, 70)
     webhook(knative, make_s3_record)
-    # GIVEN the worker pool's handling of a shard whose worker process dies (handler.http.workers.WorkerPool)
+    # GIVEN the worker pool's handling of a shard whose worker dies or is killed (handler.http.workers.WorkerPool)
     monkeypatch.setattr(
         InProcessBackend,
         "shard",
-        lambda self, job, cancelled: WorkerPool.shard(_CrashingPool(self.runtime), job, cancelled),
+        lambda self, job, cancelled: WorkerPool.shard(_FailingPool(self.runtime, error), job, cancelled),
     )
     knative.broker.dispatch(knative.relay)
     # THEN the job failed once, with the error marker beside the input, no .npy and no upload left open
     bucket = knative.bucket
-    marker = s3_client.get_object(Bucket=bucket, Key="scenes/big.error.json")["Body"].read().decode()
-    assert "crashed its worker" in marker
+    marker = json.loads(s3_client.get_object(Bucket=bucket, Key="scenes/big.error.json")["Body"].read())
+    assert marker["error"] == type(error).__name__ and str(error) in marker["message"]
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])]
     assert "scenes/big.npy" not in keys
     assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     [job] = {k.split("/")[1] for k in keys if k.endswith("/job.json")}
-    assert JobStore(s3_client, bucket, job).get_json("failed.json")["error"] == "WorkerCrashedError"
+    assert JobStore(s3_client, bucket, job).get_json("failed.json")["error"] == type(error).__name__
+    # and the Broker was answered 200 each time: nothing is retried or dead-lettered
+    assert all(answer.get("status") != "error" for answer in knative.broker.answers)
 
 
-class _CrashingPool:
-    """A pool whose shard jobs die in their worker; the follow-up job (FailShardJob) runs in process."""
+class _FailingPool:
+    """A pool whose shard jobs fail in their worker with ``error``; the follow-up (FailShardJob) runs in process."""
 
-    def __init__(self, runtime) -> None:
-        self.runtime = runtime
+    def __init__(self, runtime, error: Exception) -> None:
+        self.runtime, self.error = runtime, error
 
     def _run(self, job, cancelled):
         if isinstance(job, isolation.ShardJob):
-            raise WorkerCrashedError("processing crashed its worker process (killed by SIGSEGV)")
+            raise self.error
         return isolation.run_job(self.runtime, job, cancelled)
