@@ -7,7 +7,9 @@ For one uploaded object:
    -> ``missing`` (never retried: a newer upload has its own event);
 3. idempotency: if ``<stem>.npy`` (or our ``<stem>.error.json``) already records this object's ETag, this
    model's sha256 and this output mode -> ``duplicate``; nothing is downloaded;
-4. download exactly that version into a private temp dir (size limits checked before), segment it, upload
+4. with fan-out on, read the header where the object lies (:mod:`handler.remote`) and hand a raster too large
+   for one invocation to :mod:`handler.fanout` (never downloaded) -> ``fanned-out``; otherwise
+   download exactly that version into a private temp dir (size limits checked before), segment it, upload
    ``<stem>.npy`` with metadata that keeps the georeferencing, then remove a stale error marker of ours
    -> ``written``;
 5. an :class:`InputError` (not a raster, too big, too few bands, archived, past its deadline, or an output
@@ -44,10 +46,11 @@ from typing import Any
 
 from handler.access import check_allowed
 from handler.errors import ObjectMissingError, TransientError
-from handler.fanout import fan_out_if_large
+from handler.fanout.coordinator import fan_out_if_large, shard_sender
 from handler.filters import skip_reason
 from handler.objects import ObjectRef, error_key, output_key
 from handler.outcome import Outcome, OutcomeStatus
+from handler.remote import remote_source, url_lifetime_s
 from handler.runtime import Runtime
 from handler.storage import ObjectInfo, s3_uri
 from model.errors import ConfigError, InputError
@@ -199,15 +202,20 @@ def _segment(
     interrupt: Callable[[], None] | None,
 ) -> Outcome:
     settings, storage = runtime.settings, runtime.storage
+    send = shard_sender(settings)
+    if send is not None:
+        # Too much for one invocation? Decided from the header read where the object lies: a sharded job's input
+        # is never downloaded (its shards read their rows remotely), so MAX_INPUT_BYTES bounds only what stays.
+        with remote_source(storage, info, expires_s=url_lifetime_s(settings)) as remote:
+            job = fan_out_if_large(runtime, info, target.bucket, target.key, target.marker, remote, send)
+        if job is not None:
+            return job
     reserve = max(OUTPUT_RESERVE_MIN_BYTES, int(info.size * OUTPUT_RESERVE_FRACTION))
     # A private (0700) directory per object: fixed names inside, nothing derived from the key, all removed.
     with tempfile.TemporaryDirectory(prefix="rasterfn-", dir=settings.tmp_dir) as workdir:
         src = storage.download(info, workdir, max_bytes=settings.max_input_bytes, reserve_bytes=reserve)
         dst = Path(workdir) / "output.npy"
         try:
-            # Too much for one invocation: this one becomes the coordinator of a sharded job (handler/fanout).
-            if (job := fan_out_if_large(runtime, info, target.bucket, target.key, target.marker, src)) is not None:
-                return job
             result = predict_file(runtime.model, src, dst, runtime.options, interrupt=interrupt)
         except InputError as exc:
             # The predictor names our temp file; the user knows the object by its key.

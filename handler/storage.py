@@ -171,6 +171,7 @@ def make_s3_client(endpoint_url: str | None = None, *, max_attempts: int = DEFAU
     """An S3 client with retries and timeouts; ``endpoint_url`` None lets boto3 read ``AWS_ENDPOINT_URL*``."""
     config = Config(
         retries={"mode": "standard", "total_max_attempts": max_attempts},
+        signature_version="s3v4",  # presigned URLs too (botocore may presign with SigV2, which S3 is retiring)
         connect_timeout=CONNECT_TIMEOUT_S,
         read_timeout=READ_TIMEOUT_S,
         tcp_keepalive=True,
@@ -306,12 +307,7 @@ class Storage:
 
     def _get_into(self, info: ObjectInfo, fh: BinaryIO) -> None:
         # One GET with If-Match (s3transfer sends it on ranged GETs only): a replaced version fails with 412.
-        kwargs: dict[str, Any] = {"Bucket": info.bucket, "Key": info.key}
-        if info.version_id:
-            kwargs["VersionId"] = info.version_id
-        if info.etag:
-            kwargs["IfMatch"] = f'"{info.etag}"'
-        with contextlib.closing(self.client.get_object(**kwargs)["Body"]) as body:
+        with contextlib.closing(self.client.get_object(**self._exact(info))["Body"]) as body:
             for chunk in body.iter_chunks(IO_CHUNK_BYTES):
                 fh.write(chunk)
 
@@ -321,6 +317,33 @@ class Storage:
         with create_transfer_manager(self.client, self.transfer_config) as manager:
             subscribers = [_KnownObject(info.size, info.etag)]
             manager.download(info.bucket, info.key, fh, extra_args=extra_args, subscribers=subscribers).result()
+
+    def read_range(self, info: ObjectInfo, start: int, length: int) -> bytes:
+        """Bytes ``start..start+length-1`` of exactly ``info``'s version (fewer at the end of the object)."""
+        if length < 1 or start >= info.size:
+            return b""
+        kwargs = self._exact(info)
+        kwargs["Range"] = f"bytes={start}-{start + length - 1}"
+        with s3_errors(info.uri), contextlib.closing(self.client.get_object(**kwargs)["Body"]) as body:
+            return body.read()
+
+    def presigned_get(self, info: ObjectInfo, expires_s: int) -> str:
+        """A GET URL for exactly ``info``'s version, valid ``expires_s`` seconds: the only credential it carries is
+        the right to read that one object (pinned by ``VersionId`` where versioning is on; the caller adds If-Match
+        on the ETag for unversioned buckets, which a URL cannot pin). Never log it."""
+        params: dict[str, Any] = {"Bucket": info.bucket, "Key": info.key}
+        if info.version_id:
+            params["VersionId"] = info.version_id
+        with s3_errors(info.uri):
+            return self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_s)
+
+    def _exact(self, info: ObjectInfo) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"Bucket": info.bucket, "Key": info.key}
+        if info.version_id:
+            kwargs["VersionId"] = info.version_id
+        if info.etag:
+            kwargs["IfMatch"] = f'"{info.etag}"'
+        return kwargs
 
     def upload_file(
         self,

@@ -5,6 +5,7 @@ all under :class:`RasterfnError`, so a caller can still catch everything of ours
 
 - :class:`InputError`: the user must fix something (a broken raster, too few bands). Never retried.
 - :class:`ConfigError`: the deployment is wrong (bad setting, bad model card). Fails at start-up.
+- :class:`RemoteReadError`: a raster read over HTTP could not be fetched; says nothing about the file.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ class RasterTooLargeError(InputError):
 
 class RasterBandsError(InputError):
     """The raster has fewer bands than the model card needs."""
+
+
+class RemoteReadError(RasterfnError):
+    """A remote raster's bytes could not be fetched (HTTP status, connection): the caller decides what it means."""
 
 
 class ConfigError(RasterfnError):

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from model.errors import RasterReadError
 from model.refusals import EXPECTED_RASTER, REEXPORT, UPLOAD_AGAIN, refusal
+from model.remote import redact
 
 log = logging.getLogger("model.gdal")
 
@@ -89,7 +90,7 @@ def library_text(exc: BaseException | None) -> str:
         if text and "See previous exception" not in text:
             messages.append(text)
         exc = exc.__cause__ or exc.__context__
-    return " <- ".join(reversed(messages)) or "unknown error"
+    return redact(" <- ".join(reversed(messages))) or "unknown error"  # a presigned URL's signature never logged
 
 
 class _ToDebugLog(logging.Handler):
@@ -97,7 +98,7 @@ class _ToDebugLog(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s %s: %s", record.name, record.levelname, record.getMessage())
+            log.debug("%s %s: %s", record.name, record.levelname, redact(record.getMessage()))
 
 
 @cache

@@ -22,10 +22,12 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import rasterio
@@ -35,9 +37,10 @@ from rasterio.windows import Window
 
 from model.cpus import available_cpus
 from model.decode_limits import BlockLayout, DecodeLimits, cache_bytes, check_layout, read_layout
-from model.errors import RasterBandsError, RasterReadError, RasterTooLargeError
-from model.gdal_messages import explain_open_error, explain_read_error
+from model.errors import RasterBandsError, RasterReadError, RasterTooLargeError, RemoteReadError
+from model.gdal_messages import explain_open_error, explain_read_error, library_text
 from model.refusals import EXPECTED_RASTER, REEXPORT, UPLOAD_AGAIN, refusal
+from model.remote import SIGNATURE_BYTES, VSICURL, RemoteRaster, is_http_failure
 
 ALLOWED_DRIVER = "GTiff"  # also reads COGs and BigTIFFs
 SUPPORTED_KINDS = "uif"  # unsigned, signed, float; no complex, no bool
@@ -60,6 +63,8 @@ GDAL_ENV = {
     "GDAL_CACHEMAX": 128 * 1024**2,  # bytes
 }
 READ_THREADS = str(available_cpus())  # ALL_CPUS would count the node, not the cgroup quota
+_HTTP_STATUS = re.compile(r"HTTP (?:response|error) code:? ?\d+", re.I)
+RasterSource = str | Path | RemoteRaster  # what the readers open: a local path, or a raster read over HTTP
 
 
 @dataclass(frozen=True)
@@ -88,24 +93,35 @@ class RasterHeader:
 
 
 @contextlib.contextmanager
-def open_raster(path: str | Path, **gdal_options: object) -> Iterator[rasterio.DatasetReader]:
-    """Open a local TIFF single-threaded (to read its header); anything else is a :class:`RasterReadError`."""
-    path = Path(path)
-    _sniff(path)
-    with rasterio.Env(**{**GDAL_ENV, **gdal_options}):
+def open_raster(source: RasterSource, **gdal_options: object) -> Iterator[rasterio.DatasetReader]:
+    """Open a TIFF single-threaded (to read its header); anything else is a :class:`RasterReadError`.
+
+    ``source`` is a local path, or a :class:`~model.remote.RemoteRaster` read over HTTP range requests (a
+    fetch that fails is a :class:`~model.errors.RemoteReadError`, not a verdict on the file).
+    """
+    if isinstance(source, RemoteRaster):
+        check_signature(source.name, source.head)
+        path, name, env = source.gdal_path, source.name, {**GDAL_ENV, **source.gdal_options(), **gdal_options}
+    else:
+        path = Path(source)
+        _sniff(path)
+        name, env = path.name, {**GDAL_ENV, **gdal_options}
+    with rasterio.Env(**env):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 src = rasterio.open(path, driver=ALLOWED_DRIVER)
         except RasterioError as exc:
-            raise explain_open_error(path.name, exc) from exc
+            if isinstance(source, RemoteRaster):
+                _raise_if_fetch_failed(name, exc)
+            raise explain_open_error(name, exc) from exc
         with src:
             yield src
 
 
 @contextlib.contextmanager
 def open_checked(
-    path: str | Path, bands: Sequence[int], max_pixels: int, limits: DecodeLimits | None = None
+    path: RasterSource, bands: Sequence[int], max_pixels: int, limits: DecodeLimits | None = None
 ) -> Iterator[tuple[rasterio.DatasetReader, RasterHeader]]:
     """Check the header (:func:`check_header`, :func:`model.decode_limits.check_layout`), then open for reading.
 
@@ -121,13 +137,19 @@ def open_checked(
         yield src, header
 
 
-def read_header(src: rasterio.DatasetReader, name: str | Path = "") -> RasterHeader:
+def read_header(src: rasterio.DatasetReader, name: RasterSource = "") -> RasterHeader:
+    """The header of an open dataset; ``name`` is what it was opened from (the name messages use, and the
+    size of a :class:`~model.remote.RemoteRaster`, which the caller knows and GDAL does not tell)."""
+    if isinstance(name, RemoteRaster):
+        shown, file_bytes = name.name, name.size
+    else:
+        shown, file_bytes = Path(name).name or _dataset_name(src), Path(src.name).stat().st_size
     crs = None
     if src.crs is not None:
         epsg = src.crs.to_epsg()
         crs = f"EPSG:{epsg}" if epsg else src.crs.to_wkt()
     return RasterHeader(
-        name=Path(name).name or Path(src.name).name,
+        name=shown,
         width=int(src.width),
         height=int(src.height),
         count=int(src.count),
@@ -136,7 +158,7 @@ def read_header(src: rasterio.DatasetReader, name: str | Path = "") -> RasterHea
         crs=crs,
         transform=tuple(src.transform)[:6],
         all_valid=all(flags == [MaskFlags.all_valid] for flags in src.mask_flag_enums),
-        layout=read_layout(src, Path(src.name).stat().st_size),
+        layout=read_layout(src, file_bytes),
     )
 
 
@@ -194,7 +216,10 @@ def read_window(
             valid = np.logical_and.reduce(masks != 0, axis=0)
     except RasterioError as exc:
         first = int(window.row_off)
-        raise explain_read_error(Path(src.name).name, exc, first, first + int(window.height)) from exc
+        name = _dataset_name(src)
+        if src.name.startswith(VSICURL):
+            _raise_if_fetch_failed(name, exc)
+        raise explain_read_error(name, exc, first, first + int(window.height)) from exc
     if data.dtype.kind == "f":
         finite = np.isfinite(data).all(axis=0)
         if not finite.all():
@@ -206,21 +231,47 @@ def _sniff(path: Path) -> None:
     """Name the problem for files that are clearly not TIFFs, before GDAL says something vaguer."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(8)
+            head = fh.read(SIGNATURE_BYTES)
     except FileNotFoundError as exc:
         raise RasterReadError(refusal(path.name, "it does not exist", EXPECTED_RASTER, "Check the name")) from exc
     except OSError as exc:
         problem = f"it cannot be opened ({exc.strerror or type(exc).__name__})"
         raise RasterReadError(refusal(path.name, problem, EXPECTED_RASTER, "Check its permissions")) from exc
+    check_signature(path.name, head)
+
+
+def check_signature(name: str, head: bytes) -> None:
+    """Refuse what is clearly not a TIFF from its first bytes, naming what it is where it can (pure).
+
+    >>> check_signature("a.tif", b"\\x89PNG\\r\\n\\x1a\\n")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    model.errors.RasterReadError: a.tif: it is a PNG image, not a TIFF; ...
+    """
     if not head:
-        raise RasterReadError(refusal(path.name, "it is empty (0 bytes)", EXPECTED_RASTER, UPLOAD_AGAIN))
+        raise RasterReadError(refusal(name, "it is empty (0 bytes)", EXPECTED_RASTER, UPLOAD_AGAIN))
     if any(head.startswith(magic) for magic in TIFF_MAGICS):
         return
     what = next((kind for magic, kind in KNOWN_MAGICS.items() if head.startswith(magic)), None)
     problem = f"it is {what}, not a TIFF" if what else "it is not a TIFF (it does not start with a TIFF signature)"
     raise RasterReadError(
-        refusal(path.name, problem, EXPECTED_RASTER, "Convert it: `gdal_translate -of GTiff in.xxx out.tif`")
+        refusal(name, problem, EXPECTED_RASTER, "Convert it: `gdal_translate -of GTiff in.xxx out.tif`")
     )
+
+
+def _raise_if_fetch_failed(name: str, exc: RasterioError) -> None:
+    """A remote read that failed because a request failed (HTTP status, connection) -> :class:`RemoteReadError`."""
+    text = library_text(exc)
+    if is_http_failure(text):
+        status = _HTTP_STATUS.search(text)
+        raise RemoteReadError(f"{name}: a ranged read failed ({status.group(0) if status else 'connection'})") from exc
+
+
+def _dataset_name(src: rasterio.DatasetReader) -> str:
+    """The file name a dataset's messages use: a remote one's is the URL path's last part, never the URL."""
+    if src.name.startswith(VSICURL):
+        return unquote(PurePosixPath(urlsplit(src.name[len(VSICURL) :]).path).name)
+    return Path(src.name).name
 
 
 def _band_list(bands: Sequence[int]) -> str:

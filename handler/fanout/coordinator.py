@@ -1,7 +1,8 @@
 """One raster across parallel invocations: the coordinator, the two shard phases and the assembly.
 
-1. **Coordinator** (:func:`fan_out_if_large`, called by :mod:`handler.process` after the download): from the
-   header alone, tiles x ``FANOUT_SECONDS_PER_TILE``; at or below ``FANOUT_THRESHOLD_SECONDS`` (and within
+1. **Coordinator** (:func:`fan_out_if_large`, called by :mod:`handler.process` before any download, on the
+   header read where the object lies, :mod:`handler.remote`): from the header alone, tiles x
+   ``FANOUT_SECONDS_PER_TILE``; at or below ``FANOUT_THRESHOLD_SECONDS`` (and within
    ``MAX_PIXELS``) it returns ``None`` and the invocation processes the raster itself. Above, it plans row
    bands (:mod:`model.shards`: each reads at most ``MAX_PIXELS``, the scene at most ``MAX_SCENE_PIXELS``),
    opens the ``.npy``'s multipart upload, records the job (:mod:`handler.fanout.jobs`) and sends one
@@ -11,6 +12,11 @@
 3. **Predict shard**: writes its band's rows (part 1 starts with the ``.npy`` header) to a temp file and
    uploads it as its part; the one that finds every part present completes the upload: the ``.npy`` appears
    at once, with the same metadata as a single invocation's.
+
+Shards never download the input: each reads the job's exact source version where it lies, with ranged GETs
+(:mod:`handler.remote`), only the blocks its rows and overlap rows touch. So ``MAX_INPUT_BYTES`` and the temp
+disk bound only rasters processed in one invocation; a fan-out job's input is bounded by ``MAX_SCENE_PIXELS``
+and the decode checks (:mod:`model.decode_limits`), which run on the header before any pixel is read.
 
 An :class:`InputError` in any shard fails the job: ``failed.json``, the upload aborted, ``<stem>.error.json``
 written; no ``.npy``. Any other error raises, so the queue re-delivers the message. Hop depth: upload ->
@@ -41,11 +47,14 @@ from handler.fanout.messages import ShardMessage
 from handler.fanout.sender import sender_from_settings
 from handler.objects import ObjectRef
 from handler.outcome import Outcome, OutcomeStatus
+from handler.remote import remote_source, url_lifetime_s
 from handler.runtime import Runtime
 from handler.storage import OUTPUT_CONTENT_TYPE, ObjectInfo, s3_errors, s3_uri
+from model.decode_limits import check_layout
 from model.errors import ConfigError, InputError, RasterTooLargeError
 from model.predict import PredictionResult, band_statistics, plan_raster_shards, predict_band
-from model.raster import check_header, open_raster, read_header
+from model.raster import RasterSource, check_header, open_raster, read_header
+from model.remote import RemoteRaster
 from model.shards import S3_MIN_PART_BYTES, RowBand, merge_percentiles, npy_header
 from model.tiling import plan_tiles
 
@@ -70,17 +79,23 @@ def estimate_seconds(tiles: int, seconds_per_tile: float) -> float:
     return tiles * seconds_per_tile
 
 
+def shard_sender(settings) -> Send | None:
+    """The deployment's shard sender, ``None`` when fan-out is off: :mod:`handler.process` asks before it reads."""
+    return sender_from_settings(settings)
+
+
 def fan_out_if_large(
     runtime: Runtime,
     info: ObjectInfo,
     target_bucket: str,
     target_key: str,
     marker_key: str,
-    src: Path,
+    src: RasterSource,
     send: Send | None = None,
 ) -> Outcome | None:
     """Start (or re-join) a sharded job for a raster too large for one invocation; ``None`` when it is not
-    (or when fan-out is off: neither ``FANOUT_QUEUE_URL`` nor ``K_SINK``)."""
+    (or when fan-out is off: neither ``FANOUT_QUEUE_URL`` nor ``K_SINK``). ``src`` is the object where it lies
+    (:func:`handler.remote.remote_source`) or a local copy: only its header is read."""
     settings, model = runtime.settings, runtime.model
     send = send or sender_from_settings(settings)
     if send is None:
@@ -94,6 +109,7 @@ def fan_out_if_large(
     if seconds <= settings.fanout_threshold_seconds and header.pixels <= settings.max_pixels:
         return None
     check_header(header, card.bands, settings.max_scene_pixels)
+    check_layout(header.layout, options.limits, header.name)  # refused here, before any shard is sent
     threshold = max(1, settings.fanout_threshold_seconds)
     wanted = min(settings.fanout_max_shards, math.ceil(seconds / threshold))
     try:
@@ -344,10 +360,10 @@ def _options(runtime: Runtime):
 
 
 @contextlib.contextmanager
-def _source(runtime: Runtime, job: dict) -> Iterator[Path]:
-    """The job's exact source version, downloaded into a private temp dir for the shard's lifetime."""
-    settings, storage, source = runtime.settings, runtime.storage, job["source"]
+def _source(runtime: Runtime, job: dict) -> Iterator[RemoteRaster]:
+    """The job's exact source version, read where it lies (ranged GETs of its rows' blocks, never downloaded)."""
+    storage, source = runtime.storage, job["source"]
     ref = ObjectRef(source["bucket"], source["key"], etag=source["etag"], version_id=source["version_id"])
-    info = storage.locate(ref)
-    with tempfile.TemporaryDirectory(prefix="rasterfn-shard-", dir=settings.tmp_dir) as workdir:
-        yield storage.download(info, workdir, max_bytes=settings.max_input_bytes)
+    info = storage.locate(ref)  # gone or replaced since the job started: ObjectMissingError, the job is abandoned
+    with remote_source(storage, info, expires_s=url_lifetime_s(runtime.settings)) as src:
+        yield src
