@@ -7,10 +7,14 @@ the next request (412) instead of mixing two uploads' bytes. The URL is the only
 keys, config or endpoint settings reach it), it expires after :func:`url_lifetime_s`, and nothing derived
 from the key reaches the filesystem: nothing is written.
 
-A fetch that fails (:class:`~model.errors.RemoteReadError`) is decided here, with one HEAD: the object gone or
-replaced since the job looked -> :class:`~handler.errors.ObjectMissingError` (a replaced upload's own event
-supersedes the job, which is abandoned); otherwise :class:`~handler.errors.TransientError` (retried; the
-retry presigns a new URL, so an expired one heals too).
+A read that fails is decided here, with one HEAD: the object gone or replaced since the job looked ->
+:class:`~handler.errors.ObjectMissingError` (a replaced upload's own event supersedes the job, which is
+abandoned). That covers a 412 whatever GDAL made of it: a failed fetch of pixel data reaches us as libtiff's
+"read error ... got 0 bytes", with GDAL's HTTP message lost on the way. Otherwise a fetch GDAL reported as such
+(:class:`~model.errors.RemoteReadError`: the header's requests, a status or a connection error) ->
+:class:`~handler.errors.TransientError` (retried; the retry presigns a new URL, so an expired one heals too),
+and an input error stands, as it would for a downloaded copy. GDAL itself retries 429 and 5xx answers
+(``GDAL_HTTP_MAX_RETRY``, :mod:`model.remote`) before a read fails.
 
 Example:
     >>> with remote_source(storage, info, expires_s=url_lifetime_s(settings)) as src:   # doctest: +SKIP
@@ -25,7 +29,7 @@ from collections.abc import Iterator
 from handler.errors import ObjectMissingError, TransientError
 from handler.settings import Settings
 from handler.storage import ObjectInfo, Storage
-from model.errors import RemoteReadError
+from model.errors import InputError, RemoteReadError
 from model.remote import SIGNATURE_BYTES, RemoteRaster
 
 LAMBDA_MAX_TIMEOUT_S = 15 * 60
@@ -44,8 +48,10 @@ def remote_source(storage: Storage, info: ObjectInfo, *, expires_s: int) -> Iter
     url = storage.presigned_get(info, expires_s)
     try:
         yield RemoteRaster(url, info.key, info.size, head, info.etag or None)
-    except RemoteReadError as exc:
+    except (RemoteReadError, InputError) as exc:
         current = storage.head(info.bucket, info.key, version_id=info.version_id)
         if current is None or current.etag != info.etag:
             raise ObjectMissingError(f"{info.uri} was replaced or deleted while it was read") from exc
-        raise TransientError(f"{info.uri}: reading it failed, retry later ({exc})") from exc
+        if isinstance(exc, RemoteReadError):
+            raise TransientError(f"{info.uri}: reading it failed, retry later ({exc})") from exc
+        raise

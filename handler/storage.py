@@ -331,7 +331,13 @@ class Storage:
         """A GET URL for exactly ``info``'s version, valid ``expires_s`` seconds: the only credential it carries is
         the right to read that one object (pinned by ``VersionId`` where versioning is on; the caller adds If-Match
         on the ETag for unversioned buckets, which a URL cannot pin). Never log it."""
-        params: dict[str, Any] = {"Bucket": info.bucket, "Key": info.key}
+        # The ETag in the (signed) URL, as a download name: GDAL caches ranges process-wide by URL, and two
+        # versions of one key presigned in the same second must never share a URL (nor that cache).
+        params: dict[str, Any] = {
+            "Bucket": info.bucket,
+            "Key": info.key,
+            "ResponseContentDisposition": f'attachment; filename="{info.etag}.tif"',
+        }
         if info.version_id:
             params["VersionId"] = info.version_id
         with s3_errors(info.uri):

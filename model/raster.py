@@ -63,7 +63,7 @@ GDAL_ENV = {
     "GDAL_CACHEMAX": 128 * 1024**2,  # bytes
 }
 READ_THREADS = str(available_cpus())  # ALL_CPUS would count the node, not the cgroup quota
-_HTTP_STATUS = re.compile(r"HTTP (?:response|error) code:? ?\d+", re.I)
+_HTTP_STATUS = re.compile(r"HTTP (?:response|error) code:? ?\d+|response_code=\d+", re.I)
 RasterSource = str | Path | RemoteRaster  # what the readers open: a local path, or a raster read over HTTP
 
 
@@ -101,7 +101,7 @@ def open_raster(source: RasterSource, **gdal_options: object) -> Iterator[raster
     """
     if isinstance(source, RemoteRaster):
         check_signature(source.name, source.head)
-        path, name, env = source.gdal_path, source.name, {**GDAL_ENV, **source.gdal_options(), **gdal_options}
+        path, name, env = source.gdal_path, source.name, {**GDAL_ENV, **gdal_options, **source.gdal_options()}
     else:
         path = Path(source)
         _sniff(path)

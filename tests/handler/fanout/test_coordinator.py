@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from collections import deque
@@ -10,14 +11,18 @@ import numpy as np
 import pytest
 
 import handler.fanout.coordinator as coordinator
+import model.predict as predict_module
 from handler.errors import TransientError
 from handler.fanout import ShardMessage, parse_shard_message, run_shard
 from handler.fanout.jobs import JobStore
 from handler.objects import JOB_PREFIX, ObjectRef
 from handler.outcome import OutcomeStatus
 from handler.process import process_object
+from handler.storage import Storage
+from model.errors import RemoteReadError
 from model.options import PredictOptions
 from model.predict import predict_file
+from tests.fixtures.hostile_tiffs import giant_strip_file, huge_tile_file, sparse_file
 
 
 class Queue:
@@ -393,3 +398,187 @@ def test_lambda_entry_point_runs_a_whole_job_from_sqs_batches(
     get_runtime.cache_clear()
     # THEN the assembled .npy is the single-invocation one
     assert get(s3_client, bucket, "scenes/big.npy") == expected_npy(runtime, make_raster, tmp_path, body)
+
+
+# -- shards read the source where it lies (handler/remote.py) ---------------------------------------------------
+
+
+def random_tiled(s3_client, bucket, make_raster, height, width) -> bytes:
+    """A tiled DEFLATE scene of noise (it hardly compresses: the object is mostly pixel blocks)."""
+    data = np.random.default_rng(7).integers(0, 4000, (10, height, width), dtype="uint16")
+    return upload(s3_client, bucket, make_raster, height, width, data=data, tiled=True, blockxsize=64, blockysize=64,
+                  compress="deflate")  # fmt: skip
+
+
+def cold_urls(monkeypatch) -> None:
+    """A new URL for every shard, so each starts as cold as in another process (GDAL caches ranges by URL)."""
+    lifetimes = itertools.count(1200)
+    monkeypatch.setattr(coordinator, "url_lifetime_s", lambda settings: next(lifetimes))
+
+
+def no_download(*args, **kwargs):
+    raise AssertionError("a fan-out job downloaded its input")
+
+
+def test_a_shard_reads_its_rows_not_the_whole_object(
+    small_parts, queue, fan_runtime, make_bucket, s3_client, make_raster, tmp_path, s3_gets, monkeypatch
+):
+    # GIVEN a tiled 960-row scene in 3 shards, every GET of it recorded, and no download possible
+    monkeypatch.setattr(Storage, "download", no_download)
+    cold_urls(monkeypatch)
+    runtime = fan_runtime()
+    bucket = make_bucket()
+    body = random_tiled(s3_client, bucket, make_raster, 960, 70)
+    etag = s3_client.head_object(Bucket=bucket, Key="scenes/big.tif")["ETag"]
+    assert process_object(ref(bucket), runtime).status is OutcomeStatus.FANNED_OUT
+    coordinator_gets = source_gets(s3_gets)
+    # WHEN each shard message runs
+    shards = []
+    while queue.messages:
+        s3_gets.clear()
+        queue.log.append(run_shard(parse_shard_message(queue.messages.popleft()), runtime, queue.send))
+        shards.append(source_gets(s3_gets))
+    # THEN each read of the source is ranged but GDAL's one size probe (a GET it cuts off after the headers),
+    # every one carries the job's ETag (an unversioned bucket: If-Match pins the bytes)
+    for gets in [coordinator_gets, *shards]:
+        assert [g["bytes"] for g in gets].count(None) <= 1
+        assert gets and all(g["if_match"] == etag for g in gets)
+    # and a shard asks for well under the object (its rows, its overlap rows, the header), the coordinator for
+    # the header only; the assembled .npy is still predict_file's byte for byte
+    asked = [sum(g["bytes"] or 0 for g in gets) for gets in shards]
+    assert len(asked) == 6 and max(asked) < 0.6 * len(body), (asked, len(body))
+    assert sum(g["bytes"] or 0 for g in coordinator_gets) < 0.1 * len(body)
+    assert get(s3_client, bucket, "scenes/big.npy") == expected_npy(runtime, make_raster, tmp_path, body)
+    print(f"object {len(body)} B; ranged bytes asked: coordinator {sum(g['bytes'] or 0 for g in coordinator_gets)}, "
+          f"stats shards {asked[:3]}, predict shards {asked[3:]}")  # fmt: skip
+
+
+def source_gets(gets: list[dict]) -> list[dict]:
+    """The GETs of the scene itself (job objects and the .npy are other keys)."""
+    return [g for g in gets if g["path"].split("?")[0].endswith("/scenes/big.tif")]
+
+
+@pytest.mark.parametrize("versioned", [False, True])
+def test_an_input_over_max_input_bytes_fans_out_and_assembles(
+    small_parts, queue, fan_runtime, make_bucket, s3_client, make_raster, tmp_path, monkeypatch, versioned
+):
+    # GIVEN an object over MAX_INPUT_BYTES but far within MAX_SCENE_PIXELS
+    monkeypatch.setattr(Storage, "download", no_download)
+    runtime = fan_runtime(max_input_bytes=50_000)
+    bucket = make_bucket(versioned=versioned)
+    body = upload(s3_client, bucket, make_raster, 530, 90)
+    assert len(body) > runtime.settings.max_input_bytes
+    # WHEN it is processed and its shards run
+    assert process_object(ref(bucket), runtime).status is OutcomeStatus.FANNED_OUT
+    queue.drain(runtime)
+    # THEN it is not refused for its size: the .npy is predict_file's
+    assert get(s3_client, bucket, "scenes/big.npy") == expected_npy(runtime, make_raster, tmp_path, body)
+
+
+def test_an_input_over_max_input_bytes_that_stays_in_one_invocation_is_still_refused(
+    queue, make_runtime, make_bucket, s3_client, make_raster
+):
+    runtime = make_runtime(max_input_bytes=50_000)  # default threshold: 300 x 70 is far below it
+    bucket = make_bucket()
+    upload(s3_client, bucket, make_raster, 300, 70)
+    outcome = process_object(ref(bucket), runtime)
+    assert outcome.status is OutcomeStatus.REJECTED and outcome.error_type == "RasterTooLargeError"
+    assert "MAX_INPUT_BYTES" in outcome.detail and not queue.messages
+
+
+def assert_abandoned(s3_client, bucket, queue) -> None:
+    keys = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert "scenes/big.npy" not in keys and "scenes/big.error.json" not in keys  # the new upload's event decides
+    assert in_progress_uploads(s3_client, bucket) == []
+    assert any(entry["status"] == "abandoned" for entry in queue.log)
+    failed = [k for k in keys if k.startswith(JOB_PREFIX) and k.endswith("failed.json")]
+    assert len(failed) == 1 and json.loads(get(s3_client, bucket, failed[0]))["error"] == "ObjectMissingError"
+
+
+def test_an_object_replaced_between_phases_abandons_the_job(
+    small_parts, queue, fan_runtime, make_bucket, s3_client, make_raster
+):
+    runtime = fan_runtime()
+    bucket = make_bucket()
+    random_tiled(s3_client, bucket, make_raster, 600, 70)
+    process_object(ref(bucket), runtime)
+    queue.log.append(run_shard(parse_shard_message(queue.messages.popleft()), runtime, queue.send))
+    upload(s3_client, bucket, make_raster, 600, 70, seed=3)  # a new upload, same key, unversioned bucket
+    queue.drain(runtime)
+    assert_abandoned(s3_client, bucket, queue)
+
+
+def test_an_object_replaced_while_a_shard_reads_it_abandons_the_job(
+    small_parts, queue, make_runtime, make_bucket, s3_client, make_raster, monkeypatch
+):
+    # GIVEN a job whose stats are done, and a predict shard (in another process: nothing cached) during which a
+    # new upload replaces the object
+    cold_urls(monkeypatch)
+    runtime = make_runtime(fanout_threshold_seconds=0, fanout_max_shards=1)
+    bucket = make_bucket()
+    random_tiled(s3_client, bucket, make_raster, 600, 70)
+    process_object(ref(bucket), runtime)
+    queue.log.append(run_shard(parse_shard_message(queue.messages.popleft()), runtime, queue.send))
+    real_read, reads = predict_module.read_window, []
+
+    def read_then_replace(*args, **kwargs):
+        reads.append(args[2])
+        if len(reads) == 2:  # after the first tile row: later rows are blocks GDAL has not fetched yet
+            upload(s3_client, bucket, make_raster, 600, 70, seed=3)
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(predict_module, "read_window", read_then_replace)
+    # WHEN it runs
+    queue.drain(runtime)
+    # THEN it stopped at the first request for the new bytes: no .npy mixing two uploads, the job abandoned
+    assert 2 <= len(reads) < 10
+    assert_abandoned(s3_client, bucket, queue)
+
+
+def test_a_failed_fetch_of_an_unchanged_object_is_retried_not_a_verdict(
+    small_parts, queue, make_runtime, make_bucket, s3_client, make_raster, monkeypatch
+):
+    # GIVEN a shard whose remote read fails with an HTTP error while the object is unchanged (S3 503s, say)
+    runtime = make_runtime(fanout_threshold_seconds=0, fanout_max_shards=1)
+    bucket = make_bucket()
+    random_tiled(s3_client, bucket, make_raster, 300, 70)
+    process_object(ref(bucket), runtime)
+
+    def unavailable(*args, **kwargs):
+        raise RemoteReadError("big.tif: a ranged read failed (HTTP response code: 503)")
+
+    monkeypatch.setattr(coordinator, "band_statistics", unavailable)
+    # WHEN it runs, THEN the message is retried (TransientError), and nothing is failed or marked
+    with pytest.raises(TransientError, match="retry later"):
+        run_shard(parse_shard_message(queue.messages[0]), runtime, queue.send)
+    keys = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert not any(k.endswith(("failed.json", ".error.json")) for k in keys)
+
+
+@pytest.mark.parametrize(
+    ("write", "error", "match"),
+    [
+        (sparse_file, "RasterTooLargeError", "MAX_COMPRESSION_RATIO"),
+        (huge_tile_file, "RasterReadError", "larger than the image"),
+        (giant_strip_file, "RasterTooLargeError", "MAX_BLOCK_BYTES"),
+    ],
+)
+def test_a_hostile_header_is_refused_from_the_remote_header_before_any_pixel(
+    queue, fan_runtime, make_bucket, s3_client, tmp_path, monkeypatch, write, error, match
+):
+    # GIVEN fan-out on, a crafted header, and pixel reads that would fail the test
+    monkeypatch.setattr(Storage, "download", no_download)
+    monkeypatch.setattr(predict_module, "read_window", no_pixels)
+    runtime = fan_runtime()
+    bucket = make_bucket()
+    s3_client.put_object(Bucket=bucket, Key="scenes/big.tif", Body=write(tmp_path / "hostile.tif").read_bytes())
+    # WHEN it is processed
+    outcome = process_object(ref(bucket), runtime)
+    # THEN the coordinator refused it from the header it read where the object lies: no job, no shard
+    assert outcome.status is OutcomeStatus.REJECTED and outcome.error_type == error
+    assert match in outcome.detail and outcome.detail.startswith("scenes/big.tif: ")
+    assert not queue.messages
+
+
+def no_pixels(*args, **kwargs):
+    raise AssertionError("pixels were read")
