@@ -390,3 +390,26 @@ def test_conditional_upload_writes_only_over_what_was_seen(moto_endpoint, s3_cli
     assert s3_client.head_object(Bucket=bucket, Key="out.npy")["Metadata"] == {"k": "2"}
     final = [headers for url, headers in sent.items() if url.startswith("P") and "partNumber" not in url]
     assert final[-1]["If-Match"] == first["ETag"].encode()
+
+
+def test_read_range_reads_exactly_the_version_seen(storage, s3_client, make_bucket):
+    bucket = make_bucket()
+    s3_client.put_object(Bucket=bucket, Key="in/a.tif", Body=b"II*\x00" + bytes(range(200)))
+    info = storage.locate(ObjectRef(bucket, "in/a.tif"))
+    assert storage.read_range(info, 0, 8) == b"II*\x00\x00\x01\x02\x03"
+    assert storage.read_range(info, 200, 100) == bytes(range(196, 200))  # fewer at the end
+    assert storage.read_range(info, 204, 8) == b""
+    s3_client.put_object(Bucket=bucket, Key="in/a.tif", Body=b"MM\x00*")
+    with pytest.raises(ObjectMissingError, match="replaced"):
+        storage.read_range(info, 0, 8)  # If-Match on the ETag seen: never the new upload's bytes
+
+
+@pytest.mark.parametrize("versioned", [False, True])
+def test_presigned_get_pins_the_version_and_names_the_etag(storage, s3_client, make_bucket, versioned):
+    bucket = make_bucket(versioned=versioned)
+    s3_client.put_object(Bucket=bucket, Key="in/a b.tif", Body=b"II*\x00")
+    info = storage.locate(ObjectRef(bucket, "in/a b.tif"))
+    url = storage.presigned_get(info, 60)
+    assert "X-Amz-Signature=" in url and "X-Amz-Expires=60" in url
+    assert info.etag in url  # two versions of one key presigned in the same second get two URLs
+    assert (f"versionId={info.version_id}" in url) is versioned
