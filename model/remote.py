@@ -35,12 +35,14 @@ VSICURL = "/vsicurl/"
 # - retries cover S3's 5xx and throttling (GDAL retries 429, 500, 502, 503, 504), with back-off; a 412 or 404
 #   is not retried: the caller checks whether the object was replaced;
 # - the region cache keeps the header and the blocks just read, bounded (GDAL's default is 16 MiB);
-# - no sidecar probes (.aux.xml, .ovr, .msk): each would be a GET, and only the uploaded bytes count.
-# Decoding stays multi-threaded (open_checked): GDAL then fetches the blocks of a window in one batch of
-# parallel ranged GETs; one thread reads block by block and GDAL's sequential read-ahead over-fetches (a
-# middle shard of the test scene asked 82% of the object instead of 48%). The price: a fetch failing in a
-# decoding thread reaches us as libtiff's "read error", not as an HTTP failure (handler/remote.py).
+# - no sidecar probes (.aux.xml, .ovr, .msk): each would be a GET, and only the uploaded bytes count;
+# - one decoding thread: GDAL then reads a band's blocks in a window as few merged ranged GETs (the demo scene,
+#   band-interleaved 256-pixel tiles: 162 GETs for the whole job instead of 3726 with GDAL's threads, which
+#   fetch block by block), and GDAL's messages stay in our debug log (a worker thread's go to stderr).
+#   Inference, not decoding, is a shard's cost. The price: GDAL's sequential read-ahead fetches a little past
+#   a band's last block, which only tiny blocks make noticeable.
 REMOTE_GDAL_ENV: dict[str, object] = {
+    "GDAL_NUM_THREADS": "1",
     "CPL_VSIL_CURL_USE_HEAD": "NO",
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "GDAL_HTTP_MAX_RETRY": "4",
