@@ -85,33 +85,27 @@ def test_a_shard_refuses_a_hostile_header_before_any_pixel(
         band_statistics(make_runtime().model, src, band)
 
 
-def test_a_failed_read_of_a_replaced_object_means_it_is_gone(storage, make_bucket, upload_raster):
+CORRUPT = RasterReadError("scene.tif: its pixel data is truncated or corrupt")
+UNAVAILABLE = RemoteReadError("scene.tif: a ranged read failed (HTTP response code: 503)")
+
+
+@pytest.mark.parametrize(
+    ("replaced", "failure", "error", "match"),
+    [
+        (True, CORRUPT, ObjectMissingError, "replaced or deleted"),  # a 412, as libtiff reports it
+        (True, UNAVAILABLE, ObjectMissingError, "replaced or deleted"),
+        (False, UNAVAILABLE, TransientError, "retry later"),  # S3 answered 5xx past GDAL's retries
+        (False, CORRUPT, RasterReadError, "corrupt"),  # the bytes are bad: the input error stands
+    ],
+)
+def test_what_a_failed_read_means(storage, make_bucket, upload_raster, replaced, failure, error, match):
+    # GIVEN an object read where it lies, WHEN a read fails (after a new upload or not), THEN one HEAD decides
     bucket = make_bucket()
     upload_raster(bucket, "in/scene.tif")
-    info = located(storage, bucket)
-    with pytest.raises(ObjectMissingError, match="replaced or deleted"), remote_source(storage, info, expires_s=60):
-        upload_raster(bucket, "in/scene.tif", seed=5)
-        raise RasterReadError("scene.tif: its pixel data is truncated or corrupt")
-
-
-def test_a_failed_fetch_of_an_unchanged_object_is_transient(storage, make_bucket, upload_raster):
-    bucket = make_bucket()
-    upload_raster(bucket, "in/scene.tif")
-    with (
-        pytest.raises(TransientError, match="retry later"),
-        remote_source(storage, located(storage, bucket), expires_s=60),
-    ):
-        raise RemoteReadError("scene.tif: a ranged read failed (HTTP response code: 503)")
-
-
-def test_an_input_error_of_an_unchanged_object_stands(storage, make_bucket, upload_raster):
-    bucket = make_bucket()
-    upload_raster(bucket, "in/scene.tif")
-    with (
-        pytest.raises(RasterReadError, match="corrupt"),
-        remote_source(storage, located(storage, bucket), expires_s=60),
-    ):
-        raise RasterReadError("scene.tif: its pixel data is truncated or corrupt")
+    with pytest.raises(error, match=match), remote_source(storage, located(storage, bucket), expires_s=60):
+        if replaced:
+            upload_raster(bucket, "in/scene.tif", seed=5)
+        raise failure
 
 
 def test_a_url_outlives_the_longest_shard():
