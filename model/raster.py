@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import warnings
 from collections.abc import Iterator, Sequence
@@ -62,6 +63,7 @@ GDAL_ENV = {
     "GDAL_NUM_THREADS": "1",
     "GDAL_CACHEMAX": 128 * 1024**2,  # bytes
 }
+log = logging.getLogger("model.gdal")
 READ_THREADS = str(available_cpus())  # ALL_CPUS would count the node, not the cgroup quota
 _HTTP_STATUS = re.compile(r"HTTP (?:response|error) code:? ?\d+|response_code=\d+", re.I)
 RasterSource = str | Path | RemoteRaster  # what the readers open: a local path, or a raster read over HTTP
@@ -114,6 +116,8 @@ def open_raster(source: RasterSource, **gdal_options: object) -> Iterator[raster
         except RasterioError as exc:
             if isinstance(source, RemoteRaster):
                 _raise_if_fetch_failed(name, exc)
+                # GDAL's text names the presigned URL: only its redacted form (the debug log) may outlive this.
+                raise explain_open_error(name, exc) from None
             raise explain_open_error(name, exc) from exc
         with src:
             yield src
@@ -219,6 +223,7 @@ def read_window(
         name = _dataset_name(src)
         if src.name.startswith(VSICURL):
             _raise_if_fetch_failed(name, exc)
+            raise explain_read_error(name, exc, first, first + int(window.height)) from None  # no URL in a chain
         raise explain_read_error(name, exc, first, first + int(window.height)) from exc
     if data.dtype.kind == "f":
         finite = np.isfinite(data).all(axis=0)
@@ -264,7 +269,8 @@ def _raise_if_fetch_failed(name: str, exc: RasterioError) -> None:
     text = library_text(exc)
     if is_http_failure(text):
         status = _HTTP_STATUS.search(text)
-        raise RemoteReadError(f"{name}: a ranged read failed ({status.group(0) if status else 'connection'})") from exc
+        log.debug("GDAL could not fetch %s: %s", name, text)
+        raise RemoteReadError(f"{name}: a ranged read failed ({status.group(0) if status else 'connection'})") from None
 
 
 def _dataset_name(src: rasterio.DatasetReader) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import replace
 
 import pytest
@@ -83,6 +84,27 @@ def test_a_shard_refuses_a_hostile_header_before_any_pixel(
     # WHEN a stats shard runs on it, THEN the decode checks refuse it from the header, as for a local file
     with pytest.raises(error, match=match), remote_source(storage, located(storage, bucket), expires_s=60) as src:
         band_statistics(make_runtime().model, src, band)
+
+
+def test_a_corrupt_remote_raster_is_refused_without_its_url_in_the_error(
+    storage, make_bucket, s3_client, make_raster, make_runtime
+):
+    # GIVEN a readable header over corrupt compressed blocks, read where it lies
+    path = make_raster(300, 70, tiled=True, blockxsize=64, blockysize=64, compress="deflate")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) * 9 // 10] = b"\xff" * (len(data) * 9 // 10 - len(data) // 2)
+    bucket = make_bucket()
+    s3_client.put_object(Bucket=bucket, Key="in/scene.tif", Body=bytes(data))
+    band = RowBand(0, 0, 0, 6, 0, 300, 300)
+    # WHEN a shard reads its rows, THEN the input error names the file, and nothing in it or its chain names the
+    # presigned URL (a read credential, were the error logged with its traceback)
+    with (
+        pytest.raises(RasterReadError, match=r"^scene\.tif: its pixel data") as info,
+        remote_source(storage, located(storage, bucket), expires_s=60) as src,
+    ):
+        band_statistics(make_runtime().model, src, band)
+    chain = traceback.format_exception(info.value)  # what a log line with the traceback would show
+    assert not any("X-Amz-Signature" in text or src.url in text for text in chain), chain
 
 
 CORRUPT = RasterReadError("scene.tif: its pixel data is truncated or corrupt")
