@@ -355,6 +355,8 @@ _S3_ACTIONS_BY_CALL = {
     "upload_part": {"s3:PutObject"},
     "complete_multipart_upload": {"s3:PutObject"},
     "abort_multipart_upload": {"s3:AbortMultipartUpload"},
+    # Fan-out's range reads: GDAL sends a GET presigned with the function's own (role) credentials.
+    "generate_presigned_url": {"s3:GetObject", "s3:GetObjectVersion"},
 }
 
 
