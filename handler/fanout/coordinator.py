@@ -19,9 +19,10 @@ disk bound only rasters processed in one invocation; a fan-out job's input is bo
 and the decode checks (:mod:`model.decode_limits`), which run on the header before any pixel is read.
 
 An :class:`InputError` in any shard fails the job: ``failed.json``, the upload aborted, ``<stem>.error.json``
-written; no ``.npy``. Any other error raises, so the queue re-delivers the message. Hop depth: upload ->
-coordinator -> stats -> predict, two hops of our own messages, far below Lambda's recursive-loop detection
-(it stops a chain after 16 invocations carrying the same trace); the messages are new sends, never a loop.
+written; no ``.npy`` (a shard's unreadable rows are retried once first: a failed ranged GET reads the same).
+Any other error raises, so the queue re-delivers the message. Hop depth: upload -> coordinator -> stats ->
+predict, two hops of our own messages, far below Lambda's recursive-loop detection (it stops a chain after 16
+invocations carrying the same trace); the messages are new sends, never a loop.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import numpy as np
 from botocore.exceptions import ClientError
 
 from handler.access import check_allowed
-from handler.errors import ForbiddenObjectError, ObjectMissingError
+from handler.errors import ForbiddenObjectError, ObjectMissingError, TransientError
 from handler.fanout.jobs import JobStore, _code
 from handler.fanout.messages import ShardMessage
 from handler.fanout.sender import sender_from_settings
@@ -51,7 +52,7 @@ from handler.remote import remote_source, url_lifetime_s
 from handler.runtime import Runtime
 from handler.storage import OUTPUT_CONTENT_TYPE, ObjectInfo, s3_errors, s3_uri
 from model.decode_limits import check_layout
-from model.errors import ConfigError, InputError, RasterTooLargeError
+from model.errors import ConfigError, InputError, RasterReadError, RasterTooLargeError
 from model.predict import PredictionResult, band_statistics, plan_raster_shards, predict_band
 from model.raster import RasterSource, check_header, open_raster, read_header
 from model.remote import RemoteRaster
@@ -216,11 +217,25 @@ def run_shard(message: ShardMessage, runtime: Runtime, send: Send | None = None)
             return {**summary, "status": _stats_phase(runtime, store, job, band, send)}
         return {**summary, "status": _predict_phase(runtime, store, job, band)}
     except InputError as exc:
+        if _retry_read_once(store, message, exc):
+            raise TransientError(f"shard {message.event_id}: {exc} (retried once before the file is judged)") from exc
         _fail(runtime, store, job, exc, marker=True)
         return {**summary, "status": "failed", "error": str(exc)}
     except ObjectMissingError as exc:  # the upload was replaced: its own event supersedes this job
         _fail(runtime, store, job, exc, marker=False)
         return {**summary, "status": "abandoned", "error": str(exc)}
+
+
+def _retry_read_once(store: JobStore, message: ShardMessage, exc: InputError) -> bool:
+    """Whether a shard's unreadable rows get one more try (through the queue) before the job fails.
+
+    Rows are read over HTTP: a fetch that failed past GDAL's own retries (S3 throttling, a dropped connection)
+    reaches us as libtiff's "read error", the same words as corrupt bytes. The first such failure of a shard is
+    retried after the queue's back-off; the second is the file's. A conditional put decides which is first.
+    """
+    if type(exc) is not RasterReadError:
+        return False
+    return store.put_json(f"read-retried/{message.phase}-{message.index}.json", {"error": str(exc)}, if_absent=True)
 
 
 def fail_shard_job(message: ShardMessage, runtime: Runtime, exc: InputError) -> dict[str, Any]:

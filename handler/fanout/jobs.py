@@ -10,6 +10,7 @@ idempotent, so at-least-once delivery is safe:
 - ``p90s.json`` (conditional): the reduction, written by whichever stats shard first sees every histogram.
 - ``predict-sent.json``: the predict messages are sent; a stats message delivered again later sends none.
 - ``parts/<i>.json``: band ``i``'s part is uploaded (its ETag); a duplicate shard sees it and does nothing.
+- ``read-retried/<phase>-<i>.json`` (conditional): band ``i``'s rows failed to read once; the next failure fails.
 - ``failed.json`` (conditional): the first input error; later shards stop, the upload is aborted.
 - ``done.json``: the ``.npy`` is complete.
 
