@@ -83,6 +83,7 @@ class ShardJob:
 
     message: ShardMessage
     deadline: float | None = None
+    last_attempt: bool = False  # the queue will not deliver it again: no retry of unreadable rows
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def run_job(runtime: Any, job: Job, cancelled: Callable[[], bool] = lambda: Fals
         return fail_shard_job(job.message, runtime, job.error)
     if isinstance(job, ShardJob):
         # No between-tiles interrupt in a band's passes: a shard past its deadline is killed (Worker.run).
-        return run_shard(job.message, runtime)
+        return run_shard(job.message, runtime, last_attempt=job.last_attempt)
     interrupt = make_interrupt(job.deadline, timeout_s, cancelled)
     if isinstance(job, ProcessJob):
         return process_object(job.ref, runtime, interrupt=interrupt)

@@ -138,7 +138,7 @@ def run_shard_message(message: ShardMessage, runtime: Runtime, *, isolate: bool 
     if not isolate:
         return run_shard(message, runtime)
     try:
-        return run_isolated(runtime.settings, ShardJob(message))
+        return run_isolated(runtime.settings, ShardJob(message, last_attempt=True))
     except WorkerCrashedError as exc:
         logger.error(f"shard {message.event_id} crashed the function on its last allowed receive: {exc}")
         return fail_shard_job(message, runtime, exc)

@@ -200,8 +200,14 @@ def _open_job(runtime, store: JobStore, info: ObjectInfo, header, shards, target
     return store.get_json("job.json")
 
 
-def run_shard(message: ShardMessage, runtime: Runtime, send: Send | None = None) -> dict[str, Any]:
-    """Do one shard message's work (idempotent); returns a small summary for the logs."""
+def run_shard(
+    message: ShardMessage, runtime: Runtime, send: Send | None = None, *, last_attempt: bool = False
+) -> dict[str, Any]:
+    """Do one shard message's work (idempotent); returns a small summary for the logs.
+
+    ``last_attempt``: the queue will not deliver this message again (Lambda's last allowed receive), so an
+    unreadable band fails the job now instead of waiting for a retry that never comes.
+    """
     send = send or sender_from_settings(runtime.settings)
     if send is None:
         raise ConfigError("a shard message arrived but neither FANOUT_QUEUE_URL nor K_SINK is set")
@@ -217,7 +223,7 @@ def run_shard(message: ShardMessage, runtime: Runtime, send: Send | None = None)
             return {**summary, "status": _stats_phase(runtime, store, job, band, send)}
         return {**summary, "status": _predict_phase(runtime, store, job, band)}
     except InputError as exc:
-        if _retry_read_once(store, message, exc):
+        if not last_attempt and _retry_read_once(store, message, exc):
             raise TransientError(f"shard {message.event_id}: {exc} (retried once before the file is judged)") from exc
         _fail(runtime, store, job, exc, marker=True)
         return {**summary, "status": "failed", "error": str(exc)}

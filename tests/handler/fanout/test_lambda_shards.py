@@ -39,8 +39,8 @@ def lambda_fn(tiny_model_card, monkeypatch):
 
 
 @pytest.fixture
-def job(small_parts, lambda_fn, make_runtime, make_bucket, s3_client, make_raster, moto_endpoint, monkeypatch):
-    """A fanned-out upload on moto: ``(bucket, its stats message bodies from the real SQS queue)``."""
+def start_job(small_parts, lambda_fn, make_runtime, make_bucket, s3_client, moto_endpoint, monkeypatch):
+    """``start_job(body)``: ``body`` fanned out on moto -> ``(bucket, its stats message bodies from real SQS)``."""
     sqs = boto3.client("sqs", endpoint_url=moto_endpoint, region_name="us-east-1")
     queue_url = sqs.create_queue(QueueName=f"shards-{uuid.uuid4().hex[:12]}")["QueueUrl"]
     runtime = make_runtime(
@@ -49,12 +49,22 @@ def job(small_parts, lambda_fn, make_runtime, make_bucket, s3_client, make_raste
     monkeypatch.setattr(lambda_fn, "get_runtime", lambda: runtime)
     # The child process aborts in any shard's pass over its rows; this process does not.
     monkeypatch.setattr(lambda_fn, "run_isolated", functools.partial(run_isolated, init=crash_on_shard))
-    bucket = make_bucket()
-    s3_client.put_object(Bucket=bucket, Key=KEY, Body=make_raster(300, 70).read_bytes())
-    assert process_object(ObjectRef(bucket, KEY), runtime).status is OutcomeStatus.FANNED_OUT
-    received = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]
-    assert len(received) == 3
-    return bucket, [m["Body"] for m in received]
+
+    def start(body: bytes) -> tuple[str, list[str]]:
+        bucket = make_bucket()
+        s3_client.put_object(Bucket=bucket, Key=KEY, Body=body)
+        assert process_object(ObjectRef(bucket, KEY), runtime).status is OutcomeStatus.FANNED_OUT
+        received = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]
+        assert len(received) == 3
+        return bucket, [m["Body"] for m in received]
+
+    return start
+
+
+@pytest.fixture
+def job(start_job, make_raster):
+    """A fanned-out good upload: ``(bucket, its stats message bodies)``."""
+    return start_job(make_raster(300, 70).read_bytes())
 
 
 def on_receive(event: dict, count: int) -> dict:
@@ -96,3 +106,38 @@ def test_a_good_shard_runs_in_process_or_in_a_child_with_the_same_result(
     assert lambda_fn.lambda_handler(event, make_context()) == {"batchItemFailures": []}
     shard = json.loads(bodies[0])["rasterfn-shard"]
     assert JobStore(s3_client, bucket, shard["job"]).exists(f"stats/{shard['index']}.npz")
+
+
+def corrupt_body(make_raster) -> bytes:
+    """A tiled, compressed 300 x 70 raster whose later blocks are overwritten: the header still reads."""
+    data = bytearray(make_raster(300, 70, tiled=True, blockxsize=64, blockysize=64, compress="deflate").read_bytes())
+    start, stop = len(data) // 2, len(data) * 9 // 10
+    data[start:stop] = b"\xff" * (stop - start)
+    return bytes(data)
+
+
+def test_unreadable_rows_are_retried_once_then_judged(
+    lambda_fn, start_job, make_raster, s3_client, make_sqs_event, monkeypatch
+):
+    monkeypatch.setattr(lambda_fn, "run_isolated", run_isolated)  # a child without the crash hook
+    bucket, bodies = start_job(corrupt_body(make_raster))
+    event = make_sqs_event(bodies[-1])  # the band over the overwritten blocks
+    # an early receive: the rows may have failed to fetch, so the record is failed for one retry, no marker yet
+    assert len(lambda_fn.lambda_handler(on_receive(event, 1), make_context())["batchItemFailures"]) == 1
+    assert "Contents" not in s3_client.list_objects_v2(Bucket=bucket, Prefix="scenes/big.error.json")
+    # the retry fails the same way: now it is the file's, and the job ends with the marker
+    assert lambda_fn.lambda_handler(on_receive(event, 2), make_context()) == {"batchItemFailures": []}
+    marker = json.loads(s3_client.get_object(Bucket=bucket, Key="scenes/big.error.json")["Body"].read())
+    assert marker["error"] == "RasterReadError"
+
+
+def test_unreadable_rows_on_the_last_receive_are_judged_at_once(
+    lambda_fn, start_job, make_raster, s3_client, make_sqs_event, monkeypatch
+):
+    # no retry can come after the last allowed receive: failing the record would only park the job in the DLQ
+    monkeypatch.setattr(lambda_fn, "run_isolated", run_isolated)
+    bucket, bodies = start_job(corrupt_body(make_raster))
+    event = on_receive(make_sqs_event(bodies[-1]), 3)
+    assert lambda_fn.lambda_handler(event, make_context()) == {"batchItemFailures": []}
+    marker = json.loads(s3_client.get_object(Bucket=bucket, Key="scenes/big.error.json")["Body"].read())
+    assert marker["error"] == "RasterReadError"
