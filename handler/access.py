@@ -31,6 +31,15 @@ def is_allowed(ref: ObjectRef, allowed: Sequence[str]) -> bool:
     return False
 
 
+def allowed_bucket_names(allowed: Sequence[str]) -> frozenset[str]:
+    """The buckets the ``allowed`` entries name, whatever their prefixes (pure).
+
+    >>> sorted(allowed_bucket_names(("scenes/in/", "other")))
+    ['other', 'scenes']
+    """
+    return frozenset(rule.partition("/")[0] for rule in allowed)
+
+
 def check_allowed(refs: Sequence[ObjectRef], allowed: Sequence[str]) -> None:
     """Refuse the whole event when any reference lies outside ``allowed`` (nothing of it is processed)."""
     for ref in refs:

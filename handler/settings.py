@@ -306,8 +306,8 @@ def _validate(s: Settings) -> list[str]:
     for name in ("fanout_max_shards", "max_scene_pixels"):
         if getattr(s, name) < 1:
             problems.append(f"{name.upper()} must be >= 1, got {getattr(s, name)}")
-    if s.fanout_sink_url is not None and not s.fanout_sink_url.startswith(("http://", "https://")):
-        problems.append(f"{ENV_K_SINK} must be an http:// or https:// URL, got {s.fanout_sink_url!r}")
+    if s.fanout_sink_url is not None:
+        problems += _url_problems((ENV_K_SINK, s.fanout_sink_url))
     if s.fanout_queue_url is not None and s.fanout_sink_url is not None:
         problems.append(f"set {ENV_FANOUT_QUEUE_URL} (AWS) or {ENV_K_SINK} (Knative) for shard messages, not both")
     if not s.fanout_seconds_per_tile > 0 or s.fanout_threshold_seconds < 0:
@@ -319,6 +319,15 @@ def _validate(s: Settings) -> list[str]:
         if not _BUCKET_NAME.fullmatch(bucket) or prefix.startswith("/") or ".." in prefix.split("/"):
             problems.append(f"{ENV_ALLOWED_BUCKETS} entries must be 'bucket' or 'bucket/prefix/', got {rule!r}")
     return problems
+
+
+def _url_problems(*named: tuple[str, str]) -> list[str]:
+    """One problem for each ``(variable, value)`` that is not an http(s) URL."""
+    return [
+        f"{name} must be an http:// or https:// URL, got {value!r}"
+        for name, value in named
+        if not value.startswith(("http://", "https://"))
+    ]
 
 
 @cache
@@ -355,11 +364,7 @@ class RelaySettings:
     webhook_token: str
 
     def __post_init__(self) -> None:
-        problems = [
-            f"{name} must be an http:// or https:// URL, got {value!r}"
-            for name, value in ((ENV_K_SINK, self.sink_url), (ENV_RELAY_TARGET_URL, self.target_url))
-            if not value.startswith(("http://", "https://"))
-        ]
+        problems = _url_problems((ENV_K_SINK, self.sink_url), (ENV_RELAY_TARGET_URL, self.target_url))
         if not self.webhook_token:
             problems.append(f"{ENV_WEBHOOK_TOKEN} must be set: the relay never accepts unauthenticated webhooks")
         if problems:

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from botocore.exceptions import ClientError
 
-from handler.access import check_allowed
+from handler.access import allowed_bucket_names, check_allowed
 from handler.errors import ForbiddenObjectError, ObjectMissingError, TransientError
 from handler.fanout.jobs import JobStore, _code
 from handler.fanout.messages import ShardMessage
@@ -263,8 +263,7 @@ def _load_job(message: ShardMessage, runtime: Runtime) -> tuple[dict | None, Job
     settings = runtime.settings
     allowed = settings.allowed_buckets
     # Job state lives in the output bucket: OUTPUT_BUCKET, or the input's bucket when that is unset.
-    buckets = {rule.partition("/")[0] for rule in allowed} | {settings.output_bucket}
-    if allowed and message.bucket not in buckets:
+    if allowed and message.bucket not in allowed_bucket_names(allowed) | {settings.output_bucket}:
         # Before any S3 call: a forged message must not make the function read a bucket it was not given.
         raise ForbiddenObjectError(f"shard message for bucket {message.bucket!r}, outside ALLOWED_BUCKETS")
     store = JobStore(runtime.storage.client, message.bucket, message.job)

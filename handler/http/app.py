@@ -201,7 +201,7 @@ class _App:
                 upload = await receive_upload(
                     request.headers, self._counted(request, "/inference"), workdir, self.settings.max_input_bytes
                 )
-                backend = backend_of(await run_in_threadpool(self.runtime.wait))
+                backend = await self._backend()
                 job = PredictJob(
                     src=upload.path,
                     dst=workdir / "output.npy",
@@ -235,7 +235,7 @@ class _App:
             return await self._shard(request, message)
         refs = check_record_count(parse_event(body, headers), self.settings.max_event_records)
         check_allowed(refs, self.settings.allowed_buckets)  # before any S3 call, for the whole event
-        backend = backend_of(await run_in_threadpool(self.runtime.wait))
+        backend = await self._backend()
         async with self.slots.acquire():
             outcomes = [await self._process(request, backend, ref) for ref in refs]
         summary = summarise(outcomes)
@@ -260,7 +260,7 @@ class _App:
         the shard itself, and a reply would only go back into the Broker for nobody. A transient error is a 503,
         so the Broker retries the delivery.
         """
-        backend = backend_of(await run_in_threadpool(self.runtime.wait))
+        backend = await self._backend()
         job = ShardJob(message, deadline=time.time() + self.settings.inference_timeout_s)
         async with self.slots.acquire():
             summary = await self._until_disconnect(request, backend.shard, job)
@@ -312,6 +312,10 @@ class _App:
         return outcome["result"]
 
     # --- plumbing
+
+    async def _backend(self) -> Any:
+        """Where jobs run, once the runtime has loaded (waiting in a thread: loading can take a while)."""
+        return backend_of(await run_in_threadpool(self.runtime.wait))
 
     def _instrument(self, route: str, endpoint: Callable[[Request], Awaitable[Response]]):
         async def instrumented(request: Request) -> Response:
