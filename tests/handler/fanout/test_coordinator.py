@@ -75,15 +75,6 @@ def upload(s3_client, bucket, make_raster, height, width, **kw) -> bytes:
     return body
 
 
-def upload_corrupt(s3_client, bucket, make_raster) -> None:
-    """A tiled, compressed 300 x 70 raster whose later blocks are overwritten: the header still reads."""
-    path = make_raster(300, 70, tiled=True, blockxsize=64, blockysize=64, compress="deflate")
-    data = bytearray(path.read_bytes())
-    start, stop = len(data) // 2, len(data) * 9 // 10
-    data[start:stop] = b"\xff" * (stop - start)
-    s3_client.put_object(Bucket=bucket, Key="scenes/big.tif", Body=bytes(data))
-
-
 def get(s3_client, bucket, key) -> bytes:
     return s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
@@ -248,12 +239,12 @@ def test_two_concurrent_completers_give_one_output(
 
 
 def test_bad_shard_input_ends_in_error_json_and_no_npy(
-    small_parts, queue, fan_runtime, make_bucket, s3_client, make_raster, tmp_path
+    small_parts, queue, fan_runtime, make_bucket, s3_client, corrupt_raster_body
 ):
     # A readable header over corrupt compressed blocks: the coordinator plans, a shard cannot read its rows
     runtime = fan_runtime()
     bucket = make_bucket()
-    upload_corrupt(s3_client, bucket, make_raster)
+    s3_client.put_object(Bucket=bucket, Key="scenes/big.tif", Body=corrupt_raster_body)
     assert process_object(ref(bucket), runtime).status is OutcomeStatus.FANNED_OUT
     queue.drain(runtime)
     keys = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]}
@@ -326,12 +317,14 @@ def test_status_follows_the_job_to_done(
     assert "3 shards; stats 3/3, parts 3/3; done: " in out and "scenes/big.npy" in out
 
 
-def test_status_reports_a_failed_job(small_parts, queue, fan_runtime, make_bucket, s3_client, make_raster, capsys):
+def test_status_reports_a_failed_job(
+    small_parts, queue, fan_runtime, make_bucket, s3_client, corrupt_raster_body, capsys
+):
     from handler.cli import main
 
     runtime = fan_runtime()
     bucket = make_bucket()
-    upload_corrupt(s3_client, bucket, make_raster)
+    s3_client.put_object(Bucket=bucket, Key="scenes/big.tif", Body=corrupt_raster_body)
     process_object(ref(bucket), runtime)
     queue.drain(runtime)
     assert main(["status", f"s3://{bucket}/scenes/big.tif"]) == 2

@@ -108,19 +108,11 @@ def test_a_good_shard_runs_in_process_or_in_a_child_with_the_same_result(
     assert JobStore(s3_client, bucket, shard["job"]).exists(f"stats/{shard['index']}.npz")
 
 
-def corrupt_body(make_raster) -> bytes:
-    """A tiled, compressed 300 x 70 raster whose later blocks are overwritten: the header still reads."""
-    data = bytearray(make_raster(300, 70, tiled=True, blockxsize=64, blockysize=64, compress="deflate").read_bytes())
-    start, stop = len(data) // 2, len(data) * 9 // 10
-    data[start:stop] = b"\xff" * (stop - start)
-    return bytes(data)
-
-
 def test_unreadable_rows_are_retried_once_then_judged(
-    lambda_fn, start_job, make_raster, s3_client, make_sqs_event, monkeypatch
+    lambda_fn, start_job, corrupt_raster_body, s3_client, make_sqs_event, monkeypatch
 ):
     monkeypatch.setattr(lambda_fn, "run_isolated", run_isolated)  # a child without the crash hook
-    bucket, bodies = start_job(corrupt_body(make_raster))
+    bucket, bodies = start_job(corrupt_raster_body)
     event = make_sqs_event(bodies[-1])  # the band over the overwritten blocks
     # an early receive: the rows may have failed to fetch, so the record is failed for one retry, no marker yet
     assert len(lambda_fn.lambda_handler(on_receive(event, 1), make_context())["batchItemFailures"]) == 1
@@ -132,11 +124,11 @@ def test_unreadable_rows_are_retried_once_then_judged(
 
 
 def test_unreadable_rows_on_the_last_receive_are_judged_at_once(
-    lambda_fn, start_job, make_raster, s3_client, make_sqs_event, monkeypatch
+    lambda_fn, start_job, corrupt_raster_body, s3_client, make_sqs_event, monkeypatch
 ):
     # no retry can come after the last allowed receive: failing the record would only park the job in the DLQ
     monkeypatch.setattr(lambda_fn, "run_isolated", run_isolated)
-    bucket, bodies = start_job(corrupt_body(make_raster))
+    bucket, bodies = start_job(corrupt_raster_body)
     event = on_receive(make_sqs_event(bodies[-1]), 3)
     assert lambda_fn.lambda_handler(event, make_context()) == {"batchItemFailures": []}
     marker = json.loads(s3_client.get_object(Bucket=bucket, Key="scenes/big.error.json")["Body"].read())
