@@ -1,6 +1,6 @@
-# syntax=docker/dockerfile:1
 # rasterfn: one image for AWS Lambda (container image) and Knative. docker/entrypoint.sh picks the runtime.
-#   make image              # docker build --platform linux/amd64 --provenance=false -t rasterfn:$(VERSION) .
+#   make image              # docker/build.sh: buildx where present, else the engine's integrated BuildKit
+# No `# syntax=` line: it would make BuildKit pull a frontend image, and the built-in one has all this uses.
 # Stages: builder (the serving venv: OpenVINO, rasterio, rasterfn; no torch) -> exporter (+ torch and NNCF:
 # runs `rasterfn export` of the image's card into /opt/model) -> venv-serving (builder's venv + the exported
 # model, stripped) -> runtime (that venv only).
@@ -89,7 +89,8 @@ RUN site=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"
     && find "${site}" -depth -type d -name tests -exec rm -rf {} + \
     && find "${site}" -depth -type d -name __pycache__ -exec rm -rf {} + \
     && python -m pip uninstall --yes pip \
-    && python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/venv
+    && python -m compileall -q -j 0 --invalidation-mode unchecked-hash -x '/py312_intrinsics\.py$' /opt/venv
+# (torch's test helper py312_intrinsics.py is Python 3.12 syntax, never imported on 3.11.)
 RUN AWS_DEFAULT_REGION=us-east-1 MODEL_CARD=/opt/model/demo.json ENGINE=torch python -P -c "import handler.knative, handler.lambda_function as f; assert f.RUNTIME.model.engine == 'torch'"
 
 

@@ -9,7 +9,8 @@ TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 
 .DEFAULT_GOAL := help
 .PHONY: help install runtime-venv serving-test-venv test-serving demo test lint static pytest bench predict
-.PHONY: train-demo serve image image-size push-image tf-init tf-ecr tf-plan tf-apply tf-local
+.PHONY: train-demo serve image image-torch image-test image-test-if-engine image-size push-image tf-init tf-ecr tf-plan
+.PHONY: tf-apply tf-local
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -62,7 +63,7 @@ test-serving: serving-test-venv  ## the serving engine's tests in a venv without
 demo: install  ## the main job: embedded S3 + SQS, upload data/test-1.tif, get its .npy beside it
 	$(VENV)/bin/rasterfn demo
 
-test: install runtime-venv lint static pytest test-serving  ## lint, static checks and the whole test suite
+test: install runtime-venv lint static pytest test-serving image-test-if-engine  ## lint, static checks, all tests, the image
 
 lint: install  ## ruff (lint + format check)
 	$(VENV)/bin/ruff check .
@@ -88,8 +89,10 @@ serve: install  ## run the Knative function locally on 127.0.0.1:8080
 # Immutable ECR tags: the commit, marked -dirty for uncommitted trees (push-image refuses those).
 VERSION ?= $(shell git describe --always --dirty --abbrev=12 2>/dev/null || echo dev)
 IMAGE ?= rasterfn
-# Lambda runs x86_64 here (infra/terraform); --provenance=false: Lambda rejects image indexes with attestations.
-DOCKER_BUILD_FLAGS ?= --platform linux/amd64 --provenance=false
+# Extra `docker build` flags for docker/build.sh, which picks the builder (buildx, else the engine's BuildKit),
+# the base (the official one, else an offline one built from Debian's packages) and where torch comes from.
+DOCKER_BUILD_FLAGS ?=
+DOCKER ?= docker
 IMAGE_MAX_MB ?= 1200
 TF_DIR ?= infra/terraform
 TF := terraform -chdir=$(TF_DIR)
@@ -102,8 +105,22 @@ ECR_DEPLOYED_PREFIX := deployed-
 static: install  ## checkov (own venv .venv-checkov) and terraform fmt/validate on infra/terraform, hadolint
 	VENV=$(VENV) CHECKOV_VENV=$(CHECKOV_VENV) PYTHON=$(PYTHON) TF_PLUGIN_MIRROR=$(TF_PLUGIN_MIRROR) scripts/static_checks.sh
 
-image:  ## build the Lambda/Knative image rasterfn:VERSION (git commit)
-	docker build $(DOCKER_BUILD_FLAGS) -t $(IMAGE):$(VERSION) .
+image:  ## build the Lambda/Knative image rasterfn:VERSION (git commit), with or without a registry
+	TORCH_INDEX_URL=$(TORCH_INDEX_URL) PYTHON=$(PYTHON) docker/build.sh $(IMAGE):$(VERSION) $(DOCKER_BUILD_FLAGS)
+
+image-torch:  ## the torch variant rasterfn:VERSION-torch (ENGINE=torch: exact masks, or a GPU)
+	TORCH_INDEX_URL=$(TORCH_INDEX_URL) PYTHON=$(PYTHON) docker/build.sh $(IMAGE):$(VERSION)-torch \
+		--build-arg RUNTIME_VENV=torch --build-arg ENGINE=torch $(DOCKER_BUILD_FLAGS)
+
+# Both images run as Lambda and Knative run them, on loopback only (--network host): tests/image.
+image-test: install image image-torch  ## build both images, then run them as Lambda and Knative do (tests/image)
+	RASTERFN_IMAGE=$(IMAGE):$(VERSION) RASTERFN_TORCH_IMAGE=$(IMAGE):$(VERSION)-torch DOCKER=$(DOCKER) \
+		$(PY) -m pytest tests/image
+
+# `make test`'s part: the image tests where an engine answers, else one line saying why they did not run.
+image-test-if-engine:
+	@if $(DOCKER) info >/dev/null 2>&1; then $(MAKE) --no-print-directory image-test; \
+	else echo "image-test: SKIPPED: no Docker engine answers '$(DOCKER) info' (start dockerd; .ci/run does)"; fi
 
 image-size:  ## size of the image in MB; fails above IMAGE_MAX_MB (1200)
 	@size=$$(docker image inspect --format '{{.Size}}' $(IMAGE):$(VERSION)) && \

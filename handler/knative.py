@@ -35,7 +35,7 @@ from typing import Any
 
 import func_python.http
 
-from handler.http.app import create_app
+from handler.http.app import check_event_route_auth, create_app
 from handler.http.metrics import create_metrics
 from handler.http.workers import WorkerPool
 from handler.runtime import get_runtime
@@ -188,6 +188,9 @@ def run_serve(args: argparse.Namespace) -> int:
         os.environ[ENV_ALLOW_UNAUTHENTICATED_EVENTS] = "true"
         reload_settings()
         print("rasterfn serve: loopback only, so POST / takes events without WEBHOOK_TOKEN", flush=True)
+    # Here, not only in the server's start-up: hypercorn would log a bare "Lifespan error" and serve on, never
+    # ready; exiting with the reason puts it in the pod's log and status (CrashLoopBackOff).
+    check_event_route_auth(get_settings())
     print(f"rasterfn serve: listening on http://{os.environ[LISTEN_ADDRESS_ENV]}", flush=True)
     func_python.http.serve(new)
     return 0

@@ -294,11 +294,36 @@ def test_serve_allows_unauthenticated_events_on_loopback_only(monkeypatch, host,
 
     monkeypatch.delenv("WEBHOOK_TOKEN", raising=False)
     monkeypatch.delenv("ALLOW_UNAUTHENTICATED_EVENTS", raising=False)
-    monkeypatch.setattr(knative.func_python.http, "serve", lambda new: None)
     get_settings.cache_clear()
+    served = []
+    monkeypatch.setattr(knative.func_python.http, "serve", served.append)
     try:
-        knative.run_serve(type("Args", (), {"host": host, "port": 8080})())
-        assert get_settings().allow_unauthenticated_events is loopback
+        if loopback:
+            knative.run_serve(type("Args", (), {"host": host, "port": 8080})())
+            assert get_settings().allow_unauthenticated_events
+        else:
+            # Elsewhere an open event route is refused before the server starts, not left unready forever.
+            with pytest.raises(ConfigError, match="WEBHOOK_TOKEN is not set"):
+                knative.run_serve(type("Args", (), {"host": host, "port": 8080})())
+        assert len(served) == int(loopback)
     finally:
         monkeypatch.delenv("ALLOW_UNAUTHENTICATED_EVENTS", raising=False)
         get_settings.cache_clear()
+
+
+def test_serve_without_a_token_exits_with_the_reason_in_one_line(tmp_path):
+    # GIVEN the image's default command (every interface) and no WEBHOOK_TOKEN
+    env = {k: v for k, v in os.environ.items() if k not in ("WEBHOOK_TOKEN", "ALLOW_UNAUTHENTICATED_EVENTS")}
+    result = subprocess.run(
+        [str(VENV_BIN / "rasterfn"), "serve", "--host", "0.0.0.0", "--port", str(free_port())],
+        env=env | {"TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # THEN it exits 2 at once, saying why, so the pod's log and status show it
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "rasterfn serve: error: WEBHOOK_TOKEN is not set: the event route would accept events from anyone. Set it "
+        "(and the same token in the bucket's webhook), or ALLOW_UNAUTHENTICATED_EVENTS=true for local use only"
+    ]

@@ -13,15 +13,11 @@ import http.client
 import io
 import json
 import os
-import queue
-import signal
 import subprocess
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -29,16 +25,13 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from tests.fixtures.paths import REPO_ROOT
+from tests.fixtures.runtime_api import STOP, Container, RuntimeApiState, runtime_api_handler, serve, stop
 
 ROOT = REPO_ROOT
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 VENV_BIN = ROOT / ".venv" / "bin"
-API_PREFIX = "/2018-06-01/runtime"
-FUNCTION_ARN = "arn:aws:lambda:us-east-1:123456789012:function:rasterfn"
 QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:rasterfn-uploads"
-FUNCTION_TIMEOUT_MS = 300_000
 RESULT_TIMEOUT_S = 90  # a cold start imports torch and loads the model first
-STOP = "stop"  # queued after the runtime is stopped: ends the Runtime API's pending long poll
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -49,94 +42,6 @@ FAKE_CREDENTIALS = {
 }
 
 pytestmark = pytest.mark.slow
-
-
-# --- A local Lambda Runtime API
-
-
-@dataclass
-class RuntimeApiState:
-    """What the runtime asked for and posted; the test hands it events through ``events``."""
-
-    events: queue.Queue[tuple[str, bytes]] = field(default_factory=queue.Queue)
-    results: dict[str, tuple[str, Any]] = field(default_factory=dict)  # request id -> (kind, body)
-    init_errors: list[tuple[str | None, Any]] = field(default_factory=list)
-    polls: int = 0
-    changed: threading.Condition = field(default_factory=threading.Condition)
-
-    def record(self, update: Callable[[], None]) -> None:
-        with self.changed:
-            update()
-            self.changed.notify_all()
-
-    def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-        """Wait until ``predicate()`` is truthy; re-checked on every record and at least every 0.2 s, so
-        predicates about the process (has it exited?) are seen promptly too."""
-        deadline = time.monotonic() + timeout
-        with self.changed:
-            while not (result := predicate()):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-                self.changed.wait(min(left, 0.2))
-            return result
-
-
-def runtime_api_handler(state: RuntimeApiState) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # the runtime client keeps one connection alive
-
-        def do_GET(self) -> None:
-            if self.path != f"{API_PREFIX}/invocation/next":
-                self._reply(404, {"errorMessage": f"unknown path {self.path}"})
-                return
-            state.record(lambda: setattr(state, "polls", state.polls + 1))
-            # Long poll, as Lambda does: the request blocks until there is an event.
-            request_id, body = state.events.get()
-            if request_id == STOP:
-                self.close_connection = True
-                return
-            deadline_ms = int(time.time() * 1000) + FUNCTION_TIMEOUT_MS
-            self._reply(
-                200,
-                body,
-                {
-                    "Lambda-Runtime-Aws-Request-Id": request_id,
-                    "Lambda-Runtime-Deadline-Ms": str(deadline_ms),
-                    "Lambda-Runtime-Invoked-Function-Arn": FUNCTION_ARN,
-                    "Lambda-Runtime-Trace-Id": f"Root=1-{uuid.uuid4().hex[:8]}-{uuid.uuid4().hex[:24]}",
-                },
-            )
-
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            document = json.loads(body) if body else None
-            parts = self.path.removeprefix(API_PREFIX + "/").split("/")
-            if parts == ["init", "error"]:
-                error_type = self.headers.get("Lambda-Runtime-Function-Error-Type")
-                state.record(lambda: state.init_errors.append((error_type, document)))
-            elif len(parts) == 3 and parts[0] == "invocation" and parts[2] in ("response", "error"):
-                state.record(lambda: state.results.__setitem__(parts[1], (parts[2], document)))
-            else:
-                self._reply(404, {"errorMessage": f"unknown path {self.path}"})
-                return
-            self._reply(202, {"status": "OK"})
-
-        def _reply(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-            data = body if isinstance(body, bytes) else json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the runtime was stopped
-                self.wfile.write(data)
-
-        def log_message(self, *args: Any) -> None:  # quiet
-            pass
-
-    return Handler
 
 
 # --- S3 through a proxy that can fail chosen keys
@@ -213,21 +118,6 @@ def s3_proxy_handler(upstream: tuple[str, int], faults: list[Fault]) -> type[Bas
             pass
 
     return Handler
-
-
-@contextlib.contextmanager
-def serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[tuple[str, int]]:
-    """Run an HTTP server on a free 127.0.0.1 port in a thread; yields (host, port)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True  # a runtime's pending long poll must not keep the test alive
-    thread = threading.Thread(target=server.serve_forever, name=handler.__name__, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[:2]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 # --- Fixtures: the "container"
@@ -314,34 +204,6 @@ def runtime_environment(api: tuple[str, int], s3_endpoint: str, model_card: Path
     }
 
 
-@dataclass
-class Container:
-    """One running runtime process and its Runtime API."""
-
-    process: subprocess.Popen[bytes]
-    api: RuntimeApiState
-    log_path: Path
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def invoke(self, event: dict[str, Any], timeout: float = RESULT_TIMEOUT_S) -> tuple[str, Any]:
-        """Hand the runtime one event; returns ("response" | "error", body)."""
-        request_id = str(uuid.uuid4())
-        self.api.events.put((request_id, json.dumps(event).encode()))
-        try:
-            self.api.wait_for(
-                lambda: request_id in self.api.results or self.process.poll() is not None,
-                timeout,
-                f"the result of {request_id}",
-            )
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n--- runtime log ---\n{self.log_tail()}") from None
-        if request_id not in self.api.results:
-            raise AssertionError(f"the runtime exited ({self.process.returncode})\n{self.log_tail()}")
-        return self.api.results[request_id]
-
-
 @contextlib.contextmanager
 def start_container(env_overrides: dict[str, str], s3_endpoint: str, model_card: Path, tmp: Path):
     """Start docker/entrypoint.sh as Lambda would; always stopped (SIGTERM, then SIGKILL) afterwards."""
@@ -366,16 +228,6 @@ def start_container(env_overrides: dict[str, str], s3_endpoint: str, model_card:
             stop(process)
             # With the process gone, unblock the Runtime API's pending long poll so the server can stop.
             state.events.put((STOP, b""))
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -438,7 +290,7 @@ def test_sqs_batch_writes_the_mask_and_reports_no_failures(container, s3, bucket
     # GIVEN an uploaded raster and the SQS message its upload notification became
     obj = upload("scenes/2024/tile-a.tif")
     # WHEN Lambda hands the batch to the runtime
-    kind, body = container.invoke(sqs_batch(obj))
+    kind, body = container.invoke(sqs_batch(obj), RESULT_TIMEOUT_S)
     # THEN the invocation succeeds with an empty partial-batch response, and the mask is beside the raster
     assert (kind, body) == ("response", {"batchItemFailures": []}), container.log_tail()
     mask = mask_of(s3, bucket, "scenes/2024/tile-a.npy")
@@ -454,7 +306,7 @@ def test_only_the_failing_records_go_back_to_the_queue(container, s3, bucket, up
     expired = upload(f"scenes/2024/{EXPIRED_KEY_PART}.tif")
     denied = upload(f"scenes/2024/{DENIED_KEY_PART}.tiff")
     # WHEN the runtime handles the batch
-    kind, body = container.invoke(sqs_batch(good, expired, denied))
+    kind, body = container.invoke(sqs_batch(good, expired, denied), RESULT_TIMEOUT_S)
     # THEN the response names exactly the two failed messages, so SQS redelivers only those
     assert kind == "response", body
     failed = sorted(item["itemIdentifier"] for item in body["batchItemFailures"])
@@ -476,7 +328,7 @@ def test_unsupported_files_are_acknowledged_not_retried(container, s3, bucket, s
     s3.put_object(Bucket=bucket, Key="scenes/notes.txt", Body=b"hello")
     notes = {"key": "scenes/notes.txt", "size": 5}
     # WHEN handled THEN it is skipped without failing the batch (retrying it could never succeed)
-    kind, body = container.invoke(sqs_batch(notes))
+    kind, body = container.invoke(sqs_batch(notes), RESULT_TIMEOUT_S)
     assert (kind, body) == ("response", {"batchItemFailures": []}), container.log_tail()
     assert not exists(s3, bucket, "scenes/notes.npy")
 

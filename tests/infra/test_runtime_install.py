@@ -33,10 +33,11 @@ def run_in_runtime_venv(code: str, tmp_path) -> subprocess.CompletedProcess[str]
     )
 
 
-def test_runtime_venv_has_no_local_tool_dependencies_and_no_torch(tmp_path):
+def test_runtime_venv_has_no_local_tools_no_training_and_no_torch(tmp_path):
+    # The packages too: setuptools' find would install model/training as a namespace package (issue 17).
+    absent = ("handler.local", "model.training", "moto", "pytest", "torch", "nncf")
     result = run_in_runtime_venv(
-        "from importlib.util import find_spec; print([m for m in ('moto', 'pytest', 'torch', 'nncf') if find_spec(m)])",
-        tmp_path,
+        f"from importlib.util import find_spec; print([m for m in {absent!r} if find_spec(m)])", tmp_path
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
@@ -58,7 +59,7 @@ def test_both_entry_points_import_in_the_runtime_venv(tmp_path):
 
 
 def test_local_commands_refuse_cleanly_without_the_local_extra(tmp_path):
-    # In the runtime venv handler/local exists (pip installs the source tree) but moto does not.
+    # In the runtime venv neither handler/local nor moto is installed.
     result = subprocess.run(
         [str(RUNTIME_VENV / "bin" / "rasterfn"), "demo"], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )

@@ -21,7 +21,7 @@ from model.predict import make_normaliser, predict_file
 from model.tiling import pad_tile
 from model.training.export import ExportError, calibration_tiles, export_card
 from tests.fixtures.engines import old_service_mask
-from tests.model.test_old_service_compat import TEST_SCENE, old_service_inference
+from tests.fixtures.old_service import TEST_SCENE, old_service_inference
 
 VENV_BIN = Path(sys.executable).parent
 

@@ -1,0 +1,102 @@
+"""The Eventing relay's entry point (`rasterfn relay`, infra/knative/eventing.yaml's args) from the same image:
+it starts with no model, publishes MinIO's webhooks to K_SINK and forwards the Broker's deliveries."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+import httpx
+import pytest
+
+from handler.event_types import UPLOAD_EVENT_TYPE
+from tests.fixtures.paths import REPO_ROOT
+from tests.fixtures.runtime_api import serve
+from tests.image.conftest import free_port, run_container, wait_until_ready
+
+TOKEN = secrets.token_hex(16)
+
+
+@dataclass
+class Recorder:
+    """What an HTTP peer (the Broker's ingress, the function) received."""
+
+    requests: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
+    arrived: threading.Event = field(default_factory=threading.Event)
+
+
+def recording_handler(recorder: Recorder, status: int) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            recorder.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+            recorder.arrived.set()
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+@pytest.fixture(scope="module")
+def relay(image, tmp_path_factory) -> Iterator[tuple[str, Recorder, Recorder]]:
+    broker, function = Recorder(), Recorder()
+    with (
+        serve(recording_handler(broker, 202)) as broker_address,
+        serve(recording_handler(function, 200)) as function_address,
+    ):
+        port = free_port()
+        env = {
+            "K_SINK": f"http://127.0.0.1:{broker_address[1]}/default/default",
+            "RELAY_TARGET_URL": f"http://127.0.0.1:{function_address[1]}/",
+            "WEBHOOK_TOKEN": TOKEN,
+        }
+        args = ("relay", "--host", "127.0.0.1", "--port", str(port))
+        tmp = tmp_path_factory.mktemp("relay-container")
+        # eventing.yaml's limits: 192 MiB of memory, a 16 MiB /tmp; the image's own user.
+        with run_container(image, tmp, env, user="10001:10001", tmpfs_mb=16, memory="192m", args=args) as container:
+            url = f"http://127.0.0.1:{port}"
+            wait_until_ready(f"{url}/healthz", container)
+            yield url, broker, function
+
+
+def test_a_minio_webhook_is_published_to_the_broker(relay):
+    url, broker, _ = relay
+    body = (REPO_ROOT / "events" / "minio-webhook.json").read_bytes()
+    response = httpx.post(f"{url}/minio", content=body, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    assert response.status_code == 202, response.text
+    assert broker.arrived.wait(10)
+    _, headers, published = broker.requests[-1]
+    assert headers["ce-type"] == UPLOAD_EVENT_TYPE
+    assert json.loads(published) == json.loads(body)
+
+
+def test_a_webhook_without_the_token_is_refused(relay):
+    url, _, _ = relay
+    body = (REPO_ROOT / "events" / "minio-webhook.json").read_bytes()
+    assert httpx.post(f"{url}/minio", content=body, timeout=30).status_code == 401
+
+
+def test_a_delivery_reaches_the_function_with_its_token(relay):
+    url, _, function = relay
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": "image-test-1",
+        "ce-source": "/minio/rasterfn-demo",
+        "ce-type": UPLOAD_EVENT_TYPE,
+        "content-type": "application/json",
+    }
+    body = (REPO_ROOT / "events" / "minio-webhook.json").read_bytes()
+    response = httpx.post(f"{url}/deliver", content=body, headers=headers, timeout=30)
+    assert response.status_code == 200, response.text
+    _, forwarded, data = function.requests[-1]
+    assert forwarded["authorization"] == f"Bearer {TOKEN}" and forwarded["ce-id"] == "image-test-1"
+    assert data == body
