@@ -77,7 +77,8 @@ else
         "$python" -m pip download --quiet --only-binary=:all: --python-version 3.11 --platform manylinux_2_28_x86_64 \
             --platform manylinux2014_x86_64 --dest "$wheels" "torch==$torch_version"
         compgen -G "$wheels/torch-$torch_version+cpu-*.whl" >/dev/null || {
-            echo "image: no CPU build of torch $torch_version here (pip found $(ls "$wheels" | grep '^torch-')): set TORCH_INDEX_URL" >&2
+            found=("$wheels"/torch-*.whl)
+            echo "image: no CPU build of torch $torch_version here (pip found ${found[*]##*/}): set TORCH_INDEX_URL" >&2
             rm -rf "$wheels"
             exit 1
         }
@@ -86,7 +87,7 @@ else
     rm -rf "$index" && mkdir -p "$index/simple"
     for wheel in "$wheels"/*.whl; do
         file=$(basename "$wheel")
-        project=$(echo "${file%%-*}" | tr 'A-Z' 'a-z' | sed -E 's/[-_.]+/-/g')
+        project=$(echo "${file%%-*}" | tr '[:upper:]' '[:lower:]' | sed -E 's/[-_.]+/-/g')
         mkdir -p "$index/simple/$project"
         ln -f "$wheel" "$index/simple/$project/$file" 2>/dev/null || cp "$wheel" "$index/simple/$project/"
     done
@@ -107,7 +108,8 @@ EOF
     for _ in $(seq 50); do [[ -s $port_file ]] && break; sleep 0.1; done
     torch_index="http://127.0.0.1:$(cat "$port_file")/simple"
     network=(--network host)
-    say "torch: $torch_index (loopback index of $(ls "$wheels" | wc -l) wheels in $wheels)"
+    served=("$wheels"/*.whl)
+    say "torch: $torch_index (loopback index of ${#served[@]} wheels in $wheels)"
 fi
 
 # The base's name as the OCI label for it: tests/image measures the image's own layers against that base.

