@@ -107,15 +107,16 @@ def invoke(container: RunningContainer, state: RuntimeApiState, event: dict[str,
 def test_init_loads_the_model_and_polls_for_events(lambda_container):
     container, state = lambda_container
     # GIVEN a cold container WHEN Lambda starts it THEN INIT ends in the first poll for an event, with no init error
-    state.wait_for(lambda: state.polls >= 1 or not container.alive(), RESULT_TIMEOUT_S, "the first poll")
+    state.wait_for(lambda: state.polls >= 1 or state.init_errors or not container.alive(), RESULT_TIMEOUT_S, "INIT")
+    assert not state.init_errors, (state.init_errors, container.log_tail())
     assert state.polls >= 1, container.log_tail()
-    assert not state.init_errors, state.init_errors
     record_figure("Lambda INIT (docker run to first poll)", f"{time.monotonic() - container.started:.2f} s")
 
 
 def test_a_batch_with_a_good_and_a_corrupt_tiff(lambda_container, s3, bucket):
     container, state = lambda_container
-    state.wait_for(lambda: state.polls >= 1, RESULT_TIMEOUT_S, "the first poll")
+    state.wait_for(lambda: state.polls >= 1 or state.init_errors, RESULT_TIMEOUT_S, "the first poll")
+    assert not state.init_errors, state.init_errors
     # GIVEN a good upload and a corrupt one (a TIFF signature, then the good file's bytes scrambled)
     good_body = TEST_TIF.read_bytes()
     corrupt_body = good_body[:4096] + bytes(reversed(good_body[4096:]))
