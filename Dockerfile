@@ -1,18 +1,18 @@
 # rasterfn: one image for AWS Lambda (container image) and Knative. docker/entrypoint.sh picks the runtime.
 #   make image              # docker/build.sh: buildx where present, else the engine's integrated BuildKit
 # No `# syntax=` line: it would make BuildKit pull a frontend image, and the built-in one has all this uses.
-# Stages: builder (the serving venv: OpenVINO, rasterio, rasterfn; no torch) -> exporter (+ torch and NNCF:
-# runs `rasterfn export` of the image's card into /opt/model) -> venv-serving (builder's venv + the exported
-# model, stripped) -> runtime (that venv only).
+# Stages: deps (the serving venv's dependencies: OpenVINO, rasterio; no torch) -> builder (+ rasterfn) and
+# export-deps (+ torch and NNCF) -> exporter (runs `rasterfn export` of the image's card into /opt/model) ->
+# venv-serving (builder's venv + the exported model, stripped) -> runtime (that venv only).
 # The torch variant keeps torch in the image for ENGINE=torch (bit-exact one-tile masks) or a GPU:
-#   docker build --build-arg RUNTIME_VENV=torch --build-arg ENGINE=torch -t rasterfn:torch .
+#   make image-torch        # docker/build.sh ... --build-arg RUNTIME_VENV=torch --build-arg ENGINE=torch
 # (for CUDA also --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 and DEVICE=cuda at run time).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 # serving: no torch (the default, about 1/3 of the torch variant's size); torch: the venv the export ran in.
 ARG RUNTIME_VENV=serving
 
-FROM ${PYTHON_IMAGE} AS builder
+FROM ${PYTHON_IMAGE} AS deps
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -23,15 +23,18 @@ RUN python -m venv /opt/venv
 
 WORKDIR /src
 
-# Dependencies in their own layer, keyed on pyproject.toml only: code changes do not reinstall them.
-# Empty stand-in packages let pip resolve the project; the real code replaces them below.
-COPY pyproject.toml README.md ./
+# Dependencies in their own layer, keyed on pyproject.toml only: code (and README) changes do not reinstall them.
+# Empty stand-ins (packages, the readme pyproject names) let pip resolve the project; the real files replace them.
+COPY pyproject.toml ./
 RUN mkdir model handler \
-    && touch model/__init__.py handler/__init__.py \
+    && touch README.md model/__init__.py handler/__init__.py \
     && pip install --no-cache-dir . \
     && pip uninstall --yes rasterfn \
     && rm -rf build ./*.egg-info
 
+
+FROM deps AS builder
+COPY README.md ./
 COPY model ./model
 COPY handler ./handler
 # Non-editable, no dependency changes: only rasterfn itself, with the demo weights and card (package data).
@@ -41,7 +44,8 @@ RUN pip install --no-cache-dir --no-deps . \
 
 
 # The export needs torch (to load the checkpoint) and NNCF (int8 calibration); the serving image needs neither.
-FROM builder AS exporter
+# Installed on the dependencies alone, so a code change re-runs the export, not these downloads.
+FROM deps AS export-deps
 
 # torch from PyTorch's CPU index: PyPI's Linux wheel pulls ~3 GB of CUDA libraries that Lambda and CPU-only
 # Knative nodes cannot use. The version must match pyproject.toml's [torch] pin, so pip keeps this build.
@@ -50,11 +54,16 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
     && pip install --no-cache-dir "nncf>=3.4,<4"
 
+
+FROM export-deps AS exporter
+COPY --from=builder /src /src
 # fp32 + int8 graphs of the image's card, each verified against torch on held-out synthetic scenes (the
 # build fails if one misses its bar), with the card and checkpoint copied beside them:
 # MODEL_CARD=/opt/model/demo.json. Run from the source tree (/src, on sys.path with -m): the scene generator,
-# model/training/synthetic.py, is in the build context for this step only and is never installed.
-RUN python -m handler.cli export --model model/weights/demo.json --out-dir /opt/model
+# model/training/synthetic.py, is in the build context for this step only and is never installed. rasterfn
+# itself is installed too, for the torch variant's venv (venv-torch).
+RUN pip install --no-cache-dir --no-deps . \
+    && python -m handler.cli export --model model/weights/demo.json --out-dir /opt/model
 
 
 # Smaller and read-only at run time:

@@ -267,8 +267,11 @@ def test_the_default_image_has_no_torch_and_runs_the_export_made_with_it(instruc
     assert serving[0].args == "builder AS venv-serving"
     for stage in (stage_named(instructions, "builder"), serving):
         assert "torch==" not in " ".join(i.args for i in stage if i.keyword == "RUN")
-    # THEN the export runs where torch is, and the serving venv checks INIT imports no torch
-    exporter = " ".join(i.args for i in stage_named(instructions, "exporter") if i.keyword == "RUN")
+    # THEN the export runs where torch is (installed in the stage it starts from, so code changes keep that
+    # layer), and the serving venv checks INIT imports no torch
+    exporter_stage = stage_named(instructions, "exporter")
+    assert exporter_stage[0].args == "export-deps AS exporter"
+    exporter = " ".join(i.args for i in exporter_stage + stage_named(instructions, "export-deps") if i.keyword == "RUN")
     assert "torch==" in exporter and "handler.cli export" in exporter and "--out-dir /opt/model" in exporter
     assert "'torch' not in sys.modules" in " ".join(i.args for i in serving if i.keyword == "RUN")
     assert "--from=exporter /opt/model /opt/model" in [i.args for i in serving if i.keyword == "COPY"]
