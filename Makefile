@@ -8,7 +8,7 @@ CHECKOV_VENV ?= .venv-checkov
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 
 .DEFAULT_GOAL := help
-.PHONY: help install runtime-venv serving-test-venv test-serving demo test lint static pytest bench predict
+.PHONY: help install runtime-venv serving-test-venv test-serving demo test lint static pytest bench predict fuzz
 .PHONY: train-demo serve image image-size push-image tf-init tf-ecr tf-plan tf-apply tf-local
 
 help:  ## list targets
@@ -71,6 +71,12 @@ lint: install  ## ruff (lint + format check)
 pytest: install  ## the test suite alone (pytest's "no tests collected", exit 5, fails the run)
 	@$(PY) -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose" >&2; fi; exit $$rc
+
+# The header path's fuzz target (tests/model/test_header_fuzz.py) for FUZZ_SECONDS; `make test` runs a short smoke.
+FUZZ_SECONDS ?= 600
+
+fuzz: install  ## fuzz the pre-pixel path (signature, header, layout, decode limits) for FUZZ_SECONDS (600)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) -m pytest -q -s -p no:logging -W ignore tests/model/test_header_fuzz.py -k for_a_while
 
 bench: install  ## speed and memory ratios, measured side by side in one run
 	$(PY) scripts/bench.py

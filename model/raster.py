@@ -32,6 +32,7 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import rasterio
+from rasterio._err import CPLE_BaseError
 from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
@@ -85,6 +86,10 @@ GDAL_ENV = {
 log = logging.getLogger("model.gdal")
 READ_THREADS = str(available_cpus())  # ALL_CPUS would count the node, not the cgroup quota
 _HTTP_STATUS = re.compile(r"HTTP (?:response|error) code:? ?\d+|response_code=\d+", re.I)
+# What reading an opened header's attributes can raise: rasterio's errors, GDAL's own (CPLE_*, not rasterio's
+# base class: colorinterp raised one on a directory whose entry count was cut), and a CRS or value rasterio
+# cannot convert.
+HEADER_LIBRARY_ERRORS = (RasterioError, CPLE_BaseError, ValueError, KeyError, OverflowError)
 RasterSource = str | Path | RemoteRaster  # what the readers open: a local path, or a raster read over HTTP
 
 
@@ -193,7 +198,7 @@ def read_header(src: rasterio.DatasetReader, name: RasterSource = "") -> RasterH
             sample_bits=tuple(_sample_bits(src, band) for band in src.indexes),
             paletted=tuple(ci == ColorInterp.palette for ci in src.colorinterp),
         )
-    except (RasterioError, ValueError, KeyError, OverflowError) as exc:
+    except HEADER_LIBRARY_ERRORS as exc:
         # GDAL opened the file but one of its tags cannot be read (a CRS, a mask, a band's metadata): the header
         # is corrupt, whichever attribute asked first. Never a crash, never the library's words.
         if isinstance(name, RemoteRaster):
