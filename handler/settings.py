@@ -62,6 +62,10 @@ ENV_UPLOAD_READ_TIMEOUT_S = "UPLOAD_READ_TIMEOUT_S"
 ENV_MAX_EVENT_RECORDS = "MAX_EVENT_RECORDS"
 ENV_MAX_RECEIVE_COUNT = "MAX_RECEIVE_COUNT"
 ENV_STALE_TMP_MINUTES = "STALE_TMP_MINUTES"
+# -- issue 19: browsers (handler/http/guard.py) and the local server's bucket default --
+ENV_ALLOWED_ORIGINS = "ALLOWED_ORIGINS"
+NO_BUCKET = "-"  # an ALLOWED_BUCKETS entry that matches no bucket: `rasterfn serve`'s default when it is unset
+# -- end issue 19 --
 # Decode cost, checked from each upload's header (model/decode_limits.py).
 ENV_MAX_BLOCK_BYTES = "MAX_BLOCK_BYTES"
 ENV_MAX_BANDS = "MAX_BANDS"
@@ -128,6 +132,7 @@ class Settings:
     max_event_records: int = DEFAULT_MAX_EVENT_RECORDS
     max_receive_count: int = DEFAULT_MAX_RECEIVE_COUNT
     stale_tmp_minutes: int = DEFAULT_STALE_TMP_MINUTES
+    allowed_origins: tuple[str, ...] = ()  # issue 19: browser origins allowed to call the routes; none by default
     max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES
     max_bands: int = DEFAULT_MAX_BANDS
     allowed_compressions: tuple[str, ...] = DEFAULT_COMPRESSIONS
@@ -202,6 +207,8 @@ class Settings:
             raw["input_suffixes"] = parse_suffixes(value)
         if (value := get(ENV_ALLOWED_BUCKETS)) is not None:
             raw["allowed_buckets"] = parse_allowed_buckets(value)
+        if (value := get(ENV_ALLOWED_ORIGINS)) is not None:  # issue 19
+            raw["allowed_origins"] = parse_origins(value)
         if (value := get(ENV_ALLOW_UNAUTHENTICATED_EVENTS)) is not None:
             raw["allow_unauthenticated_events"] = _parse_bool(ENV_ALLOW_UNAUTHENTICATED_EVENTS, value)
         if (value := get(ENV_ALLOWED_COMPRESSIONS)) is not None:
@@ -231,6 +238,11 @@ def parse_allowed_buckets(value: str) -> tuple[str, ...]:
     ('scenes', 'shared/uploads/')
     """
     return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def parse_origins(value: str) -> tuple[str, ...]:
+    """``"https://a.example/, http://localhost:3000"`` -> ``("https://a.example", "http://localhost:3000")``."""
+    return tuple(part.strip().rstrip("/").lower() for part in value.split(",") if part.strip())
 
 
 def _parse_bool(name: str, value: str) -> bool:
@@ -314,8 +326,11 @@ def _validate(s: Settings) -> list[str]:
         problems.append("FANOUT_SECONDS_PER_TILE must be > 0 and FANOUT_THRESHOLD_SECONDS >= 0")
     if ".npy" in s.input_suffixes:
         problems.append(f"{ENV_INPUT_SUFFIXES} must not include .npy (the function's own outputs)")
+    problems += _url_problems(*((ENV_ALLOWED_ORIGINS, origin) for origin in s.allowed_origins))
     for rule in s.allowed_buckets:
         bucket, _, prefix = rule.partition("/")
+        if rule == NO_BUCKET:
+            continue
         if not _BUCKET_NAME.fullmatch(bucket) or prefix.startswith("/") or ".." in prefix.split("/"):
             problems.append(f"{ENV_ALLOWED_BUCKETS} entries must be 'bucket' or 'bucket/prefix/', got {rule!r}")
     return problems

@@ -287,18 +287,73 @@ def test_the_function_runs_inference_in_worker_processes_by_default(tiny_card, t
         function.stop()
 
 
-@pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("::1", True), ("0.0.0.0", False)])
-def test_serve_allows_unauthenticated_events_on_loopback_only(monkeypatch, host, loopback):
+@pytest.fixture
+def serve_once(monkeypatch):
+    """``serve_once(host, **flags) -> (settings, Function)``: ``run_serve`` up to the server, in a private env."""
+    import os
+
     import handler.knative as knative
     from handler.settings import get_settings
 
-    monkeypatch.delenv("WEBHOOK_TOKEN", raising=False)
-    monkeypatch.delenv("ALLOW_UNAUTHENTICATED_EVENTS", raising=False)
-    monkeypatch.setattr(knative.func_python.http, "serve", lambda new: None)
-    get_settings.cache_clear()
-    try:
-        knative.run_serve(type("Args", (), {"host": host, "port": 8080})())
-        assert get_settings().allow_unauthenticated_events is loopback
-    finally:
-        monkeypatch.delenv("ALLOW_UNAUTHENTICATED_EVENTS", raising=False)
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if not k.startswith(SERVE_VARIABLES)})
+    served = []
+    monkeypatch.setattr(knative.func_python.http, "serve", lambda new: served.append(new()))
+
+    def serve(host: str = "127.0.0.1", **flags):
         get_settings.cache_clear()
+        args = {"host": host, "port": 8080, "allowed_buckets": None, "allow_unauthenticated": False, **flags}
+        knative.run_serve(type("Args", (), args)())
+        return get_settings(), served[-1]
+
+    yield serve
+    get_settings.cache_clear()
+
+
+SERVE_VARIABLES = ("WEBHOOK_TOKEN", "ALLOW_UNAUTHENTICATED_EVENTS", "ALLOWED_BUCKETS", "LISTEN_ADDRESS")
+
+
+@pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("::1", True), ("0.0.0.0", False)])
+def test_serve_without_configuration_makes_and_prints_a_token(serve_once, capsys, host, loopback):
+    # GIVEN no WEBHOOK_TOKEN, no ALLOWED_BUCKETS; WHEN `rasterfn serve` starts
+    settings, function = serve_once(host)
+    out = capsys.readouterr().out
+    # THEN a random token guards POST /, printed with a ready curl line; nothing is open, on loopback neither
+    assert settings.webhook_token and len(settings.webhook_token) >= 32
+    assert settings.allow_unauthenticated_events is False
+    assert f"WEBHOOK_TOKEN={settings.webhook_token}" in out
+    assert "curl -X POST http://" in out and f"Authorization: Bearer {settings.webhook_token}" in out
+    # no bucket unless given, and loopback Host names only when bound to loopback
+    assert settings.allowed_buckets == ("-",) and "ALLOWED_BUCKETS is not set" in out
+    assert function._loopback_only is loopback
+
+
+def test_serve_makes_a_new_token_each_time(serve_once):
+    import os
+
+    first = serve_once()[0].webhook_token
+    del os.environ["WEBHOOK_TOKEN"]  # the next start, in a fresh shell
+    assert serve_once()[0].webhook_token != first
+
+
+def test_serve_is_open_only_with_the_flag_and_says_so(serve_once, capsys):
+    settings, _ = serve_once(allow_unauthenticated=True, allowed_buckets="scenes/in/")
+    out = capsys.readouterr().out
+    assert settings.allow_unauthenticated_events is True and settings.webhook_token is None
+    assert "WARNING: --allow-unauthenticated" in out and "Bearer" not in out
+    assert settings.allowed_buckets == ("scenes/in/",)
+
+
+def test_serve_keeps_a_configured_token(serve_once, capsys, monkeypatch):
+    import os
+
+    os.environ["WEBHOOK_TOKEN"] = "chosen-token"
+    settings, _ = serve_once()
+    assert settings.webhook_token == "chosen-token" and "Bearer" not in capsys.readouterr().out
+
+
+def test_serve_refuses_the_flag_beside_a_token(serve_once):
+    import os
+
+    os.environ["WEBHOOK_TOKEN"] = "chosen-token"
+    with pytest.raises(ConfigError, match="both set"):
+        serve_once(allow_unauthenticated=True)
