@@ -186,7 +186,7 @@ knative-install:  ## install pinned Knative Serving + kourier and Eventing (in-m
 	$(KUBECTL) apply -f $(EVENTING_RELEASE)/in-memory-channel.yaml
 	$(KUBECTL) apply -f $(EVENTING_RELEASE)/mt-channel-broker.yaml
 	$(KUBECTL) patch configmap/config-features -n knative-eventing --type merge \
-		-p '{"data":{"delivery-timeout":"enabled"}}'
+		-p '{"data":{"delivery-timeout":"enabled","authentication-oidc":"enabled"}}'
 	$(KUBECTL) wait deployment --all -n knative-serving --for=condition=Available --timeout=300s
 	$(KUBECTL) wait deployment --all -n kourier-system --for=condition=Available --timeout=300s
 	$(KUBECTL) wait deployment --all -n knative-eventing --for=condition=Available --timeout=300s

@@ -69,7 +69,8 @@ def test_every_variable_is_read():
         "MAX_SCENE_PIXELS": "2_000_000_000",
     }
     # (the Eventing relay's own is read by RelaySettings, below; K_SINK too, and here for Knative's fan-out)
-    assert set(env) == set(env_var_names()) - {ENV_K_SINK, ENV_RELAY_TARGET_URL}
+    relay_only = {ENV_K_SINK, ENV_RELAY_TARGET_URL} | {name for name in env_var_names() if name.startswith("RELAY_")}
+    assert set(env) == set(env_var_names()) - relay_only
     # WHEN parsed
     s = Settings.from_env(env)
     # THEN each lands in its field, normalised
@@ -167,7 +168,11 @@ def test_parse_suffixes(value, expected):
 
 def test_the_relay_reads_its_variables_and_the_webhook_token():
     env = {"K_SINK": " http://broker/default/default ", "RELAY_TARGET_URL": "http://fn/", "WEBHOOK_TOKEN": "t0k"}
-    assert RelaySettings.from_env(env) == RelaySettings("http://broker/default/default", "http://fn/", "t0k")
+    env |= {"RELAY_OIDC_ISSUER": "https://i", "RELAY_OIDC_AUDIENCE": "a", "RELAY_OIDC_SUBJECTS": "s"}
+    env |= {"RELAY_OIDC_JWKS": "/jwks.json"}
+    assert RelaySettings.from_env(env) == RelaySettings(
+        "http://broker/default/default", "http://fn/", "t0k", "https://i", "a", ("s",), "/jwks.json"
+    )
 
 
 @pytest.mark.parametrize(
