@@ -7,11 +7,9 @@ import io
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import anyio
@@ -28,11 +26,11 @@ from model.card import DEFAULT_CARD_PATH, load_card
 from model.checkpoint import build_model
 from model.errors import ConfigError
 from tests.fixtures.paths import REPO_ROOT
+from tests.fixtures.servers import free_port, wait_ready
 
 REPO = REPO_ROOT
 VENV_BIN = Path(sys.executable).parent
 TEST_TIF = REPO / "data" / "test-1.tif"
-SERVER_START_TIMEOUT_S = 120
 # The old README's command, verbatim but for the port.
 OLD_README_CURL = 'curl -X POST "http://127.0.0.1:{port}/inference" -F "file=@./data/test-1.tif" --output output.npy'
 
@@ -179,26 +177,6 @@ def test_listen_address_refuses_bad_ports(port):
 
 
 # --- the real server ----------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(port: int, server: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"rasterfn serve exited with {server.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health/readiness", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    pytest.fail(f"rasterfn serve not ready after {SERVER_START_TIMEOUT_S} s:\n{log.read_text()}")
 
 
 @pytest.mark.slow

@@ -14,17 +14,16 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.fixtures.servers import free_port, wait_ready
 from tests.fixtures.spy import Spy
 
 VENV_BIN = Path(sys.executable).parent
-START_TIMEOUT_S = 120
 BUCKET, VICTIM = "scenes", "victim-bucket"
 TOKEN_LINE = re.compile(r"WEBHOOK_TOKEN=(\S+)")
 
@@ -55,7 +54,7 @@ def serve(tmp_path, tiny_model_card) -> Iterator:
     started: list[Served] = []
 
     def start(*flags: str, **env: str) -> Served:
-        port = _free_port()
+        port = free_port()
         log = tmp_path / f"serve-{port}.log"
         variables = {
             k: v
@@ -72,7 +71,7 @@ def serve(tmp_path, tiny_model_card) -> Iterator:
             )
         served = Served(process, port, log)
         started.append(served)
-        _wait_ready(served)
+        wait_ready(port, process, log)
         return served
 
     yield start
@@ -166,25 +165,3 @@ def test_serve_with_no_configuration_prints_a_token_and_allows_no_bucket(serve, 
     with_token = httpx.post(served.url + "/", headers={**auth, **json_}, content=notification(BUCKET), timeout=30)
     assert with_token.status_code == 403 and "ALLOWED_BUCKETS" in with_token.text
     assert spy_s3.requests == []
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_ready(served: Served) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if served.process.poll() is not None:
-            pytest.fail(f"rasterfn serve exited with {served.process.returncode}:\n{served.output}")
-        try:
-            if httpx.get(f"{served.url}/health/readiness", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    pytest.fail(f"rasterfn serve not ready after {START_TIMEOUT_S} s:\n{served.output}")
