@@ -58,6 +58,7 @@ logger = logging.getLogger(__name__)
 
 LISTEN_ADDRESS_ENV = "LISTEN_ADDRESS"  # func-python's own variable: "host:port[,host:port]"
 TOKEN_BYTES = 32  # `rasterfn serve`'s generated webhook token
+KNATIVE_SERVICE_ENV = "K_SERVICE"  # Knative Serving's own variable, set in every revision's container
 
 
 class RuntimeLoader:
@@ -218,6 +219,10 @@ def run_serve(args: argparse.Namespace) -> int:
     if allow_open:
         os.environ[ENV_ALLOW_UNAUTHENTICATED_EVENTS] = "true"
         print("rasterfn serve: WARNING: --allow-unauthenticated: POST / takes events from anyone who can reach it")
+    elif not settings.webhook_token and os.environ.get(KNATIVE_SERVICE_ENV):
+        # Deployed (the image's entry point runs `rasterfn serve`): a token made up here would refuse every event
+        # without saying why. The deploy sets it from the Secret; fail at start-up, as the function always has.
+        raise ConfigError(f"WEBHOOK_TOKEN is not set on Knative service {os.environ[KNATIVE_SERVICE_ENV]!r}")
     elif not settings.webhook_token:
         token = secrets.token_urlsafe(TOKEN_BYTES)
         os.environ[ENV_WEBHOOK_TOKEN] = token

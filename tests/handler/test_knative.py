@@ -287,7 +287,7 @@ def serve_once(monkeypatch):
     get_settings.cache_clear()
 
 
-SERVE_VARIABLES = ("WEBHOOK_TOKEN", "ALLOW_UNAUTHENTICATED_EVENTS", "ALLOWED_BUCKETS", "LISTEN_ADDRESS")
+SERVE_VARIABLES = ("WEBHOOK_TOKEN", "ALLOW_UNAUTHENTICATED_EVENTS", "ALLOWED_BUCKETS", "LISTEN_ADDRESS", "K_SERVICE")
 
 
 @pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("::1", True), ("0.0.0.0", False)])
@@ -327,6 +327,14 @@ def test_serve_keeps_a_configured_token(serve_once, capsys, monkeypatch):
     os.environ["WEBHOOK_TOKEN"] = "chosen-token"
     settings, _ = serve_once()
     assert settings.webhook_token == "chosen-token" and "Bearer" not in capsys.readouterr().out
+
+
+def test_serve_on_knative_without_a_token_fails_at_start_up(serve_once):
+    import os
+
+    os.environ["K_SERVICE"] = "rasterfn"  # the image's entry point runs `rasterfn serve` there
+    with pytest.raises(ConfigError, match="WEBHOOK_TOKEN is not set on Knative service 'rasterfn'"):
+        serve_once(host="0.0.0.0")
 
 
 def test_serve_refuses_the_flag_beside_a_token(serve_once):
