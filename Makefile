@@ -8,7 +8,7 @@ CHECKOV_VENV ?= .venv-checkov
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 
 .DEFAULT_GOAL := help
-.PHONY: help install runtime-venv serving-test-venv test-serving demo test lint static pytest bench predict
+.PHONY: help install runtime-venv serving-test-venv test-serving demo test lint static pytest bench predict fuzz
 .PHONY: train-demo serve image image-torch image-test image-test-if-engine image-size push-image tf-init tf-ecr tf-plan
 .PHONY: tf-apply tf-local
 
@@ -72,6 +72,12 @@ lint: install  ## ruff (lint + format check)
 pytest: install  ## the test suite alone (pytest's "no tests collected", exit 5, fails the run)
 	@$(PY) -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose" >&2; fi; exit $$rc
+
+# The header path's fuzz target (tests/model/test_header_fuzz.py) for FUZZ_SECONDS; `make test` runs a short smoke.
+FUZZ_SECONDS ?= 600
+
+fuzz: install  ## fuzz the pre-pixel path (signature, header, layout, decode limits) for FUZZ_SECONDS (600)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) -m pytest -q -s -p no:logging -W ignore tests/model/test_header_fuzz.py -k for_a_while
 
 bench: install  ## speed and memory ratios, measured side by side in one run
 	$(PY) scripts/bench.py
@@ -197,7 +203,7 @@ knative-install:  ## install pinned Knative Serving + kourier and Eventing (in-m
 	$(KUBECTL) apply -f $(EVENTING_RELEASE)/in-memory-channel.yaml
 	$(KUBECTL) apply -f $(EVENTING_RELEASE)/mt-channel-broker.yaml
 	$(KUBECTL) patch configmap/config-features -n knative-eventing --type merge \
-		-p '{"data":{"delivery-timeout":"enabled"}}'
+		-p '{"data":{"delivery-timeout":"enabled","authentication-oidc":"enabled"}}'
 	$(KUBECTL) wait deployment --all -n knative-serving --for=condition=Available --timeout=300s
 	$(KUBECTL) wait deployment --all -n kourier-system --for=condition=Available --timeout=300s
 	$(KUBECTL) wait deployment --all -n knative-eventing --for=condition=Available --timeout=300s

@@ -5,7 +5,7 @@ rasterfn export [--model CARD.json] [--out-dir DIR] [--calibrate DIR]
 rasterfn replay EVENT.json [--endpoint-url URL] [--seed]
 rasterfn demo [FILES...] [--serve]
 rasterfn tf-local [--plugin-mirror DIR] [--terraform PATH]
-rasterfn serve [--host 127.0.0.1] [--port 8080]
+rasterfn serve [--host 127.0.0.1] [--port 8080] [--allowed-buckets B[/prefix/]] [--allow-unauthenticated]
 rasterfn relay [--host 127.0.0.1] [--port 8080]
 rasterfn train-demo [--out-dir model/weights]
 """
@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the Knative function locally (func-python's server)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--allowed-buckets", help="ALLOWED_BUCKETS for this server (default: none unless set)")
+    p.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="POST / without a token (default: WEBHOOK_TOKEN, or a random token printed at start)",
+    )
 
     p = sub.add_parser("relay", help="Knative Eventing: MinIO webhooks -> the Broker -> the function")
     p.add_argument("--host", default="127.0.0.1")

@@ -13,9 +13,10 @@ returns (and gives up after 60 s), so loading there would fail liveness probes d
 the weights. ``ready()`` says false until the model is loaded, so Knative routes no traffic before; a request
 that still arrives early waits for the load instead of failing.
 
-``rasterfn serve [--host 127.0.0.1] [--port 8080]`` runs it locally with func-python's own server; on a loopback
-address without ``WEBHOOK_TOKEN`` it allows unauthenticated events (``ALLOW_UNAUTHENTICATED_EVENTS=true``), since
-only this machine can reach it.
+``rasterfn serve [--host 127.0.0.1] [--port 8080]`` runs it locally with func-python's own server. It fails closed:
+without ``WEBHOOK_TOKEN`` it makes a random one and prints it (open only with ``--allow-unauthenticated``), without
+``ALLOWED_BUCKETS`` no event may name a bucket (``--allowed-buckets``), and on loopback only loopback ``Host``
+names are answered (:mod:`handler.http.guard`, which every deployment runs: no foreign ``Origin``, JSON events).
 
 Example:
     >>> f = new()
@@ -29,22 +30,35 @@ import argparse
 import ipaddress
 import logging
 import os
+import secrets
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import func_python.http
 
-from handler.http.app import check_event_route_auth, create_app
+from handler.http.app import create_app
+from handler.http.guard import BrowserGuard, GuardPolicy
 from handler.http.metrics import create_metrics
 from handler.http.workers import WorkerPool
 from handler.runtime import get_runtime
-from handler.settings import ENV_ALLOW_UNAUTHENTICATED_EVENTS, Settings, get_settings, reload_settings
+from handler.settings import (
+    ENV_ALLOW_UNAUTHENTICATED_EVENTS,
+    ENV_ALLOWED_BUCKETS,
+    ENV_WEBHOOK_TOKEN,
+    NO_BUCKET,
+    Settings,
+    get_settings,
+    reload_settings,
+)
 from handler.tempdirs import sweep_at_startup
+from model.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 LISTEN_ADDRESS_ENV = "LISTEN_ADDRESS"  # func-python's own variable: "host:port[,host:port]"
+TOKEN_BYTES = 32  # `rasterfn serve`'s generated webhook token
+KNATIVE_SERVICE_ENV = "K_SERVICE"  # Knative Serving's own variable, set in every revision's container
 
 
 class RuntimeLoader:
@@ -104,11 +118,14 @@ class RuntimeLoader:
 class Function:
     """The function instance func-python serves (see the module docstring for the protocol)."""
 
-    def __init__(self, load: Callable[[], Any] | None = None, settings: Settings | None = None) -> None:
+    def __init__(
+        self, load: Callable[[], Any] | None = None, settings: Settings | None = None, *, loopback_only: bool = False
+    ) -> None:
         """``load``: a function returning a Runtime, to run inference in this process (tests); by default,
-        a pool of worker processes."""
+        a pool of worker processes. ``loopback_only``: the server listens on loopback (see the guard)."""
         self._load = load
         self._settings = settings
+        self._loopback_only = loopback_only
         self.loader: RuntimeLoader | WorkerPool | None = None
         self.app: Any = None
 
@@ -121,7 +138,10 @@ class Function:
             loader: RuntimeLoader | WorkerPool = WorkerPool(settings)
         else:
             loader = RuntimeLoader(self._load)
-        self.app = create_app(settings, loader, metrics=create_metrics())  # refuses an open event route
+        metrics = create_metrics()
+        app = create_app(settings, loader, metrics=metrics)  # refuses an open event route
+        policy = GuardPolicy(settings.allowed_origins, loopback_only=self._loopback_only)
+        self.app = BrowserGuard(app, policy, lambda status: metrics.rejected.labels(reason="forged").inc())
         self.loader = loader
         self.loader.start()
         if not settings.webhook_token:
@@ -180,20 +200,61 @@ def listen_address(host: str, port: int) -> str:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """``rasterfn serve``: func-python's server (hypercorn) on ``--host``/``--port``, until SIGINT/SIGTERM."""
+    """``rasterfn serve``: func-python's server (hypercorn) on ``--host``/``--port``, until SIGINT/SIGTERM.
+
+    Fails closed (see the module docstring): what it chose instead of an open default is printed.
+    """
     # func-python binds only what LISTEN_ADDRESS says (default: every interface on 8080).
     os.environ[LISTEN_ADDRESS_ENV] = listen_address(args.host, args.port)
-    settings = get_settings()  # a bad setting fails here, with its message, not inside the server's start-up
-    if not settings.webhook_token and not settings.allow_unauthenticated_events and _is_loopback(args.host):
+    allow_open = bool(getattr(args, "allow_unauthenticated", False))
+    if getattr(args, "allowed_buckets", None):
+        os.environ[ENV_ALLOWED_BUCKETS] = args.allowed_buckets
+    elif not os.environ.get(ENV_ALLOWED_BUCKETS, "").strip():
+        os.environ[ENV_ALLOWED_BUCKETS] = NO_BUCKET
+        print("rasterfn serve: ALLOWED_BUCKETS is not set: events may name no bucket (--allowed-buckets B[/prefix/])")
+    settings = reload_settings()  # a bad setting fails here, with its message, not inside the server's start-up
+    url = f"http://{_client_host(args.host)}:{args.port}/"
+    if allow_open and settings.webhook_token:
+        raise ConfigError("--allow-unauthenticated and WEBHOOK_TOKEN are both set: unset one")
+    if allow_open:
         os.environ[ENV_ALLOW_UNAUTHENTICATED_EVENTS] = "true"
-        reload_settings()
-        print("rasterfn serve: loopback only, so POST / takes events without WEBHOOK_TOKEN", flush=True)
-    # Here, not only in the server's start-up: hypercorn would log a bare "Lifespan error" and serve on, never
-    # ready; exiting with the reason puts it in the pod's log and status (CrashLoopBackOff).
-    check_event_route_auth(get_settings())
+        print("rasterfn serve: WARNING: --allow-unauthenticated: POST / takes events from anyone who can reach it")
+    elif not settings.webhook_token and os.environ.get(KNATIVE_SERVICE_ENV):
+        # Deployed (the image's entry point runs `rasterfn serve`): a token made up here would refuse every event
+        # without saying why. The deploy sets it from the Secret; fail at start-up, as the function always has.
+        raise ConfigError(f"WEBHOOK_TOKEN is not set on Knative service {os.environ[KNATIVE_SERVICE_ENV]!r}")
+    elif not settings.webhook_token:
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        os.environ[ENV_WEBHOOK_TOKEN] = token
+        bucket = (settings.allowed_buckets[0].partition("/")[0] if settings.allowed_buckets else "") or "BUCKET"
+        bucket = "BUCKET" if bucket == NO_BUCKET else bucket
+        print(
+            "rasterfn serve: POST / needs this bearer token (generated now; set WEBHOOK_TOKEN to choose one):\n"
+            f"  WEBHOOK_TOKEN={token}\n"
+            f"  curl -X POST {url} -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' "
+            f"""-d '{{"bucket": "{bucket}", "key": "scene.tif"}}'"""
+        )
+    reload_settings()
     print(f"rasterfn serve: listening on http://{os.environ[LISTEN_ADDRESS_ENV]}", flush=True)
-    func_python.http.serve(new)
+    func_python.http.serve(_constructor(loopback_only=_is_loopback(args.host)))
     return 0
+
+
+def _constructor(**options: Any) -> Callable[[], Function]:
+    """func-python's ``new`` (it insists on the name) building a :class:`Function` with ``options``."""
+
+    def new() -> Function:
+        return Function(**options)
+
+    return new
+
+
+def _client_host(host: str) -> str:
+    """The address a local client uses for a server bound to ``host`` (every interface: loopback)."""
+    host = host.strip("[]")
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 (matched, not bound)
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 def _is_loopback(host: str) -> bool:

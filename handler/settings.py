@@ -62,6 +62,10 @@ ENV_UPLOAD_READ_TIMEOUT_S = "UPLOAD_READ_TIMEOUT_S"
 ENV_MAX_EVENT_RECORDS = "MAX_EVENT_RECORDS"
 ENV_MAX_RECEIVE_COUNT = "MAX_RECEIVE_COUNT"
 ENV_STALE_TMP_MINUTES = "STALE_TMP_MINUTES"
+# -- issue 19: browsers (handler/http/guard.py) and the local server's bucket default --
+ENV_ALLOWED_ORIGINS = "ALLOWED_ORIGINS"
+NO_BUCKET = "-"  # an ALLOWED_BUCKETS entry that matches no bucket: `rasterfn serve`'s default when it is unset
+# -- end issue 19 --
 # Decode cost, checked from each upload's header (model/decode_limits.py).
 ENV_MAX_BLOCK_BYTES = "MAX_BLOCK_BYTES"
 ENV_MAX_BANDS = "MAX_BANDS"
@@ -128,6 +132,7 @@ class Settings:
     max_event_records: int = DEFAULT_MAX_EVENT_RECORDS
     max_receive_count: int = DEFAULT_MAX_RECEIVE_COUNT
     stale_tmp_minutes: int = DEFAULT_STALE_TMP_MINUTES
+    allowed_origins: tuple[str, ...] = ()  # issue 19: browser origins allowed to call the routes; none by default
     max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES
     max_bands: int = DEFAULT_MAX_BANDS
     allowed_compressions: tuple[str, ...] = DEFAULT_COMPRESSIONS
@@ -202,6 +207,8 @@ class Settings:
             raw["input_suffixes"] = parse_suffixes(value)
         if (value := get(ENV_ALLOWED_BUCKETS)) is not None:
             raw["allowed_buckets"] = parse_allowed_buckets(value)
+        if (value := get(ENV_ALLOWED_ORIGINS)) is not None:  # issue 19
+            raw["allowed_origins"] = parse_origins(value)
         if (value := get(ENV_ALLOW_UNAUTHENTICATED_EVENTS)) is not None:
             raw["allow_unauthenticated_events"] = _parse_bool(ENV_ALLOW_UNAUTHENTICATED_EVENTS, value)
         if (value := get(ENV_ALLOWED_COMPRESSIONS)) is not None:
@@ -231,6 +238,11 @@ def parse_allowed_buckets(value: str) -> tuple[str, ...]:
     ('scenes', 'shared/uploads/')
     """
     return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def parse_origins(value: str) -> tuple[str, ...]:
+    """``"https://a.example/, http://localhost:3000"`` -> ``("https://a.example", "http://localhost:3000")``."""
+    return tuple(part.strip().rstrip("/").lower() for part in value.split(",") if part.strip())
 
 
 def _parse_bool(name: str, value: str) -> bool:
@@ -314,8 +326,11 @@ def _validate(s: Settings) -> list[str]:
         problems.append("FANOUT_SECONDS_PER_TILE must be > 0 and FANOUT_THRESHOLD_SECONDS >= 0")
     if ".npy" in s.input_suffixes:
         problems.append(f"{ENV_INPUT_SUFFIXES} must not include .npy (the function's own outputs)")
+    problems += _url_problems(*((ENV_ALLOWED_ORIGINS, origin) for origin in s.allowed_origins))
     for rule in s.allowed_buckets:
         bucket, _, prefix = rule.partition("/")
+        if rule == NO_BUCKET:
+            continue
         if not _BUCKET_NAME.fullmatch(bucket) or prefix.startswith("/") or ".." in prefix.split("/"):
             problems.append(f"{ENV_ALLOWED_BUCKETS} entries must be 'bucket' or 'bucket/prefix/', got {rule!r}")
     return problems
@@ -350,23 +365,36 @@ SETTINGS_FIELDS = tuple(f.name for f in fields(Settings))
 
 @dataclass(frozen=True)
 class RelaySettings:
-    """What ``rasterfn relay`` needs: where to publish (the Broker), where to deliver (the function), the token.
+    """What ``rasterfn relay`` needs: where to publish (the Broker), where to deliver (the function), the token,
+    and whose deliveries may borrow it (Knative Eventing's OIDC sender identity: handler/http/oidc.py).
 
-    Every field is required: the relay is the only door MinIO's webhooks come through, so it fails closed.
+    Every field but the JWKS fetch's token and CA files is required: the relay is the only door MinIO's webhooks
+    come through and lends the function's token, so it fails closed.
 
     >>> RelaySettings.from_env({"K_SINK": "http://b/default/default", "RELAY_TARGET_URL": "http://f",
-    ...                         "WEBHOOK_TOKEN": "t"}).sink_url
-    'http://b/default/default'
+    ...                         "WEBHOOK_TOKEN": "t", "RELAY_OIDC_ISSUER": "https://kubernetes.default.svc",
+    ...                         "RELAY_OIDC_AUDIENCE": "rasterfn-relay", "RELAY_OIDC_SUBJECTS": "a, b",
+    ...                         "RELAY_OIDC_JWKS": "/etc/jwks/jwks.json"}).oidc_subjects
+    ('a', 'b')
     """
 
     sink_url: str
     target_url: str
     webhook_token: str
+    # -- issue 19: the Trigger's sender identity on POST /deliver --
+    oidc_issuer: str = ""
+    oidc_audience: str = ""
+    oidc_subjects: tuple[str, ...] = ()
+    oidc_jwks: str = ""  # an http(s) URL (the API server's /openid/v1/jwks) or a mounted file's absolute path
+    oidc_jwks_bearer_file: str | None = None  # bearer token for the JWKS URL (a projected service-account token)
+    oidc_jwks_ca_file: str | None = None  # CA bundle for the JWKS URL (the cluster's kube-root-ca.crt)
+    # -- end issue 19 --
 
     def __post_init__(self) -> None:
         problems = _url_problems((ENV_K_SINK, self.sink_url), (ENV_RELAY_TARGET_URL, self.target_url))
         if not self.webhook_token:
             problems.append(f"{ENV_WEBHOOK_TOKEN} must be set: the relay never accepts unauthenticated webhooks")
+        problems += _relay_oidc_problems(self)
         if problems:
             raise ConfigError("invalid relay settings: " + "; ".join(problems))
 
@@ -374,4 +402,39 @@ class RelaySettings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RelaySettings:
         env = os.environ if environ is None else environ
         values = [(env.get(name) or "").strip() for name in (ENV_K_SINK, ENV_RELAY_TARGET_URL, ENV_WEBHOOK_TOKEN)]
-        return cls(*values)
+        oidc = {attr: (env.get(name) or "").strip() for name, attr in _RELAY_OIDC_FIELDS.items()}
+        subjects = tuple(part.strip() for part in oidc.pop("oidc_subjects").split(",") if part.strip())
+        optional = {attr: oidc.pop(attr) or None for attr in ("oidc_jwks_bearer_file", "oidc_jwks_ca_file")}
+        return cls(*values, **oidc, oidc_subjects=subjects, **optional)
+
+
+# -- issue 19: the relay's OIDC check (handler/http/oidc.py) --
+ENV_RELAY_OIDC_ISSUER = "RELAY_OIDC_ISSUER"
+ENV_RELAY_OIDC_AUDIENCE = "RELAY_OIDC_AUDIENCE"
+ENV_RELAY_OIDC_SUBJECTS = "RELAY_OIDC_SUBJECTS"
+ENV_RELAY_OIDC_JWKS = "RELAY_OIDC_JWKS"
+ENV_RELAY_OIDC_JWKS_BEARER_FILE = "RELAY_OIDC_JWKS_BEARER_FILE"
+ENV_RELAY_OIDC_JWKS_CA_FILE = "RELAY_OIDC_JWKS_CA_FILE"
+_RELAY_OIDC_FIELDS = {
+    ENV_RELAY_OIDC_ISSUER: "oidc_issuer",
+    ENV_RELAY_OIDC_AUDIENCE: "oidc_audience",
+    ENV_RELAY_OIDC_SUBJECTS: "oidc_subjects",
+    ENV_RELAY_OIDC_JWKS: "oidc_jwks",
+    ENV_RELAY_OIDC_JWKS_BEARER_FILE: "oidc_jwks_bearer_file",
+    ENV_RELAY_OIDC_JWKS_CA_FILE: "oidc_jwks_ca_file",
+}
+
+
+def _relay_oidc_problems(s: RelaySettings) -> list[str]:
+    why = "the relay lends its token only to deliveries of Knative Eventing's Triggers (authentication-oidc)"
+    problems = _url_problems((ENV_RELAY_OIDC_ISSUER, s.oidc_issuer))
+    if not s.oidc_audience:
+        problems.append(f"{ENV_RELAY_OIDC_AUDIENCE} must be set: {why}")
+    if not s.oidc_subjects:
+        problems.append(f"{ENV_RELAY_OIDC_SUBJECTS} must list the Triggers' service accounts: {why}")
+    if not (s.oidc_jwks.startswith(("http://", "https://")) or s.oidc_jwks.startswith("/")):
+        problems.append(f"{ENV_RELAY_OIDC_JWKS} must be an http(s) URL or an absolute file path, got {s.oidc_jwks!r}")
+    return problems
+
+
+# -- end issue 19 --

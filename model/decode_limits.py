@@ -36,8 +36,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
 from model.errors import RasterReadError, RasterTooLargeError
 from model.refusals import EXPECTED_BLOCKS, EXPECTED_RASTER, RETILE, refusal
 
@@ -232,4 +230,12 @@ def _mib(size: int) -> str:
 
 
 def _itemsize(dtype: str) -> int:
-    return np.dtype(dtype).itemsize
+    # Any type GDAL reports, complex ones included (numpy has no complex_int16): the raster module refuses
+    # the types it does not read; the cost of what it would decode is still known. Unknown: the widest.
+    return _ITEMSIZES.get(dtype, max(_ITEMSIZES.values()))
+
+
+_ITEMSIZES = {
+    "uint8": 1, "int8": 1, "uint16": 2, "int16": 2, "uint32": 4, "int32": 4, "float32": 4,
+    "uint64": 8, "int64": 8, "float64": 8, "complex_int16": 4, "complex64": 8, "complex128": 16,
+}  # fmt: skip

@@ -24,8 +24,11 @@ import importlib.util
 import logging
 import os
 import re
+import sys
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from model.errors import RasterReadError
 from model.refusals import EXPECTED_RASTER, REEXPORT, UPLOAD_AGAIN, refusal
@@ -109,11 +112,37 @@ def prepare_gdal() -> None:
         library = logging.getLogger(name)
         library.addHandler(handler)
         library.propagate = False  # Python's last-resort handler would print warnings on stderr
+    sys.unraisablehook, sys.excepthook = _dropping_undecodable_messages(sys.unraisablehook, sys.excepthook)
     # PROJ's variables, not ours (handler/settings.py reads ours): set only where nobody else has.
     proj_data = packaged_proj_data()
     if proj_data is not None and "PROJ_DATA" not in os.environ and "PROJ_LIB" not in os.environ:
         os.environ["PROJ_DATA"] = str(proj_data)
     os.environ.setdefault("PROJ_DEBUG", "0")
+
+
+def _dropping_undecodable_messages(unraisable_hook: Callable, except_hook: Callable) -> tuple[Callable, Callable]:
+    """``sys.unraisablehook`` and ``sys.excepthook`` without rasterio's failures to decode a GDAL message that
+    is not UTF-8.
+
+    rasterio's error handler turns GDAL's message into text in a C callback; a message quoting a file's bytes
+    (a corrupt tag value) fails there, and Cython prints the UnicodeDecodeError (through ``sys.excepthook``,
+    with no traceback) and a traceback (through ``sys.unraisablehook``) on stderr, after the CLI's one line.
+    The fuzz target found it. It says nothing about the file (GDAL carries on): debug log only. Anything else,
+    and any UnicodeDecodeError with a traceback of its own, goes to the previous hooks.
+    """
+
+    def unraisable(info: Any) -> object:
+        if isinstance(info.exc_value, UnicodeDecodeError) and "rasterio" in str(info.object):
+            log.debug("a GDAL message that is not UTF-8 was dropped (%s)", info.exc_value)
+            return None
+        return unraisable_hook(info)
+
+    def uncaught(kind: type[BaseException], value: BaseException, traceback: Any) -> object:
+        if issubclass(kind, UnicodeDecodeError) and traceback is None:  # Cython's print, not an uncaught error
+            return None
+        return except_hook(kind, value, traceback)
+
+    return unraisable, uncaught
 
 
 def packaged_proj_data() -> Path | None:

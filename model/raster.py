@@ -32,7 +32,8 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import rasterio
-from rasterio.enums import MaskFlags
+from rasterio._err import CPLE_BaseError
+from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
@@ -43,8 +44,27 @@ from model.gdal_messages import explain_open_error, explain_read_error, library_
 from model.refusals import EXPECTED_RASTER, REEXPORT, UPLOAD_AGAIN, refusal
 from model.remote import SIGNATURE_BYTES, VSICURL, RemoteRaster, is_http_failure
 
+CONVERT_SAMPLES = "Convert it to bands of measurements: `gdal_translate -ot Float32 in.tif out.tif`"
 ALLOWED_DRIVER = "GTiff"  # also reads COGs and BigTIFFs
-SUPPORTED_KINDS = "uif"  # unsigned, signed, float; no complex, no bool
+# Every sample type rasterio reports for a GDAL band (GDAL's name in brackets), decided here and nowhere else:
+# None reads it, a text says why not. Integers and reals are reflectances or counts; complex samples (a SAR
+# SLC product's phase and amplitude) are no input to a network trained on reflectances. A type missing here
+# (a future GDAL's) is refused too: see :func:`sample_type_problem`.
+SAMPLE_TYPES: dict[str, str | None] = {
+    "uint8": None,  # Byte
+    "int8": None,  # Int8
+    "uint16": None,  # UInt16
+    "int16": None,  # Int16
+    "uint32": None,  # UInt32
+    "int32": None,  # Int32
+    "uint64": None,  # UInt64
+    "int64": None,  # Int64
+    "float32": None,  # Float32 (and Float16, which GDAL widens to it)
+    "float64": None,  # Float64
+    "complex_int16": "complex-valued samples (CInt16, as in a SAR SLC product)",
+    "complex64": "complex-valued samples (CInt32 or CFloat32, as in a SAR SLC product)",
+    "complex128": "complex-valued samples (CFloat64)",
+}
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 KNOWN_MAGICS = {
     b"\x89PNG": "a PNG image",
@@ -66,6 +86,10 @@ GDAL_ENV = {
 log = logging.getLogger("model.gdal")
 READ_THREADS = str(available_cpus())  # ALL_CPUS would count the node, not the cgroup quota
 _HTTP_STATUS = re.compile(r"HTTP (?:response|error) code:? ?\d+|response_code=\d+", re.I)
+# What reading an opened header's attributes can raise: rasterio's errors, GDAL's own (CPLE_*, not rasterio's
+# base class: colorinterp raised one on a directory whose entry count was cut), and a CRS or value rasterio
+# cannot convert.
+HEADER_LIBRARY_ERRORS = (RasterioError, CPLE_BaseError, ValueError, KeyError, OverflowError)
 RasterSource = str | Path | RemoteRaster  # what the readers open: a local path, or a raster read over HTTP
 
 
@@ -83,6 +107,8 @@ class RasterHeader:
     transform: tuple[float, ...]
     all_valid: bool  # no band has a mask or nodata value: masks need not be read
     layout: BlockLayout
+    sample_bits: tuple[int | None, ...] = ()  # per band: NBITS when narrower than the type (1, 12), else None
+    paletted: tuple[bool, ...] = ()  # per band: colour-table indices
 
     @property
     def pixels(self) -> int:
@@ -91,7 +117,7 @@ class RasterHeader:
     @property
     def may_have_invalid(self) -> bool:
         """Whether any pixel can be invalid: a mask or nodata value, or float data (NaN and +-inf)."""
-        return not self.all_valid or any(np.dtype(dtype).kind == "f" for dtype in self.dtypes)
+        return not self.all_valid or any(dtype.startswith("float") for dtype in self.dtypes)
 
 
 @contextlib.contextmanager
@@ -123,19 +149,28 @@ def open_raster(source: RasterSource, **gdal_options: object) -> Iterator[raster
             yield src
 
 
+def inspect(path: RasterSource, bands: Sequence[int], max_pixels: int, limits: DecodeLimits) -> RasterHeader:
+    """The whole pre-pixel path: signature, header, sample types, layout and decode cost; no block decoded.
+
+    Raises only our :class:`~model.errors.InputError` refusals for what the file says (the fuzz target,
+    tests/model/test_header_fuzz.py, holds it to that), or :class:`RemoteReadError` for a failed fetch.
+    """
+    with open_raster(path) as src:
+        header = read_header(src, path)
+    check_header(header, bands, max_pixels)
+    check_layout(header.layout, limits, header.name)
+    return header
+
+
 @contextlib.contextmanager
 def open_checked(
     path: RasterSource, bands: Sequence[int], max_pixels: int, limits: DecodeLimits | None = None
 ) -> Iterator[tuple[rasterio.DatasetReader, RasterHeader]]:
-    """Check the header (:func:`check_header`, :func:`model.decode_limits.check_layout`), then open for reading.
+    """Check the header (:func:`inspect`), then open for reading.
 
     Yields ``(dataset, header)``; the dataset decodes with all CPUs and a block cache sized for its layout.
     """
-    limits = limits or DecodeLimits()
-    with open_raster(path) as src:
-        header = read_header(src, path)
-        check_header(header, bands, max_pixels)
-        check_layout(header.layout, limits, header.name)
+    header = inspect(path, bands, max_pixels, limits or DecodeLimits())
     cache = cache_bytes(header.layout, len(set(bands)))
     with open_raster(path, GDAL_NUM_THREADS=READ_THREADS, GDAL_CACHEMAX=cache) as src:
         yield src, header
@@ -148,22 +183,27 @@ def read_header(src: rasterio.DatasetReader, name: RasterSource = "") -> RasterH
         shown, file_bytes = name.name, name.size
     else:
         shown, file_bytes = Path(name).name or _dataset_name(src), Path(src.name).stat().st_size
-    crs = None
-    if src.crs is not None:
-        epsg = src.crs.to_epsg()
-        crs = f"EPSG:{epsg}" if epsg else src.crs.to_wkt()
-    return RasterHeader(
-        name=shown,
-        width=int(src.width),
-        height=int(src.height),
-        count=int(src.count),
-        dtypes=tuple(src.dtypes),
-        nodata=tuple(src.nodatavals),
-        crs=crs,
-        transform=tuple(src.transform)[:6],
-        all_valid=all(flags == [MaskFlags.all_valid] for flags in src.mask_flag_enums),
-        layout=read_layout(src, file_bytes),
-    )
+    try:
+        return RasterHeader(
+            name=shown,
+            width=int(src.width),
+            height=int(src.height),
+            count=int(src.count),
+            dtypes=tuple(src.dtypes),
+            nodata=tuple(src.nodatavals),
+            crs=_crs_text(src),
+            transform=tuple(src.transform)[:6],
+            all_valid=all(flags == [MaskFlags.all_valid] for flags in src.mask_flag_enums),
+            layout=read_layout(src, file_bytes),
+            sample_bits=tuple(_sample_bits(src, band) for band in src.indexes),
+            paletted=tuple(ci == ColorInterp.palette for ci in src.colorinterp),
+        )
+    except HEADER_LIBRARY_ERRORS as exc:
+        # GDAL opened the file but one of its tags cannot be read (a CRS, a mask, a band's metadata): the header
+        # is corrupt, whichever attribute asked first. Never a crash, never the library's words.
+        if isinstance(name, RemoteRaster):
+            raise explain_open_error(shown, exc) from None
+        raise explain_open_error(shown, exc) from exc
 
 
 def check_header(header: RasterHeader, bands: Sequence[int], max_pixels: int) -> None:
@@ -196,13 +236,32 @@ def check_header(header: RasterHeader, bands: Sequence[int], max_pixels: int) ->
         )
     expected_types = f"{EXPECTED_RASTER} of integer or real (float) samples, the same type in every band"
     for band in bands:
-        dtype = np.dtype(header.dtypes[band - 1])
-        if dtype.kind not in SUPPORTED_KINDS:
-            problem = f"its band {band} holds {dtype} samples"
-            raise RasterReadError(refusal(header.name, problem, expected_types, "Convert it: `gdal_translate -ot`"))
+        if (problem := sample_type_problem(header, band)) is not None:
+            raise RasterReadError(
+                refusal(header.name, f"its band {band} holds {problem}", expected_types, CONVERT_SAMPLES)
+            )
     if len({header.dtypes[b - 1] for b in bands}) > 1:
         problem = "it mixes data types across the bands the model reads"
-        raise RasterReadError(refusal(header.name, problem, expected_types, "Convert it: `gdal_translate -ot`"))
+        raise RasterReadError(refusal(header.name, problem, expected_types, CONVERT_SAMPLES))
+
+
+def sample_type_problem(header: RasterHeader, band: int) -> str | None:
+    """Why band ``band``'s samples are not read (a phrase), or None; pure, and decided for every type.
+
+    >>> header = RasterHeader("a.tif", 1, 1, 1, ("complex_int16",), (None,), None, (), True, None, (16,), (False,))
+    >>> sample_type_problem(header, 1)
+    'complex-valued samples (CInt16, as in a SAR SLC product)'
+    """
+    dtype = header.dtypes[band - 1]
+    if dtype not in SAMPLE_TYPES:
+        return f"samples of a type this function does not read ({str(dtype)[:40]})"
+    if (problem := SAMPLE_TYPES[dtype]) is not None:
+        return problem
+    if header.sample_bits[band - 1] == 1:
+        return "1-bit (bilevel) samples, a black-and-white image rather than measurements"
+    if header.paletted[band - 1]:
+        return "palette indices (a colour-mapped image), not measurements"
+    return None
 
 
 def read_window(
@@ -271,6 +330,19 @@ def _raise_if_fetch_failed(name: str, exc: RasterioError) -> None:
         status = _HTTP_STATUS.search(text)
         log.debug("GDAL could not fetch %s: %s", name, text)
         raise RemoteReadError(f"{name}: a ranged read failed ({status.group(0) if status else 'connection'})") from None
+
+
+def _crs_text(src: rasterio.DatasetReader) -> str | None:
+    if src.crs is None:
+        return None
+    epsg = src.crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else src.crs.to_wkt()
+
+
+def _sample_bits(src: rasterio.DatasetReader, band: int) -> int | None:
+    """NBITS when a band's samples are narrower than their type (1-bit, 12-bit), else None."""
+    nbits = src.tags(band, ns="IMAGE_STRUCTURE").get("NBITS")
+    return int(nbits) if nbits is not None and nbits.isdigit() else None
 
 
 def _dataset_name(src: rasterio.DatasetReader) -> str:

@@ -158,17 +158,12 @@ def create_app(
     ``ALLOW_UNAUTHENTICATED_EVENTS`` says so (local use). ``runtime`` may load a
     :class:`~handler.runtime.Runtime` (inference in process) or be a :class:`~handler.http.workers.WorkerPool`.
     """
-    check_event_route_auth(settings)
-    return _App(settings, runtime, metrics or create_metrics(), slots).starlette
-
-
-def check_event_route_auth(settings: Settings) -> None:
-    """Refuse (:class:`ConfigError`) an event route open to anyone, unless ``ALLOW_UNAUTHENTICATED_EVENTS``."""
     if not settings.webhook_token and not settings.allow_unauthenticated_events:
         raise ConfigError(
             "WEBHOOK_TOKEN is not set: the event route would accept events from anyone. Set it (and the same "
             "token in the bucket's webhook), or ALLOW_UNAUTHENTICATED_EVENTS=true for local use only"
         )
+    return _App(settings, runtime, metrics or create_metrics(), slots).starlette
 
 
 class _App:

@@ -10,9 +10,12 @@ the Broker) bridges both sides:
   :data:`EVENT_TYPE` and published to ``K_SINK``. Answers 202 as soon as the Broker has it, or 502 so
   MinIO keeps the event in its queue and sends it again. Nothing here waits for a scene.
 - ``POST /deliver``: the Triggers' subscriber (uploads, and the function's own fan-out shard messages:
-  :data:`handler.event_types.DELIVERED_TYPES`). Forwards the CloudEvent (``ce-*`` headers and body) to the
-  function's event route with the bearer token, and passes the function's answer back: its status decides
-  the Broker's retries (5xx, 429) and its binary-mode reply CloudEvent goes back into the Broker.
+  :data:`handler.event_types.DELIVERED_TYPES`). Only a delivery whose Knative Eventing sender-identity token
+  (OIDC, :mod:`handler.http.oidc`) names one of our Triggers is forwarded; any other is 401 and the function
+  sees nothing, since forwarding lends it the function's bearer token. Forwards the CloudEvent (``ce-*``
+  headers and body) to the function's event route with the bearer token, and passes the function's answer
+  back: its status decides the Broker's retries (5xx, 429) and its binary-mode reply CloudEvent goes back into
+  the Broker.
 - ``POST /dead-letter``: the Trigger's dead-letter sink. Logs the event that exhausted its retries (one
   WARNING line, with Knative's ``knativeerror*`` attributes) and answers 202.
 - ``GET /healthz``: 200.
@@ -33,6 +36,7 @@ import hmac
 import json
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -46,6 +50,15 @@ from starlette.routing import Route
 from handler.errors import EventError
 from handler.event_types import DELIVERED_TYPES, UPLOAD_EVENT_TYPE
 from handler.events import MAX_EVENT_BYTES, parse_event
+from handler.http.oidc import (
+    FileJwks,
+    HttpJwks,
+    JwksSource,
+    JwksUnavailableError,
+    OidcPolicy,
+    SenderIdentityError,
+    SenderVerifier,
+)
 from handler.settings import RelaySettings
 
 logger = logging.getLogger(__name__)
@@ -86,15 +99,29 @@ def forwarded_headers(headers: Mapping[str, str], names: tuple[str, ...]) -> dic
     return {k: v for k, v in lowered.items() if k.startswith("ce-") or k in names}
 
 
-def create_relay_app(settings: RelaySettings, client: httpx.AsyncClient | None = None) -> Starlette:
-    """The relay's routes (see the module docstring); ``client`` makes the outbound calls (tests pass one)."""
-    return _Relay(settings, client or httpx.AsyncClient()).starlette
+def create_relay_app(
+    settings: RelaySettings, client: httpx.AsyncClient | None = None, jwks: JwksSource | None = None
+) -> Starlette:
+    """The relay's routes (see the module docstring); ``client`` makes the outbound calls and ``jwks`` gives
+    the issuer's keys (tests pass them; by default from ``RELAY_OIDC_JWKS``)."""
+    return _Relay(settings, client or httpx.AsyncClient(), jwks or jwks_source(settings)).starlette
+
+
+def jwks_source(settings: RelaySettings) -> JwksSource:
+    """Where the issuer's keys are read: a mounted file, or a URL with its own CA bundle and bearer token."""
+    if not settings.oidc_jwks.startswith(("http://", "https://")):
+        return FileJwks(Path(settings.oidc_jwks))
+    client = httpx.AsyncClient(verify=settings.oidc_jwks_ca_file or True)
+    token_file = Path(settings.oidc_jwks_bearer_file) if settings.oidc_jwks_bearer_file else None
+    return HttpJwks(settings.oidc_jwks, client, token_file)
 
 
 class _Relay:
-    def __init__(self, settings: RelaySettings, client: httpx.AsyncClient) -> None:
+    def __init__(self, settings: RelaySettings, client: httpx.AsyncClient, jwks: JwksSource) -> None:
         self.settings = settings
         self.client = client
+        policy = OidcPolicy(settings.oidc_issuer, settings.oidc_audience, settings.oidc_subjects)
+        self.verifier = SenderVerifier(policy, jwks)
         routes = [
             Route("/minio", self.minio, methods=["POST"]),
             Route("/deliver", self.deliver, methods=["POST"]),
@@ -131,6 +158,16 @@ class _Relay:
         return JSONResponse({"accepted": event.get_id()}, status_code=202)
 
     async def deliver(self, request: Request) -> Response:
+        # Before anything else: forwarding lends the function's token, so only our Triggers' deliveries get it.
+        try:
+            claims = await self.verifier.verify(request.headers.get("authorization"))
+        except SenderIdentityError as exc:
+            logger.warning("POST /deliver -> 401: %s", exc)
+            return _error(401, "unauthorized", str(exc))
+        except JwksUnavailableError as exc:
+            logger.warning("POST /deliver -> 503: %s", exc)
+            return _error(503, "issuer keys unavailable", str(exc), retry=True)
+        logger.debug("delivery from %s", claims["sub"])
         if request.headers.get("ce-type") not in DELIVERED_TYPES:
             # The Triggers filter on these types; anything else did not come through them.
             expected = " or ".join(DELIVERED_TYPES)

@@ -53,6 +53,7 @@ from handler.local.moto_stack import (
 from handler.local.paths import SAMPLE_RASTER
 from handler.local.results import find_result, load_npy, validate_mask
 from handler.runtime import get_runtime
+from handler.settings import ENV_ALLOWED_BUCKETS
 from model.errors import ConfigError, InputError
 
 SAMPLE_PREFIX = "scenes/"
@@ -301,6 +302,9 @@ class Demo:
                 "INPUT_SUFFIXES": ",".join(self.spec.suffixes),
             }
             env.update({k: v for k, v in HANDLER_ENV_DEFAULTS.items() if k not in os.environ})
+            # Fail closed, as a deployment does: the handler may touch the demo's bucket alone unless told more.
+            if not os.environ.get(ENV_ALLOWED_BUCKETS, "").strip():
+                env[ENV_ALLOWED_BUCKETS] = self.spec.bucket
             with patched_environ(env):
                 verify_clients_local(url, self.spec.region)
                 stack = create_stack(url, self.spec)

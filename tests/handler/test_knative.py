@@ -7,11 +7,9 @@ import io
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import anyio
@@ -28,11 +26,11 @@ from model.card import DEFAULT_CARD_PATH, load_card
 from model.checkpoint import build_model
 from model.errors import ConfigError
 from tests.fixtures.paths import REPO_ROOT
+from tests.fixtures.servers import free_port, wait_ready
 
 REPO = REPO_ROOT
 VENV_BIN = Path(sys.executable).parent
 TEST_TIF = REPO / "data" / "test-1.tif"
-SERVER_START_TIMEOUT_S = 120
 # The old README's command, verbatim but for the port.
 OLD_README_CURL = 'curl -X POST "http://127.0.0.1:{port}/inference" -F "file=@./data/test-1.tif" --output output.npy'
 
@@ -181,26 +179,6 @@ def test_listen_address_refuses_bad_ports(port):
 # --- the real server ----------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(port: int, server: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"rasterfn serve exited with {server.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health/readiness", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    pytest.fail(f"rasterfn serve not ready after {SERVER_START_TIMEOUT_S} s:\n{log.read_text()}")
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not TEST_TIF.is_file(), reason="data/test-1.tif is not in the checkout")
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
@@ -287,43 +265,81 @@ def test_the_function_runs_inference_in_worker_processes_by_default(tiny_card, t
         function.stop()
 
 
-@pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("::1", True), ("0.0.0.0", False)])
-def test_serve_allows_unauthenticated_events_on_loopback_only(monkeypatch, host, loopback):
+@pytest.fixture
+def serve_once(monkeypatch):
+    """``serve_once(host, **flags) -> (settings, Function)``: ``run_serve`` up to the server, in a private env."""
+    import os
+
     import handler.knative as knative
     from handler.settings import get_settings
 
-    monkeypatch.delenv("WEBHOOK_TOKEN", raising=False)
-    monkeypatch.delenv("ALLOW_UNAUTHENTICATED_EVENTS", raising=False)
-    get_settings.cache_clear()
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if not k.startswith(SERVE_VARIABLES)})
     served = []
-    monkeypatch.setattr(knative.func_python.http, "serve", served.append)
-    try:
-        if loopback:
-            knative.run_serve(type("Args", (), {"host": host, "port": 8080})())
-            assert get_settings().allow_unauthenticated_events
-        else:
-            # Elsewhere an open event route is refused before the server starts, not left unready forever.
-            with pytest.raises(ConfigError, match="WEBHOOK_TOKEN is not set"):
-                knative.run_serve(type("Args", (), {"host": host, "port": 8080})())
-        assert len(served) == int(loopback)
-    finally:
-        monkeypatch.delenv("ALLOW_UNAUTHENTICATED_EVENTS", raising=False)
+    monkeypatch.setattr(knative.func_python.http, "serve", lambda new: served.append(new()))
+
+    def serve(host: str = "127.0.0.1", **flags):
         get_settings.cache_clear()
+        args = {"host": host, "port": 8080, "allowed_buckets": None, "allow_unauthenticated": False, **flags}
+        knative.run_serve(type("Args", (), args)())
+        return get_settings(), served[-1]
+
+    yield serve
+    get_settings.cache_clear()
 
 
-def test_serve_without_a_token_exits_with_the_reason_in_one_line(tmp_path):
-    # GIVEN the image's default command (every interface) and no WEBHOOK_TOKEN
-    env = {k: v for k, v in os.environ.items() if k not in ("WEBHOOK_TOKEN", "ALLOW_UNAUTHENTICATED_EVENTS")}
-    result = subprocess.run(
-        [str(VENV_BIN / "rasterfn"), "serve", "--host", "0.0.0.0", "--port", str(free_port())],
-        env=env | {"TMPDIR": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    # THEN it exits 2 at once, saying why, so the pod's log and status show it
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "rasterfn serve: error: WEBHOOK_TOKEN is not set: the event route would accept events from anyone. Set it "
-        "(and the same token in the bucket's webhook), or ALLOW_UNAUTHENTICATED_EVENTS=true for local use only"
-    ]
+SERVE_VARIABLES = ("WEBHOOK_TOKEN", "ALLOW_UNAUTHENTICATED_EVENTS", "ALLOWED_BUCKETS", "LISTEN_ADDRESS", "K_SERVICE")
+
+
+@pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("::1", True), ("0.0.0.0", False)])
+def test_serve_without_configuration_makes_and_prints_a_token(serve_once, capsys, host, loopback):
+    # GIVEN no WEBHOOK_TOKEN, no ALLOWED_BUCKETS; WHEN `rasterfn serve` starts
+    settings, function = serve_once(host)
+    out = capsys.readouterr().out
+    # THEN a random token guards POST /, printed with a ready curl line; nothing is open, on loopback neither
+    assert settings.webhook_token and len(settings.webhook_token) >= 32
+    assert settings.allow_unauthenticated_events is False
+    assert f"WEBHOOK_TOKEN={settings.webhook_token}" in out
+    assert "curl -X POST http://" in out and f"Authorization: Bearer {settings.webhook_token}" in out
+    # no bucket unless given, and loopback Host names only when bound to loopback
+    assert settings.allowed_buckets == ("-",) and "ALLOWED_BUCKETS is not set" in out
+    assert function._loopback_only is loopback
+
+
+def test_serve_makes_a_new_token_each_time(serve_once):
+    import os
+
+    first = serve_once()[0].webhook_token
+    del os.environ["WEBHOOK_TOKEN"]  # the next start, in a fresh shell
+    assert serve_once()[0].webhook_token != first
+
+
+def test_serve_is_open_only_with_the_flag_and_says_so(serve_once, capsys):
+    settings, _ = serve_once(allow_unauthenticated=True, allowed_buckets="scenes/in/")
+    out = capsys.readouterr().out
+    assert settings.allow_unauthenticated_events is True and settings.webhook_token is None
+    assert "WARNING: --allow-unauthenticated" in out and "Bearer" not in out
+    assert settings.allowed_buckets == ("scenes/in/",)
+
+
+def test_serve_keeps_a_configured_token(serve_once, capsys, monkeypatch):
+    import os
+
+    os.environ["WEBHOOK_TOKEN"] = "chosen-token"
+    settings, _ = serve_once()
+    assert settings.webhook_token == "chosen-token" and "Bearer" not in capsys.readouterr().out
+
+
+def test_serve_on_knative_without_a_token_fails_at_start_up(serve_once):
+    import os
+
+    os.environ["K_SERVICE"] = "rasterfn"  # the image's entry point runs `rasterfn serve` there
+    with pytest.raises(ConfigError, match="WEBHOOK_TOKEN is not set on Knative service 'rasterfn'"):
+        serve_once(host="0.0.0.0")
+
+
+def test_serve_refuses_the_flag_beside_a_token(serve_once):
+    import os
+
+    os.environ["WEBHOOK_TOKEN"] = "chosen-token"
+    with pytest.raises(ConfigError, match="both set"):
+        serve_once(allow_unauthenticated=True)

@@ -20,6 +20,7 @@ from handler.process import (
 from handler.storage import ObjectInfo
 from model.card import DEFAULT_CARD_PATH
 from model.predict import PredictionResult, predict_file
+from tests.fixtures.hostile_tiffs import complex_file
 from tests.fixtures.paths import REPO_ROOT
 
 CREATED = "ObjectCreated:Put"
@@ -195,7 +196,12 @@ def test_another_output_mode_reprocesses(make_runtime, bucket, upload_raster):
 
 @pytest.mark.parametrize(
     ("body_kind", "error"),
-    [("png", "RasterReadError"), ("three-bands", "RasterBandsError"), ("empty", "RasterReadError")],
+    [
+        ("png", "RasterReadError"),
+        ("three-bands", "RasterBandsError"),
+        ("empty", "RasterReadError"),
+        ("complex", "RasterReadError"),
+    ],
 )
 def test_bad_raster_writes_an_error_marker_and_no_output(
     runtime, bucket, s3_client, upload_raster, make_raster, tmp_path, body_kind, error
@@ -204,6 +210,7 @@ def test_bad_raster_writes_an_error_marker_and_no_output(
         "png": b"\x89PNG\r\n\x1a\n" + b"\0" * 100,
         "three-bands": make_raster(64, 64, bands=3, name="rgb.tif").read_bytes(),
         "empty": b"",
+        "complex": complex_file(tmp_path / "slc.tif").read_bytes(),
     }[body_kind]
     put = upload_raster(bucket, "dir/bad.tif", body=body)
     outcome = process_object(ref_for(bucket, "dir/bad.tif", put), runtime)

@@ -10,6 +10,7 @@ from handler.settings import (
     DEFAULT_INPUT_SUFFIXES,
     ENV_K_SINK,
     ENV_RELAY_TARGET_URL,
+    NO_BUCKET,
     RelaySettings,
     Settings,
     env_var_names,
@@ -56,6 +57,7 @@ def test_every_variable_is_read():
         "MAX_EVENT_RECORDS": "5",
         "MAX_RECEIVE_COUNT": "4",
         "STALE_TMP_MINUTES": "30",
+        "ALLOWED_ORIGINS": "https://App.example/, http://localhost:3000",
         "MAX_BLOCK_BYTES": "1048576",
         "MAX_BANDS": "20",
         "ALLOWED_COMPRESSIONS": "deflate, LERC,deflate",
@@ -67,7 +69,8 @@ def test_every_variable_is_read():
         "MAX_SCENE_PIXELS": "2_000_000_000",
     }
     # (the Eventing relay's own is read by RelaySettings, below; K_SINK too, and here for Knative's fan-out)
-    assert set(env) == set(env_var_names()) - {ENV_K_SINK, ENV_RELAY_TARGET_URL}
+    relay_only = {ENV_K_SINK, ENV_RELAY_TARGET_URL} | {name for name in env_var_names() if name.startswith("RELAY_")}
+    assert set(env) == set(env_var_names()) - relay_only
     # WHEN parsed
     s = Settings.from_env(env)
     # THEN each lands in its field, normalised
@@ -82,6 +85,7 @@ def test_every_variable_is_read():
     assert (s.inference_token, s.max_inference_pixels, s.inference_timeout_s) == ("t0ken", 4_000_000, 120)
     assert (s.upload_read_timeout_s, s.max_event_records, s.max_receive_count) == (10, 5, 4)
     assert s.stale_tmp_minutes == 30
+    assert s.allowed_origins == ("https://app.example", "http://localhost:3000")
     assert (s.max_block_bytes, s.max_bands, s.max_compression_ratio) == (1_048_576, 20, 50)
     assert s.allowed_compressions == ("DEFLATE", "LERC")
     assert s.fanout_queue_url == env["FANOUT_QUEUE_URL"]
@@ -94,6 +98,15 @@ def test_k_sink_is_the_fanout_sink_on_knative():
     sink = "http://broker-ingress.knative-eventing.svc.cluster.local/default/default"
     s = Settings.from_env({"K_SINK": sink})
     assert (s.fanout_sink_url, s.fanout_queue_url) == (sink, None)
+
+
+def test_an_allowed_origin_must_be_a_url():
+    with pytest.raises(ConfigError, match="ALLOWED_ORIGINS must be an http"):
+        Settings.from_env({"ALLOWED_ORIGINS": "evil.example"})
+
+
+def test_no_bucket_is_an_allowed_buckets_entry():
+    assert Settings.from_env({"ALLOWED_BUCKETS": NO_BUCKET}).allowed_buckets == (NO_BUCKET,)
 
 
 def test_blank_values_mean_unset():
@@ -155,7 +168,11 @@ def test_parse_suffixes(value, expected):
 
 def test_the_relay_reads_its_variables_and_the_webhook_token():
     env = {"K_SINK": " http://broker/default/default ", "RELAY_TARGET_URL": "http://fn/", "WEBHOOK_TOKEN": "t0k"}
-    assert RelaySettings.from_env(env) == RelaySettings("http://broker/default/default", "http://fn/", "t0k")
+    env |= {"RELAY_OIDC_ISSUER": "https://i", "RELAY_OIDC_AUDIENCE": "a", "RELAY_OIDC_SUBJECTS": "s"}
+    env |= {"RELAY_OIDC_JWKS": "/jwks.json"}
+    assert RelaySettings.from_env(env) == RelaySettings(
+        "http://broker/default/default", "http://fn/", "t0k", "https://i", "a", ("s",), "/jwks.json"
+    )
 
 
 @pytest.mark.parametrize(

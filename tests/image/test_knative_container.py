@@ -39,7 +39,11 @@ SIGTERM_EXIT_BOUND_S = 30  # well inside Knative's grace period (the revision's 
 
 
 def knative_env(port: int, moto_server: str, bucket: str) -> dict[str, str]:
+    # What Knative Serving sets in every revision's container, beside the Service's own env.
     return {
+        "K_SERVICE": "rasterfn",
+        "K_CONFIGURATION": "rasterfn",
+        "K_REVISION": "rasterfn-00001",
         "PORT": str(port),
         "WEBHOOK_TOKEN": TOKEN,
         "ALLOWED_BUCKETS": bucket,

@@ -1,5 +1,6 @@
 """The Eventing relay's entry point (`rasterfn relay`, infra/knative/eventing.yaml's args) from the same image:
-it starts with no model, publishes MinIO's webhooks to K_SINK and forwards the Broker's deliveries."""
+it starts with no model, publishes MinIO's webhooks to K_SINK and forwards to the function only the deliveries
+that carry a Trigger's OIDC token (a stand-in issuer's keys, served on loopback)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 from handler.event_types import UPLOAD_EVENT_TYPE
+from tests.fixtures.oidc import AUDIENCE, ISSUER, SHARDS_SUBJECT, UPLOADS_SUBJECT, Issuer
 from tests.fixtures.paths import REPO_ROOT
 from tests.fixtures.runtime_api import serve
 from tests.image.conftest import free_port, run_container, wait_until_ready
@@ -46,18 +48,46 @@ def recording_handler(recorder: Recorder, status: int) -> type[BaseHTTPRequestHa
     return Handler
 
 
+def jwks_handler(issuer: Issuer) -> type[BaseHTTPRequestHandler]:
+    """The API server's /openid/v1/jwks, for the stand-in issuer."""
+    body = json.dumps(issuer.jwks()).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
 @pytest.fixture(scope="module")
-def relay(image, tmp_path_factory) -> Iterator[tuple[str, Recorder, Recorder]]:
+def issuer() -> Issuer:
+    return Issuer()
+
+
+@pytest.fixture(scope="module")
+def relay(image, issuer, tmp_path_factory) -> Iterator[tuple[str, Recorder, Recorder]]:
     broker, function = Recorder(), Recorder()
     with (
         serve(recording_handler(broker, 202)) as broker_address,
         serve(recording_handler(function, 200)) as function_address,
+        serve(jwks_handler(issuer)) as jwks_address,
     ):
         port = free_port()
         env = {
             "K_SINK": f"http://127.0.0.1:{broker_address[1]}/default/default",
             "RELAY_TARGET_URL": f"http://127.0.0.1:{function_address[1]}/",
             "WEBHOOK_TOKEN": TOKEN,
+            "RELAY_OIDC_ISSUER": ISSUER,
+            "RELAY_OIDC_AUDIENCE": AUDIENCE,
+            "RELAY_OIDC_SUBJECTS": f"{UPLOADS_SUBJECT},{SHARDS_SUBJECT}",
+            "RELAY_OIDC_JWKS": f"http://127.0.0.1:{jwks_address[1]}/openid/v1/jwks",
         }
         args = ("relay", "--host", "127.0.0.1", "--port", str(port))
         tmp = tmp_path_factory.mktemp("relay-container")
@@ -85,17 +115,29 @@ def test_a_webhook_without_the_token_is_refused(relay):
     assert httpx.post(f"{url}/minio", content=body, timeout=30).status_code == 401
 
 
-def test_a_delivery_reaches_the_function_with_its_token(relay):
+DELIVERY_HEADERS = {
+    "ce-specversion": "1.0",
+    "ce-id": "image-test-1",
+    "ce-source": "/minio/rasterfn-demo",
+    "ce-type": UPLOAD_EVENT_TYPE,
+    "content-type": "application/json",
+}
+
+
+def test_a_delivery_without_the_trigger_s_token_reaches_nothing(relay):
     url, _, function = relay
-    headers = {
-        "ce-specversion": "1.0",
-        "ce-id": "image-test-1",
-        "ce-source": "/minio/rasterfn-demo",
-        "ce-type": UPLOAD_EVENT_TYPE,
-        "content-type": "application/json",
-    }
     body = (REPO_ROOT / "events" / "minio-webhook.json").read_bytes()
-    response = httpx.post(f"{url}/deliver", content=body, headers=headers, timeout=30)
+    seen = len(function.requests)
+    for auth in ({}, {"authorization": f"Bearer {TOKEN}"}, Issuer().bearer()):  # none, the webhook's, a stranger's
+        response = httpx.post(f"{url}/deliver", content=body, headers=DELIVERY_HEADERS | auth, timeout=30)
+        assert response.status_code == 401, response.text
+    assert len(function.requests) == seen
+
+
+def test_a_delivery_with_the_trigger_s_token_reaches_the_function_with_its_token(relay, issuer):
+    url, _, function = relay
+    body = (REPO_ROOT / "events" / "minio-webhook.json").read_bytes()
+    response = httpx.post(f"{url}/deliver", content=body, headers=DELIVERY_HEADERS | issuer.bearer(), timeout=30)
     assert response.status_code == 200, response.text
     _, forwarded, data = function.requests[-1]
     assert forwarded["authorization"] == f"Bearer {TOKEN}" and forwarded["ce-id"] == "image-test-1"

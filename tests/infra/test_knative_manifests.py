@@ -29,6 +29,7 @@ from handler.http.uploads import DEFAULT_STEM
 from handler.objects import JOB_PREFIX
 from handler.settings import RelaySettings, Settings, env_var_names
 from model.options import OUTPUT_DTYPES
+from tests.fixtures.oidc import relay_settings, trigger_subject
 from tests.fixtures.paths import REPO_ROOT
 
 REPO = REPO_ROOT
@@ -39,7 +40,7 @@ DOCKERFILE = REPO / "Dockerfile"
 ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
 SMOKE = KNATIVE_DIR / "smoke.sh"
 README = REPO / "README.md"
-RELAY_SETTINGS = RelaySettings(sink_url="http://broker", target_url="http://function", webhook_token="t")
+RELAY_SETTINGS = relay_settings(sink_url="http://broker", target_url="http://function", webhook_token="t")
 
 # boto3/botocore read these themselves (AWS_ENDPOINT_URL since botocore 1.31): documented standard variables.
 BOTO3_STANDARD_VARS = {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
@@ -503,15 +504,42 @@ def test_nothing_reaches_the_setup_job(manifests):
     assert policy["policyTypes"] == ["Ingress"] and "ingress" not in policy  # no rule: every connection refused
 
 
-def test_only_minio_and_knative_eventing_reach_the_relay(manifests, relay):
+def test_only_minio_and_the_broker_s_dispatchers_reach_the_relay(manifests, relay):
     policy = manifests[("NetworkPolicy", "rasterfn-relay-ingress")]["spec"]
     assert policy["podSelector"]["matchLabels"].items() <= labels_of(manifests, "Deployment", "rasterfn-relay").items()
+    eventing = {"matchLabels": {"kubernetes.io/metadata.name": "knative-eventing"}}
+    # the labels of Eventing 1.15's broker-filter and imc-dispatcher Deployments (mt-channel-broker.yaml,
+    # in-memory-channel.yaml): the Triggers' deliveries, and their retries and dead letters
     assert policy_sources(manifests, "rasterfn-relay-ingress") == [
         {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "minio"}}},
-        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "knative-eventing"}}},
+        {"namespaceSelector": eventing, "podSelector": {"matchLabels": {"eventing.knative.dev/brokerRole": "filter"}}},
+        {
+            "namespaceSelector": eventing,
+            "podSelector": {
+                "matchLabels": {
+                    "messaging.knative.dev/channel": "in-memory-channel",
+                    "messaging.knative.dev/role": "dispatcher",
+                }
+            },
+        },
     ]
     [port] = policy["ingress"][0]["ports"]
     assert port["port"] == relay["ports"][0]["containerPort"]
+
+
+def test_the_relay_trusts_exactly_the_triggers_that_deliver_to_it(manifests, relay):
+    env = {e["name"]: e.get("value", "secret") for e in relay["env"]}
+    settings = RelaySettings.from_env({**env, "K_SINK": "http://broker"})
+    triggers = [doc for (kind, _), doc in manifests.items() if kind == "Trigger"]
+    assert triggers and all(t["spec"]["subscriber"]["uri"] == "/deliver" for t in triggers)
+    assert {t["spec"]["subscriber"]["audience"] for t in triggers} == {settings.oidc_audience}
+    expected = {trigger_subject(t["metadata"]["name"], t["metadata"]["namespace"]) for t in triggers}
+    assert set(settings.oidc_subjects) == expected
+    # the issuer's keys are read with a projected token and the cluster's CA, mounted where the settings say
+    [mount] = [m for m in relay["volumeMounts"] if m["name"] == "issuer"]
+    assert settings.oidc_jwks_bearer_file == mount["mountPath"] + "/token"
+    assert settings.oidc_jwks_ca_file == mount["mountPath"] + "/ca.crt"
+    assert "authentication-oidc" in (REPO / "Makefile").read_text()
 
 
 def test_only_knative_s_data_plane_reaches_the_function(manifests, ksvc):

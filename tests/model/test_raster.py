@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import rasterio
 from rasterio.windows import Window
 
+from model.decode_limits import DecodeLimits
 from model.errors import RasterBandsError, RasterReadError, RasterTooLargeError
-from model.raster import check_header, open_raster, read_header, read_window
+from model.raster import SAMPLE_TYPES, check_header, inspect, open_raster, read_header, read_window
+from tests.fixtures.hostile_tiffs import (
+    BITS_PER_SAMPLE,
+    COMPLEX_FLOAT,
+    COMPLEX_INT,
+    PHOTOMETRIC,
+    SAMPLE_FORMAT,
+    SHORT,
+    complex_file,
+    write_tiff,
+)
 
 BANDS = tuple(range(1, 11))
 
@@ -113,7 +126,42 @@ def test_read_window_masks_nodata_and_non_finite(make_raster):
     np.testing.assert_array_equal(valid, expected)
 
 
-def test_unsupported_dtype(make_raster):
-    header = _header(make_raster(8, 8, bands=10, dtype="complex64", data=np.zeros((10, 8, 8), "complex64")))
-    with pytest.raises(RasterReadError, match="complex64"):
-        check_header(header, BANDS, max_pixels=10**6)
+def test_every_sample_type_gdal_reports_is_decided():
+    # rasterio's names for GDAL's types (Byte ... CFloat64): none may fall through to numpy undecided.
+    assert set(rasterio.dtypes.dtype_rev) - {None, "complex"} <= set(SAMPLE_TYPES)
+
+
+@pytest.mark.parametrize("dtype", [t for t, problem in SAMPLE_TYPES.items() if problem is None])
+def test_integer_and_real_samples_are_read(make_raster, dtype):
+    check_header(_header(make_raster(8, 8, bands=10, dtype=dtype)), BANDS, max_pixels=10**6)
+
+
+@pytest.mark.parametrize(
+    ("sample_format", "bits", "dtype", "problem"),
+    [
+        (COMPLEX_INT, 32, "uint32", "complex-valued samples (CInt16"),
+        (COMPLEX_INT, 64, "uint32", "complex-valued samples (CInt32 or CFloat32"),
+        (COMPLEX_FLOAT, 64, "uint32", "complex-valued samples (CInt32 or CFloat32"),
+        (COMPLEX_FLOAT, 128, "uint32", "complex-valued samples (CFloat64"),
+        (1, 1, "uint8", "1-bit (bilevel) samples"),
+    ],
+)
+def test_complex_and_bilevel_samples_are_refused_from_the_header(tmp_path, sample_format, bits, dtype, problem):
+    tags = {BITS_PER_SAMPLE: (SHORT, [bits] * 10), SAMPLE_FORMAT: (SHORT, [sample_format] * 10)}
+    path = write_tiff(tmp_path / "odd.tif", 16, 16, bands=10, dtype=dtype, tags=tags)
+    with pytest.raises(RasterReadError, match=re.escape(f"odd.tif: its band 1 holds {problem}")):
+        inspect(path, BANDS, max_pixels=10**6, limits=DecodeLimits())
+
+
+def test_a_paletted_band_is_refused(tmp_path):
+    colour_map = {PHOTOMETRIC: (SHORT, [3]), 320: (SHORT, [0] * 768)}
+    path = write_tiff(tmp_path / "pal.tif", 16, 16, bands=1, dtype="uint8", tags=colour_map)
+    with pytest.raises(RasterReadError, match=r"pal\.tif: its band 1 holds palette indices"):
+        inspect(path, (1,), max_pixels=10**6, limits=DecodeLimits())
+
+
+def test_header_properties_hold_for_every_sample_type(tmp_path):
+    # numpy has no complex_int16: what the header says about a band must not ask numpy about its type.
+    header = _header(complex_file(tmp_path / "slc.tif"))
+    assert header.dtypes[0] == "complex_int16" and header.may_have_invalid is False
+    assert header.layout.itemsize == 4

@@ -7,6 +7,7 @@ import pytest
 
 from handler.cli import main
 from handler.settings import get_settings
+from tests.fixtures.hostile_tiffs import complex_file
 
 
 @pytest.fixture(autouse=True)
@@ -59,6 +60,18 @@ def test_bad_raster_exits_2_with_one_line_and_no_output(card, tmp_path, capsys, 
     assert code == 2
     assert err.count("\n") == 1 and "bad.tif" in err
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".npy", ".tmp")) == []
+
+
+def test_a_complex_raster_exits_2_with_one_line_and_no_traceback(card, tmp_path, capsys):
+    # GIVEN a CInt16 raster (a SAR SLC product's sample type: numpy has no such dtype)
+    src = complex_file(tmp_path / "slc.tif")
+    # WHEN it is predicted
+    code = main(["predict", str(src), "--model", str(card), "--no-progress"])
+    # THEN exit 2, one line naming the file and the sample type, no output
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "slc.tif" in err and "complex-valued samples (CInt16" in err
+    assert "Traceback" not in err and not (tmp_path / "slc.npy").exists()
 
 
 def test_missing_model_card_is_a_clear_error(make_raster, tmp_path, capsys):

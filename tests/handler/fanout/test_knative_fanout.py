@@ -34,6 +34,7 @@ from handler.knative import RuntimeLoader
 from handler.settings import RelaySettings
 from model.options import PredictOptions
 from model.predict import predict_file
+from tests.fixtures.oidc import Issuer, StaticJwks, relay_settings, trigger_subject
 from tests.fixtures.paths import REPO_ROOT
 
 SINK = "http://broker-ingress.knative-eventing.svc.cluster.local/default/default"
@@ -43,14 +44,18 @@ TOKEN = "fanout-test-token"
 KEY = "scenes/big.tif"
 
 
-def triggers() -> dict[str, str]:
-    """The Triggers of infra/knative: the event type each filters on -> its subscriber's path on the relay."""
+def triggers() -> dict[str, tuple[str, dict[str, str]]]:
+    """The Triggers of infra/knative: the event type each filters on -> its subscriber's path on the relay and
+    the sender identity its deliveries carry (a token of the Trigger's service account, for its audience)."""
     routes = {}
     for path in sorted((REPO_ROOT / "infra" / "knative").glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
             if doc and doc["kind"] == "Trigger":
-                assert doc["spec"]["subscriber"]["ref"]["name"] == "rasterfn-relay"
-                routes[doc["spec"]["filter"]["attributes"]["type"]] = doc["spec"]["subscriber"]["uri"]
+                subscriber = doc["spec"]["subscriber"]
+                assert subscriber["ref"]["name"] == "rasterfn-relay"
+                sub = trigger_subject(doc["metadata"]["name"], doc["metadata"]["namespace"])
+                identity = ISSUER.bearer(sub=sub, aud=subscriber["audience"])
+                routes[doc["spec"]["filter"]["attributes"]["type"]] = (subscriber["uri"], identity)
     return routes
 
 
@@ -72,13 +77,32 @@ class Broker:
         """Deliver every event (and those the deliveries publish) through its Trigger until none is left."""
         while self.events:
             headers, body = self.events.popleft()
-            path = self.routes.get(headers["ce-type"])
-            if path is None:
+            route = self.routes.get(headers["ce-type"])
+            if route is None:
                 continue  # no Trigger matches (the function's replies): the Broker drops it
+            path, identity = route
             for _ in range(2 if twice else 1):
-                answer = relay.post(path, content=body, headers=headers)
+                answer = relay.post(path, content=body, headers={**headers, **identity})
                 assert answer.status_code == 200, answer.text
                 self.answers.append({"type": headers["ce-type"], **answer.json()})
+
+
+ISSUER = Issuer()
+
+
+def relay_oidc_from_manifests() -> dict[str, Any]:
+    """The relay Deployment's audience and subjects (infra/knative/eventing.yaml), as RelaySettings fields."""
+    for doc in yaml.safe_load_all((REPO_ROOT / "infra" / "knative" / "eventing.yaml").read_text()):
+        if doc and doc["kind"] == "Deployment" and doc["metadata"]["name"] == "rasterfn-relay":
+            [container] = doc["spec"]["template"]["spec"]["containers"]
+            env = RelaySettings.from_env(
+                {**RELAY_BASE_ENV, **{e["name"]: e["value"] for e in container["env"] if "value" in e}}
+            )
+            return {"oidc_audience": env.oidc_audience, "oidc_subjects": env.oidc_subjects}
+    raise AssertionError("no rasterfn-relay Deployment")
+
+
+RELAY_BASE_ENV = {"K_SINK": "http://broker", "WEBHOOK_TOKEN": "t"}
 
 
 @dataclass
@@ -108,7 +132,7 @@ def knative(small_parts, make_runtime, make_bucket, monkeypatch):
         coordinator, "sender_from_settings", lambda settings: cloudevent_sender(settings.fanout_sink_url, publish)
     )
     function = create_app(runtime.settings, started(RuntimeLoader(lambda: runtime)), metrics=create_metrics())
-    relay_settings = RelaySettings(sink_url=SINK, target_url=FUNCTION, webhook_token=TOKEN)
+    settings = relay_settings(sink_url=SINK, target_url=FUNCTION, webhook_token=TOKEN, **relay_oidc_from_manifests())
     to_function = httpx.AsyncClient(transport=httpx.ASGITransport(app=function))
     to_broker = httpx.AsyncClient(transport=httpx.MockTransport(broker.ingress))
 
@@ -118,7 +142,7 @@ def knative(small_parts, make_runtime, make_bucket, monkeypatch):
         async def post(self, url, **kwargs):  # type: ignore[override]
             return await (to_broker if str(url) == SINK else to_function).post(url, **kwargs)
 
-    with TestClient(create_relay_app(relay_settings, Outbound()), base_url=RELAY) as relay:
+    with TestClient(create_relay_app(settings, Outbound(), StaticJwks(ISSUER)), base_url=RELAY) as relay:
         yield Cluster(broker, relay, function, runtime, bucket)
 
 

@@ -34,6 +34,7 @@ from model.card import load_card
 from model.checkpoint import build_model
 from model.errors import ConfigError, InputError, RasterReadError, RasterTooLargeError
 from model.predict import predict_file
+from tests.fixtures.hostile_tiffs import complex_file
 
 TOKEN = "s3cret-webhook-token"
 
@@ -227,6 +228,14 @@ def test_inference_raster_with_too_few_bands_is_422(client, make_raster):
     with client() as c:
         response = c.post("/inference", files={"file": ("rgb.tif", three_bands.read_bytes())})
     assert_error(response, 422, "unreadable raster", "rgb.tif")
+
+
+def test_inference_complex_raster_is_422_in_one_line(client, tmp_path):
+    slc = complex_file(tmp_path / "slc.tif")
+    with client() as c:
+        response = c.post("/inference", files={"file": ("slc.tif", slc.read_bytes())})
+    body = assert_error(response, 422, "unreadable raster", "slc.tif: its band 1 holds complex-valued samples")
+    assert "\n" not in body["detail"]
 
 
 def test_inference_too_many_pixels_is_413(client, scene):

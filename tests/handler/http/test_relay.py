@@ -8,6 +8,7 @@ the .npy in the bucket and the function's reply CloudEvent back out.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -17,24 +18,30 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus, unquote
 
 import httpx
+import jwt
 import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
 from handler.errors import EventError
 from handler.event_types import SHARD_EVENT_TYPE
+from handler.http import oidc
 from handler.http.app import create_app
 from handler.http.metrics import create_metrics
+from handler.http.oidc import FileJwks, HttpJwks
 from handler.http.relay import EVENT_TYPE, create_relay_app, publishable_event
 from handler.knative import RuntimeLoader
 from handler.settings import RelaySettings
 from model.errors import ConfigError
+from tests.fixtures.oidc import AUDIENCE, SHARDS_SUBJECT, UPLOADS_SUBJECT, Issuer, StaticJwks, relay_settings
+from tests.fixtures.oidc import ISSUER as ISSUER_URL
+from tests.fixtures.spy import Spy
 
 REPO = Path(__file__).resolve().parents[3]
 MINIO_SAMPLE = REPO / "events" / "minio-webhook.json"
@@ -49,7 +56,8 @@ BROKER_FILTER_HEADERS = {
     "prefer": "reply",
 }
 
-SETTINGS = RelaySettings(sink_url=SINK, target_url=FUNCTION, webhook_token=TOKEN)
+SETTINGS = relay_settings(sink_url=SINK, target_url=FUNCTION, webhook_token=TOKEN)
+ISSUER = Issuer()  # the cluster's service-account issuer; its tokens are the Trigger's sender identity
 
 
 class Broker:
@@ -67,9 +75,9 @@ class Broker:
         return httpx.Response(self.status)
 
 
-def relay_client(handler: Callable[[httpx.Request], httpx.Response]) -> TestClient:
+def relay_client(handler: Callable[[httpx.Request], httpx.Response], jwks: Any = None) -> TestClient:
     client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    return TestClient(create_relay_app(SETTINGS, client))
+    return TestClient(create_relay_app(SETTINGS, client, jwks or StaticJwks(ISSUER)))
 
 
 def minio_body(bucket: str = "rasterfn-demo", key: str = "scenes/minio/test 1.tif", **head: Any) -> bytes:
@@ -182,6 +190,7 @@ def delivery_headers(ce_id: str = "abc") -> dict[str, str]:
         "ce-source": "/minio/rasterfn-demo",
         "content-type": "application/json",
         **BROKER_FILTER_HEADERS,
+        **ISSUER.bearer(),
     }
 
 
@@ -239,10 +248,104 @@ def test_deliver_forwards_fanout_shard_events_too():
     assert request.headers["ce-type"] == SHARD_EVENT_TYPE and request.headers["authorization"] == f"Bearer {TOKEN}"
 
 
+# --- POST /deliver: only the Triggers' deliveries borrow the token (Knative Eventing's OIDC sender identity)
+
+
+def forged_tokens() -> dict[str, dict[str, str]]:
+    """Authorization headers of deliveries that did not come through our Triggers, each with one flaw."""
+    stranger = Issuer()  # a key of its own, even with the issuer's kid
+    hs256 = jwt.encode({"iss": ISSUER_URL, "aud": AUDIENCE, "sub": UPLOADS_SUBJECT, "exp": 2**40}, "x" * 32)
+    unsigned = jwt.encode({"iss": ISSUER_URL, "aud": AUDIENCE, "sub": UPLOADS_SUBJECT}, None, algorithm="none")
+    return {
+        "none": {},
+        "not bearer": {"authorization": "Basic dXNlcjpwYXNz"},
+        "not a JWT": {"authorization": "Bearer not-a-jwt"},
+        "the webhook token": AUTH,
+        "another audience": ISSUER.bearer(aud="rasterfn"),
+        "another issuer": ISSUER.bearer(iss="https://evil.example"),
+        "expired": ISSUER.bearer(exp=int(time.time()) - 3600),
+        "no expiry": ISSUER.bearer(exp=None),
+        "another pod's service account": ISSUER.bearer(sub="system:serviceaccount:default:default"),
+        "signed by another key": {"authorization": f"Bearer {stranger.token()}"},
+        "signed by another key, the issuer's kid": {"authorization": f"Bearer {Issuer(kid=ISSUER.kid).token()}"},
+        "HS256": {"authorization": f"Bearer {hs256}"},
+        "alg none": {"authorization": f"Bearer {unsigned}"},
+    }
+
+
+@pytest.mark.parametrize("flaw", list(forged_tokens()))
+def test_a_delivery_without_a_valid_eventing_token_is_401_and_the_function_sees_nothing(flaw):
+    seen: list[httpx.Request] = []
+    headers = {k: v for k, v in delivery_headers().items() if k != "authorization"} | forged_tokens()[flaw]
+    with relay_client(lambda request: seen.append(request) or httpx.Response(200)) as relay:
+        response = relay.post("/deliver", content=b"{}", headers=headers)
+    assert response.status_code == 401, response.text
+    assert seen == []
+
+
+def test_a_delivery_of_the_shards_trigger_is_forwarded_too():
+    seen: list[httpx.Request] = []
+    headers = {**delivery_headers(), **ISSUER.bearer(sub=SHARDS_SUBJECT), "ce-type": SHARD_EVENT_TYPE}
+    with relay_client(lambda request: seen.append(request) or httpx.Response(200, json={})) as relay:
+        assert relay.post("/deliver", content=b"{}", headers=headers).status_code == 200
+    [request] = seen
+    assert request.headers["authorization"] == f"Bearer {TOKEN}", "the Eventing token is replaced, not forwarded"
+
+
+def test_the_issuer_s_keys_are_fetched_again_when_it_rotates_them(monkeypatch):
+    jwks = StaticJwks(ISSUER)
+    rotated = Issuer(kid="key-2")
+    with relay_client(lambda request: httpx.Response(200, json={}), jwks) as relay:
+        assert relay.post("/deliver", content=b"{}", headers=delivery_headers()).status_code == 200
+        assert relay.post("/deliver", content=b"{}", headers=delivery_headers()).status_code == 200
+        assert jwks.loads == 1, "fetched once, then cached"
+        # the issuer rotates: a token naming a new key makes the relay look again (not more than once a minute)
+        jwks.keys += rotated.jwks()["keys"]
+        with_new_key = {**delivery_headers(), **rotated.bearer()}
+        assert relay.post("/deliver", content=b"{}", headers=with_new_key).status_code == 401
+    monkeypatch.setattr(oidc, "REFETCH_AFTER_S", 0)  # a minute later
+    with relay_client(lambda request: httpx.Response(200, json={}), jwks) as relay:
+        assert relay.post("/deliver", content=b"{}", headers=with_new_key).status_code == 200
+
+
+def test_unreadable_issuer_keys_are_503_so_the_broker_retries(tmp_path):
+    missing = FileJwks(tmp_path / "none.json")
+    seen: list[httpx.Request] = []
+    with relay_client(lambda request: seen.append(request) or httpx.Response(200), missing) as relay:
+        response = relay.post("/deliver", content=b"{}", headers=delivery_headers())
+    assert response.status_code == 503 and response.headers["retry-after"] == "10"
+    assert seen == []
+
+
+def test_a_mounted_jwks_file_is_read(tmp_path):
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps(ISSUER.jwks()))
+    with relay_client(lambda request: httpx.Response(200, json={}), FileJwks(path)) as relay:
+        assert relay.post("/deliver", content=b"{}", headers=delivery_headers()).status_code == 200
+
+
+def test_the_api_server_s_jwks_is_fetched_with_the_projected_token(tmp_path):
+    # The relay's pod reads https://kubernetes.default.svc/openid/v1/jwks with its own projected token.
+    token_file = tmp_path / "token"
+    token_file.write_text("projected-token\n")
+    asked: list[httpx.Request] = []
+
+    def api_server(request: httpx.Request) -> httpx.Response:
+        asked.append(request)
+        return httpx.Response(200, json=ISSUER.jwks())
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(api_server))
+    jwks = HttpJwks("https://kubernetes.default.svc/openid/v1/jwks", client, token_file)
+    with relay_client(lambda request: httpx.Response(200, json={}), jwks) as relay:
+        assert relay.post("/deliver", content=b"{}", headers=delivery_headers()).status_code == 200
+    [request] = asked
+    assert request.headers["authorization"] == "Bearer projected-token"
+
+
 def test_deliver_refuses_events_that_did_not_come_through_the_trigger():
     seen: list[httpx.Request] = []
     with relay_client(lambda request: seen.append(request) or httpx.Response(200)) as relay:
-        plain = relay.post("/deliver", content=b"{}", headers={"content-type": "application/json"})
+        plain = relay.post("/deliver", content=b"{}", headers={"content-type": "application/json", **ISSUER.bearer()})
         other_type = relay.post("/deliver", content=b"{}", headers={**delivery_headers(), "ce-type": "x.y"})
     assert (plain.status_code, other_type.status_code) == (400, 400)
     assert seen == []
@@ -268,18 +371,39 @@ def test_healthz():
 # --- settings ---------------------------------------------------------------------------------------------------
 
 
+RELAY_ENV = {
+    "K_SINK": SINK,
+    "RELAY_TARGET_URL": FUNCTION,
+    "WEBHOOK_TOKEN": TOKEN,
+    "RELAY_OIDC_ISSUER": ISSUER_URL,
+    "RELAY_OIDC_AUDIENCE": AUDIENCE,
+    "RELAY_OIDC_SUBJECTS": f"{UPLOADS_SUBJECT}, {SHARDS_SUBJECT}",
+    "RELAY_OIDC_JWKS": "https://kubernetes.default.svc/openid/v1/jwks",
+}
+
+
+def test_the_relay_reads_its_settings():
+    settings = RelaySettings.from_env({**RELAY_ENV, "RELAY_OIDC_JWKS_BEARER_FILE": "/var/run/t"})
+    assert settings.oidc_subjects == (UPLOADS_SUBJECT, SHARDS_SUBJECT)
+    assert (settings.oidc_jwks_bearer_file, settings.oidc_jwks_ca_file) == ("/var/run/t", None)
+
+
 @pytest.mark.parametrize(
-    ("env", "message"),
+    ("unset", "value", "message"),
     [
-        ({"RELAY_TARGET_URL": FUNCTION, "WEBHOOK_TOKEN": TOKEN}, "K_SINK must be an http"),
-        ({"K_SINK": SINK, "WEBHOOK_TOKEN": TOKEN}, "RELAY_TARGET_URL must be an http"),
-        ({"K_SINK": SINK, "RELAY_TARGET_URL": FUNCTION, "WEBHOOK_TOKEN": "  "}, "WEBHOOK_TOKEN must be set"),
-        ({"K_SINK": "ftp://x", "RELAY_TARGET_URL": FUNCTION, "WEBHOOK_TOKEN": TOKEN}, "got 'ftp://x'"),
+        ("K_SINK", "", "K_SINK must be an http"),
+        ("RELAY_TARGET_URL", "", "RELAY_TARGET_URL must be an http"),
+        ("WEBHOOK_TOKEN", "  ", "WEBHOOK_TOKEN must be set"),
+        ("K_SINK", "ftp://x", "got 'ftp://x'"),
+        ("RELAY_OIDC_ISSUER", "", "RELAY_OIDC_ISSUER must be an http"),
+        ("RELAY_OIDC_AUDIENCE", "", "RELAY_OIDC_AUDIENCE must be set"),
+        ("RELAY_OIDC_SUBJECTS", " , ", "RELAY_OIDC_SUBJECTS must list"),
+        ("RELAY_OIDC_JWKS", "jwks.json", "RELAY_OIDC_JWKS must be an http"),
     ],
 )
-def test_the_relay_refuses_to_start_without_its_settings(env, message):
+def test_the_relay_refuses_to_start_without_its_settings(unset, value, message):
     with pytest.raises(ConfigError, match=message):
-        RelaySettings.from_env(env)
+        RelaySettings.from_env({**RELAY_ENV, unset: value})
 
 
 def test_rasterfn_relay_without_its_settings_exits_2_with_the_message(monkeypatch, capsys):
@@ -326,7 +450,7 @@ def test_an_upload_goes_minio_relay_broker_relay_function_and_the_npy_appears(
     broker = Broker()
     function = httpx.ASGITransport(app=function_app())
     async_client = httpx.AsyncClient(transport=_Switch({SINK: httpx.MockTransport(broker), FUNCTION: function}))
-    with TestClient(create_relay_app(SETTINGS, async_client)) as relay:
+    with TestClient(create_relay_app(SETTINGS, async_client, StaticJwks(ISSUER))) as relay:
         # WHEN MinIO posts its webhook: answered at once, the scene is not processed yet
         accepted = relay.post("/minio", content=minio, headers=AUTH)
         assert accepted.status_code == 202
@@ -334,9 +458,10 @@ def test_an_upload_goes_minio_relay_broker_relay_function_and_the_npy_appears(
         # AND the Broker's filter delivers the event it got, as it does: binary mode, its own headers added
         [published] = broker.requests
         delivery = {k: v for k, v in published.headers.items() if k.startswith("ce-") or k == "content-type"}
-        delivered = relay.post("/deliver", content=published.content, headers={**delivery, **BROKER_FILTER_HEADERS})
+        delivery |= {**BROKER_FILTER_HEADERS, **ISSUER.bearer()}  # the Trigger's sender identity
+        delivered = relay.post("/deliver", content=published.content, headers=delivery)
         # AND the Broker redelivers it (a retry after a timeout)
-        again = relay.post("/deliver", content=published.content, headers={**delivery, **BROKER_FILTER_HEADERS})
+        again = relay.post("/deliver", content=published.content, headers=delivery)
 
     # THEN the function wrote the mask and replied with a CloudEvent the Broker can route
     assert delivered.status_code == 200, delivered.text
@@ -360,32 +485,69 @@ class _Switch(httpx.AsyncBaseTransport):
         return await self.transports[request.url.host].handle_async_request(request)
 
 
-def test_rasterfn_relay_serves_and_stops_on_sigterm(tmp_path):
-    # GIVEN the real server on a free port, with a Broker address where nothing listens
+@contextlib.contextmanager
+def running_relay(**env: str) -> Iterator[tuple[str, list[str]]]:
+    """`rasterfn relay` on a free loopback port with ``RELAY_ENV`` and ``env``; yields its URL and, once it has
+    stopped on SIGTERM, its output and exit status (appended to the list)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "K_SINK": "http://127.0.0.1:9/", "RELAY_TARGET_URL": FUNCTION, "WEBHOOK_TOKEN": TOKEN}
     command = [sys.executable, "-m", "handler.cli", "relay", "--port", str(port)]
-    server = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        command, cwd=REPO, env={**os.environ, **RELAY_ENV, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    stopped: list[str] = []
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while True:
             try:
-                health = httpx.get(f"{base}/healthz", timeout=1)
+                httpx.get(f"{base}/healthz", timeout=1)
                 break
             except httpx.TransportError:
                 assert time.monotonic() < deadline and server.poll() is None, "the relay did not come up"
                 time.sleep(0.1)
-        # WHEN MinIO posts an event
-        published = httpx.post(f"{base}/minio", content=minio_body(), headers=AUTH, timeout=15)
+        yield base, stopped
     finally:
         server.send_signal(signal.SIGTERM)
-        output = server.communicate(timeout=15)[0].decode()
+        stopped.append(server.communicate(timeout=15)[0].decode())
+        stopped.append(str(server.returncode))
+
+
+def test_rasterfn_relay_serves_and_stops_on_sigterm():
+    # GIVEN the real server on a free port, with a Broker address where nothing listens
+    with running_relay(K_SINK="http://127.0.0.1:9/") as (base, stopped):
+        health = httpx.get(f"{base}/healthz", timeout=1)
+        # WHEN MinIO posts an event
+        published = httpx.post(f"{base}/minio", content=minio_body(), headers=AUTH, timeout=15)
+    output, returncode = stopped
     # THEN it answered health, said 502 (the Broker is unreachable, MinIO keeps the event) and stopped cleanly
     assert health.json() == {"status": "ok"}
     assert published.status_code == 502 and published.headers["retry-after"] == "10"
-    assert server.returncode == 0, output
-    assert f"listening on http://127.0.0.1:{port}" in output
+    assert returncode == "0", output
+    assert f"listening on {base}" in output
     assert "WARNING handler.http.relay: publish" in output
+
+
+def test_rasterfn_relay_forwards_only_deliveries_with_the_trigger_s_token(tmp_path):
+    # GIVEN the real relay over HTTP, the issuer's keys in a mounted file, and a spy where the function would be
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(ISSUER.jwks()))
+    with (
+        Spy() as function,
+        running_relay(RELAY_TARGET_URL=function.url + "/", RELAY_OIDC_JWKS=str(jwks)) as (
+            base,
+            _,
+        ),
+    ):
+        # WHEN deliveries come without a valid Eventing token: refused, the function hears nothing
+        for flaw, auth in forged_tokens().items():
+            headers = {k: v for k, v in delivery_headers().items() if k != "authorization"} | auth
+            refused = httpx.post(f"{base}/deliver", content=b"{}", headers=headers, timeout=15)
+            assert refused.status_code == 401, (flaw, refused.text)
+        assert function.requests == []
+        # WHEN the Trigger's delivery comes, with its token: forwarded, with the function's token instead
+        forwarded = httpx.post(f"{base}/deliver", content=b"{}", headers=delivery_headers(), timeout=15)
+    assert forwarded.status_code == 200, forwarded.text
+    [(method, _, headers)] = function.requests
+    assert method == "POST" and headers["authorization"] == f"Bearer {TOKEN}"

@@ -164,6 +164,24 @@ def test_a_dead_lettered_message_fails_the_demo_without_waiting_for_the_timeout(
     assert time.monotonic() - t0 < 30
 
 
+@pytest.mark.parametrize("given", [None, "mine/in/"])
+def test_the_handler_may_touch_the_demo_s_bucket_alone_unless_told_more(small_rasters, monkeypatch, given):
+    # Fail closed, as deployments do: ALLOWED_BUCKETS is the demo's bucket when unset, the user's when given.
+    monkeypatch.delenv("ALLOWED_BUCKETS", raising=False)
+    if given is not None:
+        monkeypatch.setenv("ALLOWED_BUCKETS", given)
+    seen = []
+
+    def load(endpoint_url: str):
+        seen.append(os.environ.get("ALLOWED_BUCKETS"))
+        raise ConfigError("stop here")
+
+    spec = unique_spec()
+    with pytest.raises(ConfigError, match="stop here"):
+        Demo(plan_uploads(small_rasters(1)), out=io.StringIO(), spec=spec, load_handler=load).run(timeout=5)
+    assert seen == [spec.bucket if given is None else given]
+
+
 def test_the_demo_refuses_a_handler_talking_elsewhere(small_rasters, monkeypatch):
     # GIVEN a process where the handler's runtime was built for another endpoint
     from handler.local import demo
