@@ -46,7 +46,8 @@ from handler.isolation import ProcessJob, ShardJob, run_isolated
 from handler.objects import ObjectRef
 from handler.observability import logger, metrics, record_deferred, record_failure, record_outcome, tracer
 from handler.outcome import Outcome, summarise
-from handler.process import process_object, reject_object
+from handler.outputs import reject_object
+from handler.process import process_object
 from handler.runtime import Runtime, get_runtime
 from handler.tempdirs import sweep_at_startup
 from model.errors import RasterfnError

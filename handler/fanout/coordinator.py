@@ -35,7 +35,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,12 +47,13 @@ from handler.fanout.messages import ShardMessage
 from handler.fanout.sender import sender_from_settings
 from handler.objects import ObjectRef
 from handler.outcome import Outcome, OutcomeStatus
+from handler.outputs import PlannedArray, output_metadata, reject_object
 from handler.remote import remote_source, url_lifetime_s
 from handler.runtime import Runtime
 from handler.storage import OUTPUT_CONTENT_TYPE, ObjectInfo, s3_errors, s3_uri
 from model.decode_limits import check_layout
 from model.errors import ConfigError, InputError, RasterReadError, RasterTooLargeError
-from model.predict import PredictionResult, band_statistics, plan_raster_shards, predict_band
+from model.predict import band_statistics, plan_raster_shards, predict_band
 from model.raster import RasterSource, check_header, open_raster, read_header
 from model.remote import RemoteRaster
 from model.shards import S3_MIN_PART_BYTES, RowBand, merge_percentiles, npy_header
@@ -154,27 +154,19 @@ def fan_out_if_large(
 
 
 def _open_job(runtime, store: JobStore, info: ObjectInfo, header, shards, target_key, marker_key, seconds) -> dict:
-    # Imported here: process imports this module for its one branch.
-    from handler.process import output_metadata
-
-    result = PredictionResult(
-        out_path=Path(target_key),
+    array = PlannedArray(
+        output=runtime.settings.output_mode,
         shape=(header.height, header.width),
         dtype=shards.dtype,
-        output=runtime.settings.output_mode,
         crs=header.crs,
         transform=header.transform,
-        tiles=0,
-        valid_pixels=0,
-        positive_fraction=0.0,
-        seconds=0.0,
     )
     client = store.client
     with s3_errors(s3_uri(store.bucket, target_key), writing=True):
         upload_id = client.create_multipart_upload(
             Bucket=store.bucket,
             Key=target_key,
-            Metadata=output_metadata(info, runtime.model.sha256, result),
+            Metadata=output_metadata(info, runtime.model.sha256, array),
             ContentType=OUTPUT_CONTENT_TYPE,
         )["UploadId"]
     job = {
@@ -354,8 +346,6 @@ def _complete(store: JobStore, job: dict) -> str:
 
 
 def _fail(runtime: Runtime, store: JobStore, job: dict, exc: Exception, *, marker: bool) -> None:
-    from handler.process import reject_object  # process imports this module for its one branch
-
     if not store.put_json("failed.json", {"error": type(exc).__name__, "message": str(exc)}, if_absent=True):
         return
     _abort(store.client, store.bucket, job["target_key"], job["upload_id"])

@@ -12,7 +12,8 @@ import handler.process as process
 from handler.errors import ForbiddenObjectError, TransientError, WorkerCrashedError
 from handler.objects import ObjectRef
 from handler.outcome import OutcomeStatus
-from handler.process import META_SOURCE_ETAG, META_SOURCE_KEY, key_digest, process_object, reject_object
+from handler.outputs import META_SOURCE_ETAG, META_SOURCE_KEY, key_digest, reject_object
+from handler.process import process_object
 
 CREATED = "ObjectCreated:Put"
 
