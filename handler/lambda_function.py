@@ -137,12 +137,12 @@ def process_isolated(ref: ObjectRef, runtime: Runtime) -> Outcome:
 def run_shard_message(message: ShardMessage, runtime: Runtime, *, isolate: bool = False) -> dict[str, Any]:
     """One shard message; on its last allowed receive in a child process, and a crash there ends the job."""
     if not isolate:
-        return run_shard(message, runtime)
+        return run_shard(message, runtime).as_dict()
     try:
-        return run_isolated(runtime.settings, ShardJob(message, last_attempt=True))
+        return run_isolated(runtime.settings, ShardJob(message, last_attempt=True)).as_dict()
     except WorkerCrashedError as exc:
         logger.error(f"shard {message.event_id} crashed the function on its last allowed receive: {exc}")
-        return fail_shard_job(message, runtime, exc)
+        return fail_shard_job(message, runtime, exc).as_dict()
 
 
 def is_last_receive(record: SQSRecord, runtime: Runtime) -> bool:

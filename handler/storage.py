@@ -27,10 +27,11 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import Enum
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlparse
@@ -69,27 +70,64 @@ OUTPUT_CONTENT_TYPE = "application/octet-stream"
 JSON_CONTENT_TYPE = "application/json"
 _SAFE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}")
 
-_MISSING_CODES = frozenset({"404", "NoSuchKey", "NoSuchVersion", "NoSuchBucket", "NotFound"})
-_CHANGED_CODES = frozenset({"412", "PreconditionFailed", "ConditionalRequestConflict"})
-_DENIED_CODES = frozenset(
-    {"403", "AccessDenied", "Forbidden", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
-)
-_TRANSIENT_CODES = frozenset(
-    {
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "TooManyRequests",
-        "RequestLimitExceeded",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "ServiceUnavailable",
-        "InternalError",
-        "OperationAborted",
-        "ExpiredToken",
-    }
-)
-_ARCHIVED_CODES = frozenset({"InvalidObjectState"})
+
+class Fault(Enum):
+    """What an S3 (or SQS) error code means for us; :data:`ERROR_CODES` is the one table."""
+
+    ARCHIVED = "archived"
+    TRANSIENT = "transient"
+    DENIED = "denied"
+    MISSING = "missing"
+    CHANGED = "changed"
+    UPLOAD_GONE = "upload gone"
+
+
+ERROR_CODES: Mapping[str, Fault] = {
+    "InvalidObjectState": Fault.ARCHIVED,
+    **dict.fromkeys(
+        (
+            "SlowDown",
+            "Throttling",
+            "ThrottlingException",
+            "TooManyRequests",
+            "RequestLimitExceeded",
+            "RequestTimeout",
+            "RequestTimeoutException",
+            "ServiceUnavailable",
+            "InternalError",
+            "OperationAborted",
+            "ExpiredToken",
+        ),
+        Fault.TRANSIENT,
+    ),
+    **dict.fromkeys(
+        ("403", "AccessDenied", "Forbidden", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch"),
+        Fault.DENIED,
+    ),
+    **dict.fromkeys(("404", "NoSuchKey", "NoSuchVersion", "NoSuchBucket", "NotFound"), Fault.MISSING),
+    **dict.fromkeys(("412", "PreconditionFailed", "ConditionalRequestConflict"), Fault.CHANGED),
+    "NoSuchUpload": Fault.UPLOAD_GONE,  # a multipart upload completed or aborted since
+}
+
+
+def classify(code: str, status: int) -> Fault | None:
+    """The fault an error code and HTTP status mean, None for any other refusal (pure).
+
+    The code is more specific than the status (InvalidObjectState comes with 403), so codes decide first.
+    """
+    fault = ERROR_CODES.get(code)
+    if fault in (Fault.ARCHIVED, Fault.UPLOAD_GONE):
+        return fault
+    if fault is Fault.TRANSIENT or status >= 500 or status == 429:
+        return Fault.TRANSIENT
+    for candidate, candidate_status in ((Fault.DENIED, 403), (Fault.MISSING, 404), (Fault.CHANGED, 412)):
+        if fault is candidate or status == candidate_status:
+            return candidate
+    return None
+
+
+class _UploadGone(ObjectMissingError):
+    """NoSuchUpload: the multipart methods below answer it; it never leaves this module."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +141,19 @@ class ObjectInfo:
     version_id: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict, hash=False)
     last_modified: datetime | None = None
+
+    @property
+    def uri(self) -> str:
+        return s3_uri(self.bucket, self.key)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One open multipart upload."""
+
+    bucket: str
+    key: str
+    upload_id: str
 
     @property
     def uri(self) -> str:
@@ -129,18 +180,20 @@ def translate_client_error(exc: ClientError, uri: str, *, writing: bool = False)
     code = str(error.get("Code", ""))
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
     what = f"{exc.operation_name} {uri}: {code or status} {error.get('Message', '')}".strip()
-    # The code is more specific than the status (InvalidObjectState comes with 403), so codes decide first.
-    if code in _ARCHIVED_CODES:
+    fault = classify(code, status)
+    if fault is Fault.ARCHIVED:
         return InputError(f"{uri} is archived; restore it before processing ({what})")
-    if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+    if fault is Fault.TRANSIENT:
         return TransientError(f"S3 is unavailable, retry later ({what})")
-    if code in _DENIED_CODES or status == 403:
+    if fault is Fault.DENIED:
         return ConfigError(f"access denied: the function's role or the bucket policy does not allow {what}")
-    if code in _MISSING_CODES or status == 404:
+    if fault is Fault.UPLOAD_GONE:
+        return _UploadGone(f"{uri}: the multipart upload was completed or aborted since ({code})")
+    if fault is Fault.MISSING:
         if writing and code != "NoSuchKey":  # NoSuchKey on a write: an If-Match on an object deleted since
             return ConfigError(f"the output location does not exist ({what})")
         return ObjectMissingError(f"{uri} no longer exists ({code or status})")
-    if code in _CHANGED_CODES or status == 412:
+    if fault is Fault.CHANGED:
         if writing:
             return ObjectMissingError(f"{uri} was written by another job since this one looked (not overwritten)")
         return ObjectMissingError(f"{uri} was replaced by a newer upload while it was read")
@@ -391,26 +444,102 @@ class Storage:
     ) -> None:
         # s3transfer cannot pass If-Match / If-None-Match to CompleteMultipartUpload: parts in parallel, ours.
         chunk = self.transfer_config.multipart_chunksize
-        upload_id = self.client.create_multipart_upload(Bucket=bucket, Key=key, **extra_args)["UploadId"]
+        upload = self.create_multipart(
+            bucket, key, metadata=extra_args["Metadata"], content_type=extra_args["ContentType"]
+        )
 
-        def put_part(number: int) -> dict[str, Any]:
+        def put_part(number: int) -> str | None:
             with open(path, "rb") as fh:
                 fh.seek((number - 1) * chunk)
                 data = fh.read(chunk)
-            response = self.client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data)
-            return {"PartNumber": number, "ETag": response["ETag"]}
+            return self.upload_part(upload, number, data)
 
         try:
             numbers = range(1, max(1, -(-size // chunk)) + 1)
             with ThreadPoolExecutor(max_workers=self.transfer_config.max_request_concurrency) as pool:
-                parts = list(pool.map(put_part, numbers))
-            self.client.complete_multipart_upload(
-                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **conditions
-            )
+                etags = list(pool.map(put_part, numbers))
+            if None in etags or not self.complete_multipart(upload, etags, conditions=conditions):
+                raise ObjectMissingError(f"{s3_uri(bucket, key)}: the upload was aborted while it ran")
         except BaseException:
-            with contextlib.suppress(ClientError, BotoCoreError):
-                self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            with contextlib.suppress(RasterfnError):
+                self.abort_multipart(upload)
             raise
+
+    def create_multipart(self, bucket: str, key: str, *, metadata: Mapping[str, str], content_type: str) -> Upload:
+        """Open a multipart upload of ``key``; nothing appears until :meth:`complete_multipart`."""
+        with s3_errors(s3_uri(bucket, key), writing=True):
+            response = self.client.create_multipart_upload(
+                Bucket=bucket, Key=key, Metadata=dict(metadata), ContentType=content_type
+            )
+        return Upload(bucket, key, response["UploadId"])
+
+    def upload_part(self, upload: Upload, number: int, body: bytes | BinaryIO) -> str | None:
+        """Upload part ``number`` (1-based); its ETag, or None when the upload was completed or aborted since."""
+        try:
+            with s3_errors(upload.uri, writing=True):
+                response = self.client.upload_part(
+                    Bucket=upload.bucket, Key=upload.key, UploadId=upload.upload_id, PartNumber=number, Body=body
+                )
+        except _UploadGone:
+            return None
+        return response["ETag"]
+
+    def complete_multipart(
+        self, upload: Upload, etags: Sequence[str], *, conditions: Mapping[str, str] | None = None
+    ) -> bool:
+        """Assemble the parts (``etags`` in part order); False when the upload was completed or aborted since."""
+        parts = [{"PartNumber": number, "ETag": etag} for number, etag in enumerate(etags, start=1)]
+        try:
+            with s3_errors(upload.uri, writing=True):
+                self.client.complete_multipart_upload(
+                    Bucket=upload.bucket,
+                    Key=upload.key,
+                    UploadId=upload.upload_id,
+                    MultipartUpload={"Parts": parts},
+                    **(conditions or {}),
+                )
+        except _UploadGone:
+            return False
+        return True
+
+    def abort_multipart(self, upload: Upload) -> None:
+        """Abort the upload and drop its parts; one already gone is fine."""
+        with contextlib.suppress(_UploadGone), s3_errors(upload.uri, writing=True):
+            self.client.abort_multipart_upload(Bucket=upload.bucket, Key=upload.key, UploadId=upload.upload_id)
+
+    def get_bytes(self, bucket: str, key: str) -> bytes | None:
+        """A small object's whole body, or None when it does not exist."""
+        try:
+            with (
+                s3_errors(s3_uri(bucket, key)),
+                contextlib.closing(self.client.get_object(Bucket=bucket, Key=key)["Body"]) as body,
+            ):
+                return body.read()
+        except ObjectMissingError:
+            return None
+
+    def put_bytes(self, bucket: str, key: str, body: bytes, *, content_type: str, if_absent: bool = False) -> bool:
+        """Write a small object; with ``if_absent`` only when the key is free (``If-None-Match: *``).
+
+        Returns whether it was written: a conditional write that lost the race returns False.
+        """
+        conditions = {"IfNoneMatch": "*"} if if_absent else {}
+        try:
+            with s3_errors(s3_uri(bucket, key), writing=True):
+                self.client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type, **conditions)
+        except ObjectMissingError:
+            if if_absent:  # 412: another writer was first
+                return False
+            raise
+        return True
+
+    def count(self, bucket: str, prefix: str) -> int:
+        """How many objects have keys starting with ``prefix``."""
+        total = 0
+        with s3_errors(s3_uri(bucket, prefix)):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                total += page.get("KeyCount", 0)
+        return total
 
     def put_json(self, bucket: str, key: str, doc: Any, *, metadata: Mapping[str, str]) -> int:
         """Write a small JSON document; returns its size in bytes."""

@@ -264,8 +264,8 @@ class _App:
         job = ShardJob(message, deadline=time.time() + self.settings.inference_timeout_s)
         async with self.slots.acquire():
             summary = await self._until_disconnect(request, backend.shard, job)
-        logger.info("shard %s: %s", message.event_id, summary.get("status"))
-        return JSONResponse(summary)
+        logger.info("shard %s: %s", message.event_id, summary.status)
+        return JSONResponse(summary.as_dict())
 
     # --- the shared processing path
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from handler.errors import DeadlineError, TransientError, WorkerCrashedError
+from handler.fanout import ShardResult
 from handler.isolation import (
     START_TIMEOUT_S,
     FailShardJob,
@@ -59,7 +60,7 @@ class InProcessBackend:
     def process(self, job: ProcessJob, cancelled: Cancelled) -> Outcome:
         return run_job(self.runtime, job, cancelled)
 
-    def shard(self, job: ShardJob, cancelled: Cancelled) -> dict[str, Any]:
+    def shard(self, job: ShardJob, cancelled: Cancelled) -> ShardResult:
         return run_job(self.runtime, job, cancelled)
 
 
@@ -125,7 +126,7 @@ class WorkerPool:
             logger.error("s3://%s/%s crashed its worker: %s", job.ref.bucket, job.ref.key, exc)
             return self._run(RejectJob(job.ref, str(exc)), lambda: False)
 
-    def shard(self, job: ShardJob, cancelled: Cancelled) -> dict[str, Any]:
+    def shard(self, job: ShardJob, cancelled: Cancelled) -> ShardResult:
         try:
             return self._run(job, cancelled)
         except (WorkerCrashedError, DeadlineError) as exc:

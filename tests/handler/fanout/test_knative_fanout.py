@@ -32,6 +32,7 @@ from handler.http.relay import create_relay_app
 from handler.http.workers import InProcessBackend, WorkerPool
 from handler.knative import RuntimeLoader
 from handler.settings import RelaySettings
+from handler.storage import Storage
 from model.options import PredictOptions
 from model.predict import predict_file
 from tests.fixtures.paths import REPO_ROOT
@@ -226,7 +227,7 @@ def test_a_shard_that_kills_or_outruns_its_worker_ends_the_job_with_an_error_mar
     assert "scenes/big.npy" not in keys
     assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     [job] = {k.split("/")[1] for k in keys if k.endswith("/job.json")}
-    assert JobStore(s3_client, bucket, job).get_json("failed.json")["error"] == type(error).__name__
+    assert JobStore(Storage(s3_client), bucket, job).failure().error == type(error).__name__
     # and the Broker was answered 200 each time: nothing is retried or dead-lettered
     assert all(answer.get("status") != "error" for answer in knative.broker.answers)
 

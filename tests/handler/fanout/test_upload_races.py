@@ -68,9 +68,9 @@ def test_a_part_for_an_upload_gone_meanwhile_is_dropped_quietly(job):
     runtime, bucket, predict, _ = job
     client = NoSuchUpload(runtime.storage.client, "upload_part")
     summary = run_shard(predict[0], with_client(runtime, client))
-    assert client.calls == 1 and summary["status"] == "job already finished"
+    assert client.calls == 1 and summary.status == "job already finished"
     # nothing recorded for that part: no later shard counts it as uploaded
-    assert not JobStore(client.client, bucket, predict[0].job).exists("parts/0.json")
+    assert not JobStore(runtime.storage, bucket, predict[0].job).has_part(0)
 
 
 def test_a_completion_that_another_shard_made_first_is_not_an_error(job, s3_client):
@@ -80,7 +80,7 @@ def test_a_completion_that_another_shard_made_first_is_not_an_error(job, s3_clie
     # the last part goes up; then its completion finds the upload already completed by a racing duplicate
     client = NoSuchUpload(runtime.storage.client, "complete_multipart_upload")
     summary = run_shard(predict[-1], with_client(runtime, client))
-    assert client.calls == 1 and summary["status"] == "completed by another shard"
+    assert client.calls == 1 and summary.status == "completed by another shard"
     # (the racing duplicate, in the real world: here the real client completes it)
-    assert run_shard(predict[-1], runtime)["status"] == "completed"
+    assert run_shard(predict[-1], runtime).status == "completed"
     assert s3_client.get_object(Bucket=bucket, Key="scenes/big.npy")["Body"].read() == expected
