@@ -122,7 +122,7 @@ def _segment(
     interrupt: Callable[[], None] | None,
 ) -> Outcome:
     settings, storage = runtime.settings, runtime.storage
-    send = shard_sender(settings)
+    send = shard_sender(runtime)
     if send is not None:
         # Too much for one invocation? Decided from the header read where the object lies: a sharded job's input
         # is never downloaded (its shards read their rows remotely), so MAX_INPUT_BYTES bounds only what stays.

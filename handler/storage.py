@@ -1,6 +1,7 @@
 """S3 access: find the object an event names, download exactly that version, upload results.
 
-Everything that talks to S3 is here, and :func:`s3_errors` is the one place botocore errors become ours:
+Everything that talks to S3 is here, and :func:`s3_errors` is where S3's botocore errors become ours (what
+each code means is :mod:`handler.aws`'s one table):
 
 - gone (404, NoSuchKey, NoSuchVersion) or replaced mid-download (412) -> :class:`ObjectMissingError`
   (skipped);
@@ -31,35 +32,31 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import Enum
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
-import boto3
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionError,
-    HTTPClientError,
-    NoCredentialsError,
-    ResponseStreamingError,
-)
+from botocore.exceptions import ClientError
 from s3transfer.exceptions import RetriesExceededError, S3DownloadFailedError
 from s3transfer.subscribers import BaseSubscriber
 
+from handler.aws import (
+    DEFAULT_MAX_ATTEMPTS,
+    Fault,
+    botocore_errors,
+    classify,
+    client_config,
+    error_code,
+    error_message,
+    make_client,
+)
 from handler.errors import ObjectMissingError, TransientError
 from handler.objects import ObjectRef
 from model.errors import ConfigError, InputError, RasterfnError, RasterTooLargeError
 
 MB = 1024**2
-# botocore's "standard" mode retries throttling, 5xx and connection errors with jittered backoff and a retry
-# quota; "adaptive" only adds a per-client rate limiter, which does not help one-object-at-a-time containers.
-DEFAULT_MAX_ATTEMPTS = 5
-CONNECT_TIMEOUT_S = 5
-READ_TIMEOUT_S = 60
 MULTIPART_THRESHOLD = 64 * MB
 MULTIPART_CHUNKSIZE = 16 * MB
 MAX_TRANSFER_CONCURRENCY = 8
@@ -69,61 +66,6 @@ IO_CHUNK_BYTES = 1 * MB
 OUTPUT_CONTENT_TYPE = "application/octet-stream"
 JSON_CONTENT_TYPE = "application/json"
 _SAFE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}")
-
-
-class Fault(Enum):
-    """What an S3 (or SQS) error code means for us; :data:`ERROR_CODES` is the one table."""
-
-    ARCHIVED = "archived"
-    TRANSIENT = "transient"
-    DENIED = "denied"
-    MISSING = "missing"
-    CHANGED = "changed"
-    UPLOAD_GONE = "upload gone"
-
-
-ERROR_CODES: Mapping[str, Fault] = {
-    "InvalidObjectState": Fault.ARCHIVED,
-    **dict.fromkeys(
-        (
-            "SlowDown",
-            "Throttling",
-            "ThrottlingException",
-            "TooManyRequests",
-            "RequestLimitExceeded",
-            "RequestTimeout",
-            "RequestTimeoutException",
-            "ServiceUnavailable",
-            "InternalError",
-            "OperationAborted",
-            "ExpiredToken",
-        ),
-        Fault.TRANSIENT,
-    ),
-    **dict.fromkeys(
-        ("403", "AccessDenied", "Forbidden", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch"),
-        Fault.DENIED,
-    ),
-    **dict.fromkeys(("404", "NoSuchKey", "NoSuchVersion", "NoSuchBucket", "NotFound"), Fault.MISSING),
-    **dict.fromkeys(("412", "PreconditionFailed", "ConditionalRequestConflict"), Fault.CHANGED),
-    "NoSuchUpload": Fault.UPLOAD_GONE,  # a multipart upload completed or aborted since
-}
-
-
-def classify(code: str, status: int) -> Fault | None:
-    """The fault an error code and HTTP status mean, None for any other refusal (pure).
-
-    The code is more specific than the status (InvalidObjectState comes with 403), so codes decide first.
-    """
-    fault = ERROR_CODES.get(code)
-    if fault in (Fault.ARCHIVED, Fault.UPLOAD_GONE):
-        return fault
-    if fault is Fault.TRANSIENT or status >= 500 or status == 429:
-        return Fault.TRANSIENT
-    for candidate, candidate_status in ((Fault.DENIED, 403), (Fault.MISSING, 404), (Fault.CHANGED, 412)):
-        if fault is candidate or status == candidate_status:
-            return candidate
-    return None
 
 
 class _UploadGone(ObjectMissingError):
@@ -175,11 +117,9 @@ def normalize_etag(etag: str | None) -> str | None:
 
 
 def translate_client_error(exc: ClientError, uri: str, *, writing: bool = False) -> RasterfnError:
-    """Map one botocore ``ClientError`` to our error tree (pure; see the module docstring for the table)."""
-    error = exc.response.get("Error", {})
-    code = str(error.get("Code", ""))
-    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-    what = f"{exc.operation_name} {uri}: {code or status} {error.get('Message', '')}".strip()
+    """Map one botocore ``ClientError`` of S3 to our error tree (pure; see the module docstring)."""
+    code, status = error_code(exc)
+    what = error_message(exc, uri)
     fault = classify(code, status)
     if fault is Fault.ARCHIVED:
         return InputError(f"{uri} is archived; restore it before processing ({what})")
@@ -203,39 +143,29 @@ def translate_client_error(exc: ClientError, uri: str, *, writing: bool = False)
 @contextlib.contextmanager
 def s3_errors(uri: str, *, writing: bool = False) -> Iterator[None]:
     """Translate whatever boto3/s3transfer raise inside the block into our error tree (``raise ... from``)."""
-    try:
-        yield
-    except ClientError as exc:
-        raise translate_client_error(exc, uri, writing=writing) from exc
-    except S3DownloadFailedError as exc:
-        # s3transfer re-raises a ranged GET's 412 as this, with the ClientError as its context.
-        if isinstance(exc.__context__, ClientError):
-            raise translate_client_error(exc.__context__, uri, writing=writing) from exc
-        raise TransientError(f"download of {uri} failed, retry later: {exc}") from exc
-    except (ConnectionError, HTTPClientError, ResponseStreamingError, RetriesExceededError) as exc:
-        raise TransientError(f"S3 connection failed for {uri}, retry later: {exc}") from exc
-    except NoCredentialsError as exc:
-        raise ConfigError(f"no AWS credentials to access {uri}") from exc
-    except BotoCoreError as exc:
-        raise ConfigError(f"S3 client error for {uri}: {exc}") from exc
+    with botocore_errors(
+        uri, "S3", lambda exc: translate_client_error(exc, uri, writing=writing), (RetriesExceededError,)
+    ):
+        try:
+            yield
+        except S3DownloadFailedError as exc:
+            # s3transfer re-raises a ranged GET's 412 as this, with the ClientError as its context.
+            if isinstance(exc.__context__, ClientError):
+                raise translate_client_error(exc.__context__, uri, writing=writing) from exc
+            raise TransientError(f"download of {uri} failed, retry later: {exc}") from exc
 
 
 def make_s3_client(endpoint_url: str | None = None, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Any:
     """An S3 client with retries and timeouts; ``endpoint_url`` None lets boto3 read ``AWS_ENDPOINT_URL*``."""
-    config = Config(
-        retries={"mode": "standard", "total_max_attempts": max_attempts},
+    config = client_config(
+        max_attempts,
         signature_version="s3v4",  # presigned URLs too (botocore may presign with SigV2, which S3 is retiring)
-        connect_timeout=CONNECT_TIMEOUT_S,
-        read_timeout=READ_TIMEOUT_S,
-        tcp_keepalive=True,
         max_pool_connections=MAX_TRANSFER_CONCURRENCY + 2,
     )
-    session = boto3.session.Session()
-    client = session.client("s3", endpoint_url=endpoint_url, config=config)
+    client = make_client("s3", config, endpoint_url)
     if not _is_aws_endpoint(client.meta.endpoint_url):
         # MinIO and moto serve buckets under the path, not as sub-domains of the endpoint host.
-        path_style = config.merge(Config(s3={"addressing_style": "path"}))
-        client = session.client("s3", endpoint_url=endpoint_url, config=path_style)
+        client = make_client("s3", config.merge(Config(s3={"addressing_style": "path"})), endpoint_url)
     return client
 
 

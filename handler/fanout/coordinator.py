@@ -62,9 +62,9 @@ def estimate_seconds(tiles: int, seconds_per_tile: float) -> float:
     return tiles * seconds_per_tile
 
 
-def shard_sender(settings) -> Send | None:
+def shard_sender(runtime: Runtime) -> Send | None:
     """The deployment's shard sender, ``None`` when fan-out is off: :mod:`handler.process` asks before it reads."""
-    return sender_from_settings(settings)
+    return sender_from_settings(runtime.settings, runtime.queues)
 
 
 def fan_out_if_large(
@@ -80,7 +80,7 @@ def fan_out_if_large(
     (or when fan-out is off: neither ``FANOUT_QUEUE_URL`` nor ``K_SINK``). ``src`` is the object where it lies
     (:func:`handler.remote.remote_source`) or a local copy: only its header is read."""
     settings, model = runtime.settings, runtime.model
-    send = send or sender_from_settings(settings)
+    send = send or shard_sender(runtime)
     if send is None:
         return None
     with open_raster(src) as ds:
@@ -178,7 +178,7 @@ def run_shard(
     ``last_attempt``: the queue will not deliver this message again (Lambda's last allowed receive), so an
     unreadable band fails the job now instead of waiting for a retry that never comes.
     """
-    send = send or sender_from_settings(runtime.settings)
+    send = send or shard_sender(runtime)
     if send is None:
         raise ConfigError("a shard message arrived but neither FANOUT_QUEUE_URL nor K_SINK is set")
     job, store = _load_job(message, runtime)

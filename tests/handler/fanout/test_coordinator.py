@@ -50,7 +50,7 @@ class Queue:
 @pytest.fixture
 def queue(monkeypatch) -> Queue:
     q = Queue()
-    monkeypatch.setattr(coordinator, "sender_from_settings", lambda settings: q.send)
+    monkeypatch.setattr(coordinator, "sender_from_settings", lambda settings, queues=None: q.send)
     return q
 
 

@@ -106,7 +106,9 @@ def knative(small_parts, make_runtime, make_bucket, monkeypatch):
     publish = httpx.Client(transport=httpx.MockTransport(broker.ingress))
     # The function's sender is the real CloudEvent sender; only its HTTP client reaches the stand-in Broker.
     monkeypatch.setattr(
-        coordinator, "sender_from_settings", lambda settings: cloudevent_sender(settings.fanout_sink_url, publish)
+        coordinator,
+        "sender_from_settings",
+        lambda settings, queues=None: cloudevent_sender(settings.fanout_sink_url, publish),
     )
     function = create_app(runtime.settings, started(RuntimeLoader(lambda: runtime)), metrics=create_metrics())
     relay_settings = RelaySettings(sink_url=SINK, target_url=FUNCTION, webhook_token=TOKEN)

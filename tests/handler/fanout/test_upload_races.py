@@ -47,7 +47,9 @@ def job(small_parts, make_runtime, make_bucket, s3_client, make_raster, monkeypa
     import handler.fanout.coordinator as coordinator
 
     sent: list[str] = []
-    monkeypatch.setattr(coordinator, "sender_from_settings", lambda settings: lambda m: sent.append(m.to_json()))
+    monkeypatch.setattr(
+        coordinator, "sender_from_settings", lambda settings, queues=None: lambda m: sent.append(m.to_json())
+    )
     runtime = make_runtime(fanout_threshold_seconds=0, fanout_max_shards=3)
     bucket = make_bucket()
     src = make_raster(300, 70)
