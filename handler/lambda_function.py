@@ -114,7 +114,7 @@ def handle_event(event: Any, context: Any, runtime: Runtime) -> dict[str, Any]:
 def process_and_record(ref: ObjectRef, context: Any, runtime: Runtime, *, isolate: bool = False) -> Outcome:
     """Time check, :func:`process_object` (in a child process when ``isolate``), then one log line and the
     metrics; errors are logged and raised."""
-    what = f"s3://{ref.bucket}/{ref.key}"
+    what = ref.uri
     ensure_time_left(context, runtime, what)
     try:
         outcome = process_isolated(ref, runtime) if isolate else process_object(ref, runtime)
@@ -130,7 +130,7 @@ def process_isolated(ref: ObjectRef, runtime: Runtime) -> Outcome:
     try:
         return run_isolated(runtime.settings, ProcessJob(ref))
     except WorkerCrashedError as exc:
-        logger.error(f"s3://{ref.bucket}/{ref.key} crashed the function on its last allowed receive: {exc}")
+        logger.error(f"{ref.uri} crashed the function on its last allowed receive: {exc}")
         return reject_object(ref, runtime, exc)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, fields
 from functools import cache
 from pathlib import Path
 
+from handler.objects import normalise_suffixes
 from model.card import DEFAULT_CARD_PATH
 from model.decode_limits import (
     DEFAULT_COMPRESSIONS,
@@ -218,7 +219,7 @@ def env_var_names() -> tuple[str, ...]:
 
 def parse_suffixes(value: str) -> tuple[str, ...]:
     """``"tif, .TIFF"`` -> ``(".tif", ".tiff")``."""
-    suffixes = tuple("." + part.strip().lower().lstrip(".") for part in value.split(",") if part.strip().strip("."))
+    suffixes = normalise_suffixes(value.split(","))
     if not suffixes:
         raise ConfigError(f"{ENV_INPUT_SUFFIXES} must list at least one suffix, got {value!r}")
     return suffixes

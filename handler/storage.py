@@ -53,7 +53,7 @@ from handler.aws import (
     make_client,
 )
 from handler.errors import ObjectMissingError, TransientError
-from handler.objects import ObjectRef
+from handler.objects import ObjectRef, normalize_etag, s3_uri
 from model.errors import ConfigError, InputError, RasterfnError, RasterTooLargeError
 
 MB = 1024**2
@@ -100,20 +100,6 @@ class Upload:
     @property
     def uri(self) -> str:
         return s3_uri(self.bucket, self.key)
-
-
-def s3_uri(bucket: str, key: str) -> str:
-    return f"s3://{bucket}/{key}"
-
-
-def normalize_etag(etag: str | None) -> str | None:
-    """``'"abc"'`` and ``'abc'`` -> ``'abc'``: events carry ETags bare, HeadObject quoted."""
-    if etag is None:
-        return None
-    etag = etag.strip()
-    if etag.startswith("W/"):
-        etag = etag[2:]
-    return etag.strip('"') or None
 
 
 def translate_client_error(exc: ClientError, uri: str, *, writing: bool = False) -> RasterfnError:

@@ -208,7 +208,7 @@ class _App:
                     output=output,
                     max_pixels=min(self.settings.max_pixels, self.settings.max_inference_pixels),
                     shown_name=upload.name,
-                    deadline=time.time() + self.settings.inference_timeout_s,
+                    deadline=self._deadline(),
                 )
                 async with self.slots.run():
                     result: PredictionResult = await self._until_disconnect(request, backend.predict, job)
@@ -261,7 +261,7 @@ class _App:
         so the Broker retries the delivery.
         """
         backend = await self._backend()
-        job = ShardJob(message, deadline=time.time() + self.settings.inference_timeout_s)
+        job = ShardJob(message, deadline=self._deadline())
         async with self.slots.acquire():
             summary = await self._until_disconnect(request, backend.shard, job)
         logger.info("shard %s: %s", message.event_id, summary.status)
@@ -275,7 +275,7 @@ class _App:
         A :class:`TransientError` propagates: the whole event is answered 503 and MinIO sends it again; the
         objects already written then come back as ``duplicate``.
         """
-        job = ProcessJob(ref, deadline=time.time() + self.settings.inference_timeout_s)
+        job = ProcessJob(ref, deadline=self._deadline())
         outcome: Outcome = await self._until_disconnect(request, backend.process, job)
         record_outcome(self.metrics, outcome)
         return outcome
@@ -312,6 +312,10 @@ class _App:
         return outcome["result"]
 
     # --- plumbing
+
+    def _deadline(self) -> float:
+        """When a job started now must end (``INFERENCE_TIMEOUT_S``), as a wall-clock time."""
+        return time.time() + self.settings.inference_timeout_s
 
     async def _backend(self) -> Any:
         """Where jobs run, once the runtime has loaded (waiting in a thread: loading can take a while)."""

@@ -123,7 +123,7 @@ class WorkerPool:
         except WorkerCrashedError as exc:
             # The object killed its worker: the replacement refuses it with an error marker, so the event
             # source does not send it again (and again).
-            logger.error("s3://%s/%s crashed its worker: %s", job.ref.bucket, job.ref.key, exc)
+            logger.error("%s crashed its worker: %s", job.ref.uri, exc)
             return self._run(RejectJob(job.ref, str(exc)), lambda: False)
 
     def shard(self, job: ShardJob, cancelled: Cancelled) -> ShardResult:

@@ -16,7 +16,6 @@ from handler.storage import (
     ObjectInfo,
     Storage,
     make_s3_client,
-    normalize_etag,
     translate_client_error,
 )
 from model.errors import ConfigError, InputError, RasterTooLargeError
@@ -73,11 +72,6 @@ def test_archived_objects_are_input_errors_not_access_errors():
     error = translate_client_error(client_error("InvalidObjectState", 403), "s3://b/k.tif")
     assert isinstance(error, InputError)
     assert "restore" in str(error)
-
-
-@pytest.mark.parametrize(("raw", "expected"), [('"abc"', "abc"), ("abc", "abc"), ('W/"abc"', "abc"), (None, None)])
-def test_normalize_etag(raw, expected):
-    assert normalize_etag(raw) == expected
 
 
 # --- client construction
