@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from handler.access import check_allowed
 from handler.errors import ObjectMissingError
@@ -22,6 +22,7 @@ from handler.outcome import Outcome, OutcomeStatus, seconds_since
 from handler.runtime import Runtime
 from handler.storage import ObjectInfo, Storage, s3_uri
 from model.errors import ConfigError, InputError
+from model.predict import PredictionResult
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +49,9 @@ class OutputConflictError(InputError):
     """Another input (same stem, another suffix: ``a.tif`` / ``a.TIFF``) already owns the output key."""
 
 
-class ArrayDescription(Protocol):
-    """What the metadata says about the array: a :class:`model.predict.PredictionResult` or a planned one."""
-
-    output: str
-    shape: tuple[int, int]
-    dtype: str
-    crs: str | None
-    transform: Sequence[float]
-
-
 @dataclass(frozen=True)
 class PlannedArray:
-    """The array a sharded job will assemble, described before any pixel is computed."""
+    """The array a sharded job will assemble, described as a :class:`PredictionResult` is, before any pixel."""
 
     output: str
     shape: tuple[int, int]
@@ -141,7 +132,7 @@ def refuse_foreign_output(info: ObjectInfo, target: Target, existing: ObjectInfo
         )
 
 
-def output_metadata(info: ObjectInfo, model_sha256: str, array: ArrayDescription) -> dict[str, str]:
+def output_metadata(info: ObjectInfo, model_sha256: str, array: PlannedArray | PredictionResult) -> dict[str, str]:
     """S3 user metadata for a ``.npy``: provenance and georeferencing, ASCII, within S3's 2 KB (pure)."""
     metadata = {
         META_PRODUCER: PRODUCER,

@@ -15,41 +15,18 @@ from handler.process import process_object
 from handler.storage import ObjectInfo
 from model.card import DEFAULT_CARD_PATH
 from model.predict import predict_file
+from tests.fixtures.aws import count_calls, keys_in
+from tests.fixtures.events import CREATED, ref_for
 from tests.fixtures.paths import REPO_ROOT
-
-CREATED = "ObjectCreated:Put"
-
-
-def ref_for(bucket: str, key: str, put: dict | None = None, **fields) -> ObjectRef:
-    """The ObjectRef an S3 event for ``put`` would carry."""
-    if put is not None:
-        fields.setdefault("etag", put["ETag"].strip('"'))
-        fields.setdefault("version_id", put.get("VersionId"))
-    return ObjectRef(bucket, key, event_name=CREATED, source="s3", **fields)
 
 
 def read_npy(s3_client, bucket: str, key: str) -> np.ndarray:
     return np.load(io.BytesIO(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()))
 
 
-def keys_in(s3_client, bucket: str) -> set[str]:
-    return {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])}
-
-
-def count_calls(client, operation: str) -> list[str]:
-    calls: list[str] = []
-    client.meta.events.register(f"before-send.s3.{operation}", lambda request, **_: calls.append(request.url))
-    return calls
-
-
 @pytest.fixture
 def runtime(make_runtime):
     return make_runtime()
-
-
-@pytest.fixture
-def bucket(make_bucket) -> str:
-    return make_bucket()
 
 
 # --- the happy path

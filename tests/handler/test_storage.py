@@ -19,18 +19,13 @@ from handler.storage import (
     translate_client_error,
 )
 from model.errors import ConfigError, InputError, RasterTooLargeError
+from tests.fixtures.aws import count_calls
 
 
 @pytest.fixture
 def storage(moto_endpoint) -> Storage:
     # One attempt: injected faults surface at once instead of after botocore's backoff.
     return Storage.from_defaults(max_attempts=1)
-
-
-def count_calls(client, operation: str) -> list[str]:
-    calls: list[str] = []
-    client.meta.events.register(f"before-send.s3.{operation}", lambda request, **_: calls.append(request.url))
-    return calls
 
 
 def client_error(code: str, status: int, operation: str = "GetObject") -> ClientError:
