@@ -1,8 +1,8 @@
-"""What the S3 and SQS clients share: the one table of AWS error codes, botocore's exceptions, client settings.
+"""What the S3 and SQS clients share: the one table of AWS error codes, botocore's exceptions, the clients.
 
-:func:`classify` says what an error code and status mean (:class:`Fault`); :mod:`handler.storage` and
-:mod:`handler.queues` word the errors for their own service. Nothing outside these three modules touches
-boto3 or botocore (``tests/handler/test_aws.py`` checks).
+:func:`classify` says what an error code and status mean (:class:`Fault`); :mod:`handler.s3_errors` and
+:mod:`handler.queues` word the errors for their own service. Nothing outside the storage layer (these,
+:mod:`handler.storage`) touches boto3 or botocore (``tests/handler/test_aws.py`` checks).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Mapping
 from enum import Enum
 from typing import Any
+from urllib.parse import urlparse
 
 import boto3
 from botocore.config import Config
@@ -31,6 +32,8 @@ from model.errors import ConfigError, RasterfnError
 DEFAULT_MAX_ATTEMPTS = 5
 CONNECT_TIMEOUT_S = 5
 READ_TIMEOUT_S = 60
+# Connections per S3 client: Storage's transfers run 8 at once, plus room for the odd HEAD beside them.
+DEFAULT_POOL = 10
 # Connection errors botocore gives up on after its own retries: worth retrying later.
 CONNECTION_ERRORS: tuple[type[Exception], ...] = (ConnectionError, HTTPClientError, ResponseStreamingError)
 
@@ -138,3 +141,29 @@ def client_config(max_attempts: int = DEFAULT_MAX_ATTEMPTS, **options: Any) -> C
 def make_client(service: str, config: Config, endpoint_url: str | None = None) -> Any:
     """A boto3 client of a new session; ``endpoint_url`` None lets boto3 read ``AWS_ENDPOINT_URL*``."""
     return boto3.session.Session().client(service, endpoint_url=endpoint_url, config=config)
+
+
+def make_s3_client(
+    endpoint_url: str | None = None, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS, pool: int = DEFAULT_POOL
+) -> Any:
+    """An S3 client with retries and timeouts; ``endpoint_url`` None lets boto3 read ``AWS_ENDPOINT_URL*``."""
+    config = client_config(
+        max_attempts,
+        signature_version="s3v4",  # presigned URLs too (botocore may presign with SigV2, which S3 is retiring)
+        max_pool_connections=pool,
+    )
+    client = make_client("s3", config, endpoint_url)
+    if not _is_aws_endpoint(client.meta.endpoint_url):
+        # MinIO and moto serve buckets under the path, not as sub-domains of the endpoint host.
+        client = make_client("s3", config.merge(Config(s3={"addressing_style": "path"})), endpoint_url)
+    return client
+
+
+def _is_aws_endpoint(url: str) -> bool:
+    host = urlparse(url).hostname or ""
+    return host.endswith((".amazonaws.com", ".amazonaws.com.cn", ".api.aws"))
+
+
+def make_sqs_client(endpoint_url: str | None = None, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Any:
+    """An SQS client with our retries and timeouts; boto3 reads ``AWS_ENDPOINT_URL*`` itself."""
+    return make_client("sqs", client_config(max_attempts), endpoint_url)

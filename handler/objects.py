@@ -9,8 +9,9 @@ Example:
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
 
 OUTPUT_SUFFIX = ".npy"
 ERROR_SUFFIX = ".error.json"
@@ -33,6 +34,23 @@ class ObjectRef:
     # The key exactly as the event carried it, when decoding was ambiguous: tried on a 404 of ``key``.
     raw_key: str | None = None
     source: str = "direct"
+
+    @property
+    def uri(self) -> str:
+        return s3_uri(self.bucket, self.key)
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What HeadObject says about one object version. ``etag`` is without the quotes S3 puts around it."""
+
+    bucket: str
+    key: str
+    size: int
+    etag: str
+    version_id: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict, hash=False)
+    last_modified: datetime | None = None
 
     @property
     def uri(self) -> str:

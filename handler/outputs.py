@@ -17,10 +17,10 @@ from typing import Any
 
 from handler.access import check_allowed
 from handler.errors import ObjectMissingError
-from handler.objects import ObjectRef, error_key, output_key
+from handler.objects import ObjectInfo, ObjectRef, error_key, output_key
 from handler.outcome import Outcome, OutcomeStatus, seconds_since
 from handler.runtime import Runtime
-from handler.storage import ObjectInfo, Storage, s3_uri
+from handler.storage import Storage, s3_uri
 from model.errors import ConfigError, InputError
 from model.predict import PredictionResult
 

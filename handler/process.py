@@ -20,7 +20,7 @@ from handler.access import check_allowed
 from handler.errors import ObjectMissingError, TransientError
 from handler.fanout.coordinator import fan_out_if_large, shard_sender
 from handler.filters import skip_reason
-from handler.objects import ObjectRef
+from handler.objects import ObjectInfo, ObjectRef
 from handler.outcome import Outcome, OutcomeStatus, seconds_since
 from handler.outputs import (
     Target,
@@ -35,7 +35,6 @@ from handler.outputs import (
 )
 from handler.remote import remote_source, url_lifetime_s
 from handler.runtime import Runtime
-from handler.storage import ObjectInfo
 from model.errors import InputError
 from model.predict import predict_file
 

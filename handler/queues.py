@@ -18,10 +18,9 @@ from handler.aws import (
     Fault,
     botocore_errors,
     classify,
-    client_config,
     error_code,
     error_message,
-    make_client,
+    make_sqs_client,
 )
 from handler.errors import TransientError
 from model.errors import ConfigError, RasterfnError
@@ -42,11 +41,6 @@ def translate_sqs_error(exc: ClientError, queue_url: str) -> RasterfnError:
 def sqs_errors(queue_url: str) -> Iterator[None]:
     with botocore_errors(queue_url, "SQS", lambda exc: translate_sqs_error(exc, queue_url)):
         yield
-
-
-def make_sqs_client(endpoint_url: str | None = None, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Any:
-    """An SQS client with our retries and timeouts; boto3 reads ``AWS_ENDPOINT_URL*`` itself."""
-    return make_client("sqs", client_config(max_attempts), endpoint_url)
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,8 @@
 """S3 access: find the object an event names, download exactly that version, upload results.
 
-Everything that talks to S3 is here, and :func:`s3_errors` is where S3's botocore errors become ours (what
-each code means is :mod:`handler.aws`'s one table):
-
-- gone (404, NoSuchKey, NoSuchVersion) or replaced mid-download (412) -> :class:`ObjectMissingError`
-  (skipped);
-- throttled, 5xx, timeouts, dropped connections -> :class:`TransientError` (the event source retries);
-- access denied, missing output bucket, other 4xx -> :class:`ConfigError` (a deployment fault: retried, then
-  dead-lettered, where an operator sees it);
-- archived (Glacier) objects -> :class:`InputError` (the user must restore them first).
-
-The endpoint is boto3's own business: it reads ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (MinIO, moto)
-itself; pass ``endpoint_url`` only for an explicit flag. A non-AWS endpoint gets path-style addressing, which
-MinIO and moto need.
+Every S3 call is a :class:`Storage` method; its errors are worded by :mod:`handler.s3_errors` from
+:mod:`handler.aws`'s one table, and the client comes from :func:`handler.aws.make_s3_client` (boto3 reads
+``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` itself; a non-AWS endpoint gets path-style addressing).
 
 Example:
     >>> storage = Storage.from_defaults()
@@ -28,33 +18,20 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import urlparse
 
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
-from botocore.config import Config
-from botocore.exceptions import ClientError
-from s3transfer.exceptions import RetriesExceededError, S3DownloadFailedError
 from s3transfer.subscribers import BaseSubscriber
 
-from handler.aws import (
-    DEFAULT_MAX_ATTEMPTS,
-    Fault,
-    botocore_errors,
-    classify,
-    client_config,
-    error_code,
-    error_message,
-    make_client,
-)
+from handler.aws import DEFAULT_MAX_ATTEMPTS, make_s3_client
 from handler.errors import ObjectMissingError, TransientError
-from handler.objects import ObjectRef, normalize_etag, s3_uri
-from model.errors import ConfigError, InputError, RasterfnError, RasterTooLargeError
+from handler.objects import ObjectInfo, ObjectRef, normalize_etag, s3_uri
+from handler.s3_errors import UploadGoneError, s3_errors
+from model.errors import RasterfnError, RasterTooLargeError
 
 MB = 1024**2
 MULTIPART_THRESHOLD = 64 * MB
@@ -68,27 +45,6 @@ JSON_CONTENT_TYPE = "application/json"
 _SAFE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}")
 
 
-class _UploadGone(ObjectMissingError):
-    """NoSuchUpload: the multipart methods below answer it; it never leaves this module."""
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    """What HeadObject says about one object version. ``etag`` is without the quotes S3 puts around it."""
-
-    bucket: str
-    key: str
-    size: int
-    etag: str
-    version_id: str | None = None
-    metadata: Mapping[str, str] = field(default_factory=dict, hash=False)
-    last_modified: datetime | None = None
-
-    @property
-    def uri(self) -> str:
-        return s3_uri(self.bucket, self.key)
-
-
 @dataclass(frozen=True)
 class Upload:
     """One open multipart upload."""
@@ -100,64 +56,6 @@ class Upload:
     @property
     def uri(self) -> str:
         return s3_uri(self.bucket, self.key)
-
-
-def translate_client_error(exc: ClientError, uri: str, *, writing: bool = False) -> RasterfnError:
-    """Map one botocore ``ClientError`` of S3 to our error tree (pure; see the module docstring)."""
-    code, status = error_code(exc)
-    what = error_message(exc, uri)
-    fault = classify(code, status)
-    if fault is Fault.ARCHIVED:
-        return InputError(f"{uri} is archived; restore it before processing ({what})")
-    if fault is Fault.TRANSIENT:
-        return TransientError(f"S3 is unavailable, retry later ({what})")
-    if fault is Fault.DENIED:
-        return ConfigError(f"access denied: the function's role or the bucket policy does not allow {what}")
-    if fault is Fault.UPLOAD_GONE:
-        return _UploadGone(f"{uri}: the multipart upload was completed or aborted since ({code})")
-    if fault is Fault.MISSING:
-        if writing and code != "NoSuchKey":  # NoSuchKey on a write: an If-Match on an object deleted since
-            return ConfigError(f"the output location does not exist ({what})")
-        return ObjectMissingError(f"{uri} no longer exists ({code or status})")
-    if fault is Fault.CHANGED:
-        if writing:
-            return ObjectMissingError(f"{uri} was written by another job since this one looked (not overwritten)")
-        return ObjectMissingError(f"{uri} was replaced by a newer upload while it was read")
-    return ConfigError(f"S3 refused the request ({what})")
-
-
-@contextlib.contextmanager
-def s3_errors(uri: str, *, writing: bool = False) -> Iterator[None]:
-    """Translate whatever boto3/s3transfer raise inside the block into our error tree (``raise ... from``)."""
-    with botocore_errors(
-        uri, "S3", lambda exc: translate_client_error(exc, uri, writing=writing), (RetriesExceededError,)
-    ):
-        try:
-            yield
-        except S3DownloadFailedError as exc:
-            # s3transfer re-raises a ranged GET's 412 as this, with the ClientError as its context.
-            if isinstance(exc.__context__, ClientError):
-                raise translate_client_error(exc.__context__, uri, writing=writing) from exc
-            raise TransientError(f"download of {uri} failed, retry later: {exc}") from exc
-
-
-def make_s3_client(endpoint_url: str | None = None, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Any:
-    """An S3 client with retries and timeouts; ``endpoint_url`` None lets boto3 read ``AWS_ENDPOINT_URL*``."""
-    config = client_config(
-        max_attempts,
-        signature_version="s3v4",  # presigned URLs too (botocore may presign with SigV2, which S3 is retiring)
-        max_pool_connections=MAX_TRANSFER_CONCURRENCY + 2,
-    )
-    client = make_client("s3", config, endpoint_url)
-    if not _is_aws_endpoint(client.meta.endpoint_url):
-        # MinIO and moto serve buckets under the path, not as sub-domains of the endpoint host.
-        client = make_client("s3", config.merge(Config(s3={"addressing_style": "path"})), endpoint_url)
-    return client
-
-
-def _is_aws_endpoint(url: str) -> bool:
-    host = urlparse(url).hostname or ""
-    return host.endswith((".amazonaws.com", ".amazonaws.com.cn", ".api.aws"))
 
 
 class _KnownObject(BaseSubscriber):
@@ -188,7 +86,7 @@ class Storage:
 
     @classmethod
     def from_defaults(cls, endpoint_url: str | None = None, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Storage:
-        return cls(make_s3_client(endpoint_url, max_attempts=max_attempts))
+        return cls(make_s3_client(endpoint_url, max_attempts=max_attempts, pool=MAX_TRANSFER_CONCURRENCY + 2))
 
     def head(self, bucket: str, key: str, *, version_id: str | None = None) -> ObjectInfo | None:
         """The object's metadata, or None when it does not exist."""
@@ -396,7 +294,7 @@ class Storage:
                 response = self.client.upload_part(
                     Bucket=upload.bucket, Key=upload.key, UploadId=upload.upload_id, PartNumber=number, Body=body
                 )
-        except _UploadGone:
+        except UploadGoneError:
             return None
         return response["ETag"]
 
@@ -414,13 +312,13 @@ class Storage:
                     MultipartUpload={"Parts": parts},
                     **(conditions or {}),
                 )
-        except _UploadGone:
+        except UploadGoneError:
             return False
         return True
 
     def abort_multipart(self, upload: Upload) -> None:
         """Abort the upload and drop its parts; one already gone is fine."""
-        with contextlib.suppress(_UploadGone), s3_errors(upload.uri, writing=True):
+        with contextlib.suppress(UploadGoneError), s3_errors(upload.uri, writing=True):
             self.client.abort_multipart_upload(Bucket=upload.bucket, Key=upload.key, UploadId=upload.upload_id)
 
     def get_bytes(self, bucket: str, key: str) -> bytes | None:

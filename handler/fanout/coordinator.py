@@ -25,11 +25,12 @@ from handler.errors import ForbiddenObjectError, ObjectMissingError, TransientEr
 from handler.fanout.jobs import Failure, Job, JobStore, SourceVersion, job_id
 from handler.fanout.messages import ShardMessage
 from handler.fanout.sender import Send, sender_from_settings
+from handler.objects import ObjectInfo
 from handler.outcome import Outcome, OutcomeStatus
 from handler.outputs import PlannedArray, output_metadata, reject_object
 from handler.remote import remote_source, url_lifetime_s
 from handler.runtime import Runtime
-from handler.storage import OUTPUT_CONTENT_TYPE, ObjectInfo, Upload
+from handler.storage import OUTPUT_CONTENT_TYPE, Upload
 from model.decode_limits import check_layout
 from model.errors import ConfigError, InputError, RasterReadError, RasterTooLargeError
 from model.predict import band_statistics, plan_raster_shards, predict_band

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from handler.objects import JOB_PREFIX, ObjectRef
-from handler.storage import JSON_CONTENT_TYPE, OUTPUT_CONTENT_TYPE, ObjectInfo, Storage, s3_uri
+from handler.objects import JOB_PREFIX, ObjectInfo, ObjectRef
+from handler.storage import JSON_CONTENT_TYPE, OUTPUT_CONTENT_TYPE, Storage, s3_uri
 from model.shards import RowBand
 
 _JOB = "job.json"

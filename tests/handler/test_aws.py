@@ -14,7 +14,7 @@ from model.errors import ConfigError
 from tests.fixtures.paths import REPO_ROOT
 
 # The storage layer: the only modules of the function that may touch boto3, botocore or s3transfer.
-STORAGE_LAYER = {"handler/aws.py", "handler/storage.py", "handler/queues.py"}
+STORAGE_LAYER = {"handler/aws.py", "handler/s3_errors.py", "handler/storage.py", "handler/queues.py"}
 AWS_SDK = ("boto3", "botocore", "s3transfer")
 # Local tools drive moto and the local stack with boto3; they are not the function (and not in the image).
 LOCAL_ONLY = ("handler/local/", "model/training/")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from handler.objects import ObjectInfo
 from handler.outputs import (
     METADATA_LIMIT_BYTES,
     PlannedArray,
@@ -11,7 +12,6 @@ from handler.outputs import (
     error_document,
     output_metadata,
 )
-from handler.storage import ObjectInfo
 from model.predict import PredictionResult
 
 

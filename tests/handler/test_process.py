@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 
 from handler.errors import TransientError
-from handler.objects import ObjectRef
+from handler.objects import ObjectInfo, ObjectRef
 from handler.outputs import output_metadata
 from handler.process import process_object
-from handler.storage import ObjectInfo
 from model.card import DEFAULT_CARD_PATH
 from model.predict import predict_file
 from tests.fixtures.aws import count_calls, keys_in

@@ -10,14 +10,11 @@ import pytest
 from botocore.exceptions import ClientError
 
 from handler import storage as storage_module
+from handler.aws import make_s3_client
 from handler.errors import ObjectMissingError, TransientError
-from handler.objects import ObjectRef
-from handler.storage import (
-    ObjectInfo,
-    Storage,
-    make_s3_client,
-    translate_client_error,
-)
+from handler.objects import ObjectInfo, ObjectRef
+from handler.s3_errors import translate_client_error
+from handler.storage import Storage
 from model.errors import ConfigError, InputError, RasterTooLargeError
 from tests.fixtures.aws import count_calls
 

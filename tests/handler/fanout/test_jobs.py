@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from handler.fanout.jobs import Failure, Job, JobStore, SourceVersion
-from handler.objects import JOB_PREFIX
-from handler.storage import ObjectInfo, Storage
+from handler.objects import JOB_PREFIX, ObjectInfo
+from handler.storage import Storage
 from model.shards import RowBand
 from tests.fixtures.paths import REPO_ROOT
 
