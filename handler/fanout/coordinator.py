@@ -31,9 +31,9 @@ from handler.outputs import PlannedArray, output_metadata, reject_object
 from handler.remote import remote_source, url_lifetime_s
 from handler.runtime import Runtime
 from handler.storage import OUTPUT_CONTENT_TYPE, Upload
+from model.bands import band_statistics, plan_raster_shards, predict_band
 from model.decode_limits import check_layout
 from model.errors import ConfigError, InputError, RasterReadError, RasterTooLargeError
-from model.predict import band_statistics, plan_raster_shards, predict_band
 from model.raster import RasterHeader, RasterSource, check_header, open_raster, read_header
 from model.remote import RemoteRaster
 from model.shards import S3_MIN_PART_BYTES, RowBand, ShardPlan, merge_percentiles, npy_header
