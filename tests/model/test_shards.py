@@ -1,4 +1,4 @@
-"""model.shards + predict.band_statistics/predict_band: row bands put end to end are predict_file's .npy."""
+"""model.shards + bands.band_statistics/predict_band: row bands put end to end are predict_file's .npy."""
 
 from __future__ import annotations
 
