@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from handler.errors import ForbiddenObjectError
-from handler.objects import ObjectRef
+from handler.objects import ObjectRef, s3_uri
 
 
 def is_allowed(ref: ObjectRef, allowed: Sequence[str]) -> bool:
@@ -44,7 +44,7 @@ def check_allowed(refs: Sequence[ObjectRef], allowed: Sequence[str]) -> None:
     """Refuse the whole event when any reference lies outside ``allowed`` (nothing of it is processed)."""
     for ref in refs:
         if not is_allowed(ref, allowed):
-            raise ForbiddenObjectError(f"s3://{ref.bucket}/{ref.key[:200]} is outside ALLOWED_BUCKETS")
+            raise ForbiddenObjectError(f"{s3_uri(ref.bucket, ref.key[:200])} is outside ALLOWED_BUCKETS")
 
 
 def _raw_key_allowed(ref: ObjectRef, prefix: str) -> bool:

@@ -43,7 +43,7 @@ from aws_lambda_powertools.utilities.data_classes import S3EventBridgeNotificati
 from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventRecord
 
 from handler.errors import EventError
-from handler.objects import ObjectRef
+from handler.objects import ObjectRef, normalize_etag
 
 # Lambda's synchronous payload limit: anything larger is not an event, and is not worth parsing.
 MAX_EVENT_BYTES = 6 * 1024 * 1024
@@ -349,17 +349,12 @@ def _make_ref(
         bucket=bucket,
         key=key,
         size=_parse_size(size),
-        etag=_bare_etag(etag),
+        etag=normalize_etag(None if etag is None else str(etag)),
         version_id=str(version_id) if version_id not in (None, "") else None,
         event_name=event_name,
         raw_key=raw_key,
         source=source,
     )
-
-
-def _bare_etag(etag: Any) -> str | None:
-    # S3 quotes ETags in HEAD responses but not in events: keep them bare so both compare equal.
-    return (str(etag).strip('"') or None) if etag is not None else None
 
 
 def _parse_size(size: Any) -> int | None:

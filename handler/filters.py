@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from handler.events import is_created_event
-from handler.objects import JOB_PREFIX, OWN_OUTPUT_SUFFIXES, ObjectRef
+from handler.objects import JOB_PREFIX, OWN_OUTPUT_SUFFIXES, ObjectRef, normalise_suffixes
 from handler.settings import DEFAULT_INPUT_SUFFIXES
 
 
@@ -35,12 +35,7 @@ def skip_reason(ref: ObjectRef, suffixes: Iterable[str] = DEFAULT_INPUT_SUFFIXES
     own = next((suffix for suffix in OWN_OUTPUT_SUFFIXES if key.endswith(suffix)), None)
     if own is not None:
         return f"the function's own output ({own})"
-    wanted = _normalise_suffixes(suffixes)
+    wanted = normalise_suffixes(suffixes)
     if not key.endswith(wanted):
         return f"key does not end in {' or '.join(wanted) or 'a configured suffix'}"
     return None
-
-
-def _normalise_suffixes(suffixes: Iterable[str]) -> tuple[str, ...]:
-    # Without the dot, "tif" would also accept "motif"; an empty entry would accept everything.
-    return tuple("." + s.strip().lower().lstrip(".") for s in suffixes if s.strip().strip("."))

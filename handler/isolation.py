@@ -34,7 +34,8 @@ from typing import Any
 from handler.errors import CancelledError, DeadlineError, TransientError, WorkerCrashedError
 from handler.fanout import ShardMessage, fail_shard_job, run_shard
 from handler.objects import ObjectRef
-from handler.process import process_object, reject_object
+from handler.outputs import reject_object
+from handler.process import process_object
 from handler.runtime import build_runtime
 from handler.settings import Settings
 from model.errors import ConfigError, InputError, RasterfnError

@@ -46,7 +46,8 @@ from handler.isolation import ProcessJob, ShardJob, run_isolated
 from handler.objects import ObjectRef
 from handler.observability import logger, metrics, record_deferred, record_failure, record_outcome, tracer
 from handler.outcome import Outcome, summarise
-from handler.process import process_object, reject_object
+from handler.outputs import reject_object
+from handler.process import process_object
 from handler.runtime import Runtime, get_runtime
 from handler.tempdirs import sweep_at_startup
 from model.errors import RasterfnError
@@ -113,7 +114,7 @@ def handle_event(event: Any, context: Any, runtime: Runtime) -> dict[str, Any]:
 def process_and_record(ref: ObjectRef, context: Any, runtime: Runtime, *, isolate: bool = False) -> Outcome:
     """Time check, :func:`process_object` (in a child process when ``isolate``), then one log line and the
     metrics; errors are logged and raised."""
-    what = f"s3://{ref.bucket}/{ref.key}"
+    what = ref.uri
     ensure_time_left(context, runtime, what)
     try:
         outcome = process_isolated(ref, runtime) if isolate else process_object(ref, runtime)
@@ -129,19 +130,19 @@ def process_isolated(ref: ObjectRef, runtime: Runtime) -> Outcome:
     try:
         return run_isolated(runtime.settings, ProcessJob(ref))
     except WorkerCrashedError as exc:
-        logger.error(f"s3://{ref.bucket}/{ref.key} crashed the function on its last allowed receive: {exc}")
+        logger.error(f"{ref.uri} crashed the function on its last allowed receive: {exc}")
         return reject_object(ref, runtime, exc)
 
 
 def run_shard_message(message: ShardMessage, runtime: Runtime, *, isolate: bool = False) -> dict[str, Any]:
     """One shard message; on its last allowed receive in a child process, and a crash there ends the job."""
     if not isolate:
-        return run_shard(message, runtime)
+        return run_shard(message, runtime).as_dict()
     try:
-        return run_isolated(runtime.settings, ShardJob(message, last_attempt=True))
+        return run_isolated(runtime.settings, ShardJob(message, last_attempt=True)).as_dict()
     except WorkerCrashedError as exc:
         logger.error(f"shard {message.event_id} crashed the function on its last allowed receive: {exc}")
-        return fail_shard_job(message, runtime, exc)
+        return fail_shard_job(message, runtime, exc).as_dict()
 
 
 def is_last_receive(record: SQSRecord, runtime: Runtime) -> bool:

@@ -2,14 +2,16 @@
 
 Example:
     >>> ref = ObjectRef(bucket="scenes", key="a/b/scene.tif")
-    >>> output_key(ref.key), error_key(ref.key)
-    ('a/b/scene.npy', 'a/b/scene.error.json')
+    >>> output_key(ref.key), error_key(ref.key), ref.uri
+    ('a/b/scene.npy', 'a/b/scene.error.json', 's3://scenes/a/b/scene.tif')
 """
 
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
 
 OUTPUT_SUFFIX = ".npy"
 ERROR_SUFFIX = ".error.json"
@@ -32,6 +34,47 @@ class ObjectRef:
     # The key exactly as the event carried it, when decoding was ambiguous: tried on a 404 of ``key``.
     raw_key: str | None = None
     source: str = "direct"
+
+    @property
+    def uri(self) -> str:
+        return s3_uri(self.bucket, self.key)
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What HeadObject says about one object version. ``etag`` is without the quotes S3 puts around it."""
+
+    bucket: str
+    key: str
+    size: int
+    etag: str
+    version_id: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict, hash=False)
+    last_modified: datetime | None = None
+
+    @property
+    def uri(self) -> str:
+        return s3_uri(self.bucket, self.key)
+
+
+def s3_uri(bucket: str, key: str) -> str:
+    return f"s3://{bucket}/{key}"
+
+
+def normalize_etag(etag: str | None) -> str | None:
+    """``'"abc"'`` and ``'abc'`` -> ``'abc'``: events carry ETags bare, HeadObject quoted (pure)."""
+    if etag is None:
+        return None
+    etag = etag.strip()
+    if etag.startswith("W/"):
+        etag = etag[2:]
+    return etag.strip('"') or None
+
+
+def normalise_suffixes(suffixes: Iterable[str]) -> tuple[str, ...]:
+    """``["tif", " .TIFF"]`` -> ``(".tif", ".tiff")``: lower case, one dot each, empty entries dropped (pure)."""
+    # Without the dot, "tif" would also accept "motif"; an empty entry would accept everything.
+    return tuple("." + s.strip().lower().lstrip(".") for s in suffixes if s.strip().strip("."))
 
 
 def stem_key(key: str) -> str:

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -67,3 +68,8 @@ def describe(outcome: Outcome) -> str:
 def log_level(outcome: Outcome) -> int:
     """A rejected input is a warning (someone uploaded something unusable); the rest is routine."""
     return logging.WARNING if outcome.status is OutcomeStatus.REJECTED else logging.INFO
+
+
+def seconds_since(started: float) -> float:
+    """Seconds since ``started``, a :func:`time.perf_counter` reading (an outcome's ``seconds``)."""
+    return time.perf_counter() - started

@@ -27,8 +27,9 @@ import contextlib
 from collections.abc import Iterator
 
 from handler.errors import ObjectMissingError, TransientError
+from handler.objects import ObjectInfo
 from handler.settings import Settings
-from handler.storage import ObjectInfo, Storage
+from handler.storage import Storage
 from model.errors import InputError, RemoteReadError
 from model.remote import SIGNATURE_BYTES, RemoteRaster
 

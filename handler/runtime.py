@@ -16,6 +16,7 @@ from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 
 from handler.model_source import load_runtime_model
+from handler.queues import Queues
 from handler.settings import Settings, get_settings, reload_settings
 from handler.storage import Storage
 from model.cpus import cpu_budget
@@ -45,6 +46,7 @@ class Runtime:
     model: InferenceModel
     storage: Storage
     function_version: str = FUNCTION_VERSION
+    queues: Queues | None = None  # SQS, when shard messages go there (FANOUT_QUEUE_URL)
 
     @property
     def options(self) -> PredictOptions:
@@ -68,7 +70,7 @@ def options_from_settings(settings: Settings) -> PredictOptions:
 
 
 def build_runtime(settings: Settings, storage: Storage | None = None) -> Runtime:
-    """Check the directories, make the S3 client, load the model and run one warm-up tile.
+    """Check the directories, make the S3 (and SQS) clients, load the model and run one warm-up tile.
 
     Any problem is a :class:`ConfigError`. The warm-up tile moves the engine's first-call set-up (memory,
     kernel choices) into start-up, where Lambda's INIT and Knative's readiness wait for it, so the first
@@ -89,7 +91,8 @@ def build_runtime(settings: Settings, storage: Storage | None = None) -> Runtime
         settings.device,
         cpu_budget().describe(),
     )
-    return Runtime(settings=settings, model=model, storage=storage)
+    queues = Queues.from_defaults() if settings.fanout_queue_url else None
+    return Runtime(settings=settings, model=model, storage=storage, queues=queues)
 
 
 @cache

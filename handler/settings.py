@@ -1,8 +1,8 @@
 """The one place that reads configuration from the environment.
 
-Every variable name is a constant here; :meth:`Settings.from_env` parses and validates them all at once, so a
-bad deployment fails at start-up with one clear :class:`ConfigError` instead of on the first event. Explicit
-arguments (CLI flags) win over the environment via :func:`dataclasses.replace`.
+Each setting is declared once, as a field of :class:`Settings` (its variable, default, bounds and one line of
+help: :func:`setting`); :meth:`Settings.from_env` parses and validates them all at once, so a bad deployment
+fails at start-up with one clear :class:`ConfigError`. CLI flags win via :func:`dataclasses.replace`.
 
 Example:
     >>> s = Settings.from_env({"PRECISION": "bf16", "MAX_PIXELS": "1000000"})
@@ -15,11 +15,13 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from functools import cache
 from pathlib import Path
+from typing import Any
 
+from handler.objects import normalise_suffixes
 from model.card import DEFAULT_CARD_PATH
 from model.decode_limits import (
     DEFAULT_COMPRESSIONS,
@@ -30,53 +32,6 @@ from model.decode_limits import (
 )
 from model.errors import ConfigError
 from model.options import DEFAULT_MAX_PIXELS, DEVICES, ENGINES, OUTPUT_MODES, PRECISIONS
-
-# Environment variable names: the infra (Terraform, Knative manifests, func.yaml) uses exactly these.
-ENV_MODEL_CARD = "MODEL_CARD"
-ENV_MODEL_URI = "MODEL_URI"
-ENV_MODEL_CACHE_DIR = "MODEL_CACHE_DIR"
-ENV_PRECISION = "PRECISION"
-ENV_ENGINE = "ENGINE"
-ENV_DEVICE = "DEVICE"
-ENV_OUTPUT_MODE = "OUTPUT_MODE"
-ENV_MAX_PIXELS = "MAX_PIXELS"
-ENV_MAX_INPUT_BYTES = "MAX_INPUT_BYTES"
-ENV_INPUT_SUFFIXES = "INPUT_SUFFIXES"
-ENV_OUTPUT_BUCKET = "OUTPUT_BUCKET"
-ENV_OUTPUT_PREFIX = "OUTPUT_PREFIX"
-ENV_MIN_REMAINING_MS = "MIN_REMAINING_MS"
-ENV_MAX_CONCURRENT_INFERENCES = "MAX_CONCURRENT_INFERENCES"
-ENV_MAX_QUEUED_REQUESTS = "MAX_QUEUED_REQUESTS"
-ENV_WEBHOOK_TOKEN = "WEBHOOK_TOKEN"  # noqa: S105 (the variable's name, not a secret)
-ENV_TMP_DIR = "TMPDIR"
-# Knative's SinkBinding injects K_SINK: the relay's Broker (handler/http/relay.py) and the function's fan-out sink.
-ENV_K_SINK = "K_SINK"
-ENV_RELAY_TARGET_URL = "RELAY_TARGET_URL"
-# Security and per-request bounds (README: Security).
-ENV_ALLOWED_BUCKETS = "ALLOWED_BUCKETS"
-ENV_ALLOW_UNAUTHENTICATED_EVENTS = "ALLOW_UNAUTHENTICATED_EVENTS"
-ENV_INFERENCE_TOKEN = "INFERENCE_TOKEN"  # noqa: S105 (the variable's name, not a secret)
-ENV_MAX_INFERENCE_PIXELS = "MAX_INFERENCE_PIXELS"
-ENV_INFERENCE_TIMEOUT_S = "INFERENCE_TIMEOUT_S"
-ENV_UPLOAD_READ_TIMEOUT_S = "UPLOAD_READ_TIMEOUT_S"
-ENV_MAX_EVENT_RECORDS = "MAX_EVENT_RECORDS"
-ENV_MAX_RECEIVE_COUNT = "MAX_RECEIVE_COUNT"
-ENV_STALE_TMP_MINUTES = "STALE_TMP_MINUTES"
-# -- issue 19: browsers (handler/http/guard.py) and the local server's bucket default --
-ENV_ALLOWED_ORIGINS = "ALLOWED_ORIGINS"
-NO_BUCKET = "-"  # an ALLOWED_BUCKETS entry that matches no bucket: `rasterfn serve`'s default when it is unset
-# -- end issue 19 --
-# Decode cost, checked from each upload's header (model/decode_limits.py).
-ENV_MAX_BLOCK_BYTES = "MAX_BLOCK_BYTES"
-ENV_MAX_BANDS = "MAX_BANDS"
-ENV_ALLOWED_COMPRESSIONS = "ALLOWED_COMPRESSIONS"
-ENV_MAX_COMPRESSION_RATIO = "MAX_COMPRESSION_RATIO"
-# -- fan-out: one raster across parallel invocations (handler/fanout) --
-ENV_FANOUT_QUEUE_URL = "FANOUT_QUEUE_URL"
-ENV_FANOUT_SECONDS_PER_TILE = "FANOUT_SECONDS_PER_TILE"
-ENV_FANOUT_THRESHOLD_SECONDS = "FANOUT_THRESHOLD_SECONDS"
-ENV_FANOUT_MAX_SHARDS = "FANOUT_MAX_SHARDS"
-ENV_MAX_SCENE_PIXELS = "MAX_SCENE_PIXELS"
 
 DEFAULT_MAX_INPUT_BYTES = 4 * 1024**3
 DEFAULT_INPUT_SUFFIXES = (".tif", ".tiff")
@@ -99,135 +54,38 @@ DEFAULT_FANOUT_SECONDS_PER_TILE = 0.5
 DEFAULT_FANOUT_THRESHOLD_SECONDS = 300
 DEFAULT_FANOUT_MAX_SHARDS = 50
 DEFAULT_MAX_SCENE_PIXELS = 5_000_000_000
+NO_BUCKET = "-"  # an ALLOWED_BUCKETS entry that matches no bucket: `rasterfn serve`'s default when it is unset
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Validated runtime settings; see the README's configuration table for each variable."""
+class Spec:
+    """One setting's declaration beside its field: the variable, its bounds and one line of help."""
 
-    model_card: Path = DEFAULT_CARD_PATH
-    model_uri: str | None = None
-    model_cache_dir: Path = DEFAULT_MODEL_CACHE_DIR
-    precision: str = "fp32"
-    engine: str = "auto"
-    device: str = "cpu"
-    output_mode: str = "mask"
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
-    input_suffixes: tuple[str, ...] = DEFAULT_INPUT_SUFFIXES
-    output_bucket: str | None = None
-    output_prefix: str = ""
-    min_remaining_ms: int = DEFAULT_MIN_REMAINING_MS
-    max_concurrent_inferences: int = 1
-    max_queued_requests: int = 8
-    webhook_token: str | None = None
-    tmp_dir: Path = Path(tempfile.gettempdir())
-    # Security and per-request bounds (README: Security).
-    allowed_buckets: tuple[str, ...] = ()  # "bucket" or "bucket/prefix/"; empty: every bucket
-    allow_unauthenticated_events: bool = False
-    inference_token: str | None = None
-    max_inference_pixels: int = DEFAULT_MAX_INFERENCE_PIXELS
-    inference_timeout_s: int = DEFAULT_INFERENCE_TIMEOUT_S
-    upload_read_timeout_s: int = DEFAULT_UPLOAD_READ_TIMEOUT_S
-    max_event_records: int = DEFAULT_MAX_EVENT_RECORDS
-    max_receive_count: int = DEFAULT_MAX_RECEIVE_COUNT
-    stale_tmp_minutes: int = DEFAULT_STALE_TMP_MINUTES
-    allowed_origins: tuple[str, ...] = ()  # issue 19: browser origins allowed to call the routes; none by default
-    max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES
-    max_bands: int = DEFAULT_MAX_BANDS
-    allowed_compressions: tuple[str, ...] = DEFAULT_COMPRESSIONS
-    max_compression_ratio: int = DEFAULT_MAX_COMPRESSION_RATIO
-    # fan-out (handler/fanout): off while both are unset. AWS: the SQS queue for shard messages; Knative: the
-    # sink (K_SINK, injected by the SinkBinding of infra/knative/fanout.yaml) that takes them as CloudEvents.
-    fanout_queue_url: str | None = None
-    fanout_sink_url: str | None = None
-    fanout_seconds_per_tile: float = DEFAULT_FANOUT_SECONDS_PER_TILE
-    fanout_threshold_seconds: int = DEFAULT_FANOUT_THRESHOLD_SECONDS
-    fanout_max_shards: int = DEFAULT_FANOUT_MAX_SHARDS
-    max_scene_pixels: int = DEFAULT_MAX_SCENE_PIXELS
-
-    def __post_init__(self) -> None:
-        problems = _validate(self)
-        if problems:
-            raise ConfigError("invalid settings: " + "; ".join(problems))
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if environ is None else environ
-
-        def get(name: str) -> str | None:
-            value = env.get(name)
-            return value.strip() if value is not None and value.strip() != "" else None
-
-        raw: dict[str, object] = {}
-        text_fields = {
-            ENV_MODEL_URI: "model_uri",
-            ENV_PRECISION: "precision",
-            ENV_ENGINE: "engine",
-            ENV_DEVICE: "device",
-            ENV_OUTPUT_MODE: "output_mode",
-            ENV_OUTPUT_BUCKET: "output_bucket",
-            ENV_OUTPUT_PREFIX: "output_prefix",
-            ENV_WEBHOOK_TOKEN: "webhook_token",
-            ENV_INFERENCE_TOKEN: "inference_token",
-            ENV_FANOUT_QUEUE_URL: "fanout_queue_url",
-            ENV_K_SINK: "fanout_sink_url",
-        }
-        for name, attr in text_fields.items():
-            if (value := get(name)) is not None:
-                raw[attr] = value.lower() if attr in ("precision", "engine", "device", "output_mode") else value
-        for name, attr in {ENV_MODEL_CARD: "model_card", ENV_MODEL_CACHE_DIR: "model_cache_dir"}.items():
-            if (value := get(name)) is not None:
-                raw[attr] = Path(value)
-        if (value := get(ENV_TMP_DIR)) is not None:
-            raw["tmp_dir"] = Path(value)
-        int_fields = {
-            ENV_MAX_PIXELS: "max_pixels",
-            ENV_MAX_INPUT_BYTES: "max_input_bytes",
-            ENV_MIN_REMAINING_MS: "min_remaining_ms",
-            ENV_MAX_CONCURRENT_INFERENCES: "max_concurrent_inferences",
-            ENV_MAX_QUEUED_REQUESTS: "max_queued_requests",
-            ENV_MAX_INFERENCE_PIXELS: "max_inference_pixels",
-            ENV_INFERENCE_TIMEOUT_S: "inference_timeout_s",
-            ENV_UPLOAD_READ_TIMEOUT_S: "upload_read_timeout_s",
-            ENV_MAX_EVENT_RECORDS: "max_event_records",
-            ENV_MAX_RECEIVE_COUNT: "max_receive_count",
-            ENV_STALE_TMP_MINUTES: "stale_tmp_minutes",
-            ENV_MAX_BLOCK_BYTES: "max_block_bytes",
-            ENV_MAX_BANDS: "max_bands",
-            ENV_MAX_COMPRESSION_RATIO: "max_compression_ratio",
-            ENV_FANOUT_THRESHOLD_SECONDS: "fanout_threshold_seconds",
-            ENV_FANOUT_MAX_SHARDS: "fanout_max_shards",
-            ENV_MAX_SCENE_PIXELS: "max_scene_pixels",
-        }
-        for name, attr in int_fields.items():
-            if (value := get(name)) is not None:
-                raw[attr] = _parse_int(name, value)
-        if (value := get(ENV_INPUT_SUFFIXES)) is not None:
-            raw["input_suffixes"] = parse_suffixes(value)
-        if (value := get(ENV_ALLOWED_BUCKETS)) is not None:
-            raw["allowed_buckets"] = parse_allowed_buckets(value)
-        if (value := get(ENV_ALLOWED_ORIGINS)) is not None:  # issue 19
-            raw["allowed_origins"] = parse_origins(value)
-        if (value := get(ENV_ALLOW_UNAUTHENTICATED_EVENTS)) is not None:
-            raw["allow_unauthenticated_events"] = _parse_bool(ENV_ALLOW_UNAUTHENTICATED_EVENTS, value)
-        if (value := get(ENV_ALLOWED_COMPRESSIONS)) is not None:
-            raw["allowed_compressions"] = parse_compressions(value)
-        if (value := get(ENV_FANOUT_SECONDS_PER_TILE)) is not None:
-            raw["fanout_seconds_per_tile"] = _parse_float(ENV_FANOUT_SECONDS_PER_TILE, value)
-        return cls(**raw)  # type: ignore[arg-type]
+    env: str
+    help: str
+    minimum: float | None = None
+    choices: tuple[str, ...] = ()
+    parse: Callable[[str], object] | None = None  # the variable's text -> the field's value; by type when None
 
 
-def env_var_names() -> tuple[str, ...]:
-    """Every environment variable this module reads (the infra cross-checks against this)."""
-    return tuple(v for k, v in globals().items() if k.startswith("ENV_") and isinstance(v, str))
+def setting(
+    env: str,
+    default: object,
+    help: str,
+    *,
+    minimum: float | None = None,
+    choices: tuple[str, ...] = (),
+    parse: Callable[[str], object] | None = None,
+) -> Any:
+    """A :class:`Settings` field read from ``env``: the default, the bounds and the help, declared once."""
+    return field(default=default, metadata={"spec": Spec(env, help, minimum, choices, parse)})
 
 
 def parse_suffixes(value: str) -> tuple[str, ...]:
     """``"tif, .TIFF"`` -> ``(".tif", ".tiff")``."""
-    suffixes = tuple("." + part.strip().lower().lstrip(".") for part in value.split(",") if part.strip().strip("."))
+    suffixes = normalise_suffixes(value.split(","))
     if not suffixes:
-        raise ConfigError(f"{ENV_INPUT_SUFFIXES} must list at least one suffix, got {value!r}")
+        raise ConfigError(f"INPUT_SUFFIXES must list at least one suffix, got {value!r}")
     return suffixes
 
 
@@ -240,9 +98,142 @@ def parse_allowed_buckets(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
+def parse_compressions(value: str) -> tuple[str, ...]:
+    """``"deflate, zstd"`` -> ``("DEFLATE", "ZSTD")`` (GDAL's names; see ``model.decode_limits``)."""
+    names = tuple(dict.fromkeys(part.strip().upper() for part in value.split(",") if part.strip()))
+    if not names:
+        raise ConfigError(f"ALLOWED_COMPRESSIONS must list at least one compression, got {value!r}")
+    return names
+
+
 def parse_origins(value: str) -> tuple[str, ...]:
     """``"https://a.example/, http://localhost:3000"`` -> ``("https://a.example", "http://localhost:3000")``."""
     return tuple(part.strip().rstrip("/").lower() for part in value.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated runtime settings, each declared once; the README's configuration table says more."""
+
+    model_card: Path = setting("MODEL_CARD", DEFAULT_CARD_PATH, "the model card JSON")
+    model_uri: str | None = setting("MODEL_URI", None, "s3://bucket/key of the weights, fetched once per container")
+    model_cache_dir: Path = setting("MODEL_CACHE_DIR", DEFAULT_MODEL_CACHE_DIR, "where MODEL_URI files are cached")
+    precision: str = setting("PRECISION", "fp32", "the engine's precision", choices=PRECISIONS, parse=str.lower)
+    engine: str = setting("ENGINE", "auto", "openvino, torch or auto", choices=ENGINES, parse=str.lower)
+    device: str = setting("DEVICE", "cpu", "where the engine runs", choices=DEVICES, parse=str.lower)
+    output_mode: str = setting("OUTPUT_MODE", "mask", "what the .npy holds", choices=OUTPUT_MODES, parse=str.lower)
+    max_pixels: int = setting("MAX_PIXELS", DEFAULT_MAX_PIXELS, "largest raster one invocation reads", minimum=1)
+    max_input_bytes: int = setting("MAX_INPUT_BYTES", DEFAULT_MAX_INPUT_BYTES, "largest object downloaded", minimum=1)
+    input_suffixes: tuple[str, ...] = setting(
+        "INPUT_SUFFIXES", DEFAULT_INPUT_SUFFIXES, "which keys are inputs", parse=parse_suffixes
+    )
+    output_bucket: str | None = setting("OUTPUT_BUCKET", None, "where outputs go; the input's bucket when unset")
+    output_prefix: str = setting("OUTPUT_PREFIX", "", "key prefix of the outputs")
+    min_remaining_ms: int = setting(
+        "MIN_REMAINING_MS", DEFAULT_MIN_REMAINING_MS, "Lambda: time a record needs left", minimum=0
+    )
+    max_concurrent_inferences: int = setting(
+        "MAX_CONCURRENT_INFERENCES", 1, "Knative: inferences at once per process", minimum=1
+    )
+    max_queued_requests: int = setting("MAX_QUEUED_REQUESTS", 8, "Knative: requests waiting for a slot", minimum=0)
+    webhook_token: str | None = setting("WEBHOOK_TOKEN", None, "Knative: the bearer token POST / requires")
+    tmp_dir: Path = setting("TMPDIR", Path(tempfile.gettempdir()), "downloads, uploads and outputs in progress")
+    # Security and per-request bounds (README: Security).
+    allowed_buckets: tuple[str, ...] = setting(
+        "ALLOWED_BUCKETS", (), "bucket or bucket/prefix/ entries; empty: every bucket", parse=parse_allowed_buckets
+    )
+    allow_unauthenticated_events: bool = setting(
+        "ALLOW_UNAUTHENTICATED_EVENTS", False, "Knative: POST / without WEBHOOK_TOKEN"
+    )
+    inference_token: str | None = setting("INFERENCE_TOKEN", None, "Knative: the bearer token POST /inference requires")
+    max_inference_pixels: int = setting(
+        "MAX_INFERENCE_PIXELS", DEFAULT_MAX_INFERENCE_PIXELS, "Knative: pixel limit of POST /inference", minimum=1
+    )
+    inference_timeout_s: int = setting(
+        "INFERENCE_TIMEOUT_S", DEFAULT_INFERENCE_TIMEOUT_S, "deadline of one inference", minimum=1
+    )
+    upload_read_timeout_s: int = setting(
+        "UPLOAD_READ_TIMEOUT_S", DEFAULT_UPLOAD_READ_TIMEOUT_S, "Knative: a silent request body's limit", minimum=1
+    )
+    max_event_records: int = setting(
+        "MAX_EVENT_RECORDS", DEFAULT_MAX_EVENT_RECORDS, "objects one event may name", minimum=1
+    )
+    max_receive_count: int = setting(
+        "MAX_RECEIVE_COUNT", DEFAULT_MAX_RECEIVE_COUNT, "Lambda: the receive run in a child process", minimum=1
+    )
+    stale_tmp_minutes: int = setting(
+        "STALE_TMP_MINUTES", DEFAULT_STALE_TMP_MINUTES, "age of our job directories removed at start", minimum=1
+    )
+    allowed_origins: tuple[str, ...] = setting(
+        "ALLOWED_ORIGINS", (), "browser origins allowed to call the routes; none by default", parse=parse_origins
+    )
+    max_block_bytes: int = setting("MAX_BLOCK_BYTES", DEFAULT_MAX_BLOCK_BYTES, "largest decoded TIFF block", minimum=1)
+    max_bands: int = setting("MAX_BANDS", DEFAULT_MAX_BANDS, "most bands a TIFF may have", minimum=1)
+    allowed_compressions: tuple[str, ...] = setting(
+        "ALLOWED_COMPRESSIONS", DEFAULT_COMPRESSIONS, "codecs decoded (GDAL's names)", parse=parse_compressions
+    )
+    max_compression_ratio: int = setting(
+        "MAX_COMPRESSION_RATIO", DEFAULT_MAX_COMPRESSION_RATIO, "largest decoded / stored ratio", minimum=2
+    )
+    # fan-out (handler/fanout): off while both are unset. AWS: the SQS queue for shard messages; Knative: the
+    # sink (K_SINK, injected by the SinkBinding of infra/knative/fanout.yaml) that takes them as CloudEvents.
+    fanout_queue_url: str | None = setting("FANOUT_QUEUE_URL", None, "AWS: the SQS queue shard messages go to")
+    fanout_sink_url: str | None = setting("K_SINK", None, "Knative: the sink shard messages (and the relay) go to")
+    fanout_seconds_per_tile: float = setting(
+        "FANOUT_SECONDS_PER_TILE", DEFAULT_FANOUT_SECONDS_PER_TILE, "the work estimate per tile"
+    )
+    fanout_threshold_seconds: int = setting(
+        "FANOUT_THRESHOLD_SECONDS", DEFAULT_FANOUT_THRESHOLD_SECONDS, "estimated seconds above which rasters shard"
+    )
+    fanout_max_shards: int = setting("FANOUT_MAX_SHARDS", DEFAULT_FANOUT_MAX_SHARDS, "most bands per raster", minimum=1)
+    max_scene_pixels: int = setting(
+        "MAX_SCENE_PIXELS", DEFAULT_MAX_SCENE_PIXELS, "largest raster a sharded job takes", minimum=1
+    )
+
+    def __post_init__(self) -> None:
+        problems = _validate(self)
+        if problems:
+            raise ConfigError("invalid settings: " + "; ".join(problems))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Every declared variable that is set (blank counts as unset), parsed; the rest keep their defaults."""
+        env = os.environ if environ is None else environ
+        raw: dict[str, object] = {}
+        for f in fields(cls):
+            spec: Spec = f.metadata["spec"]
+            value = (env.get(spec.env) or "").strip()
+            if value:
+                raw[f.name] = (spec.parse or _parser_for(f.type, spec.env))(value)
+        return cls(**raw)  # type: ignore[arg-type]
+
+
+def specs() -> dict[str, Spec]:
+    """Each field's declaration, by field name."""
+    return {f.name: f.metadata["spec"] for f in fields(Settings)}
+
+
+def env_name(field_name: str) -> str:
+    """The variable a :class:`Settings` field is read from (``"model_uri"`` -> ``"MODEL_URI"``)."""
+    return specs()[field_name].env
+
+
+def _parser_for(annotation: str, env: str) -> Callable[[str], object]:
+    # Annotations are strings here (``from __future__ import annotations``): the declared type names the parser.
+    parsers: dict[str, Callable[[str], object]] = {
+        "int": lambda v: _parse_int(env, v),
+        "float": lambda v: _parse_float(env, v),
+        "bool": lambda v: _parse_bool(env, v),
+        "Path": Path,
+        "str": str,
+        "str | None": str,
+    }
+    return parsers[annotation]
+
+
+def env_var_names() -> tuple[str, ...]:
+    """Every environment variable this module reads (the infra cross-checks against this)."""
+    return (*(spec.env for spec in specs().values()), ENV_RELAY_TARGET_URL, *RELAY_OIDC_FIELDS)
 
 
 def _parse_bool(name: str, value: str) -> bool:
@@ -251,14 +242,6 @@ def _parse_bool(name: str, value: str) -> bool:
     if value.lower() in _FALSE:
         return False
     raise ConfigError(f"{name} must be true or false, got {value!r}")
-
-
-def parse_compressions(value: str) -> tuple[str, ...]:
-    """``"deflate, zstd"`` -> ``("DEFLATE", "ZSTD")`` (GDAL's names; see ``model.decode_limits``)."""
-    names = tuple(dict.fromkeys(part.strip().upper() for part in value.split(",") if part.strip()))
-    if not names:
-        raise ConfigError(f"{ENV_ALLOWED_COMPRESSIONS} must list at least one compression, got {value!r}")
-    return names
 
 
 def _parse_int(name: str, value: str) -> int:
@@ -277,62 +260,36 @@ def _parse_float(name: str, value: str) -> float:
 
 def _validate(s: Settings) -> list[str]:
     problems = []
-    if s.precision not in PRECISIONS:
-        problems.append(f"{ENV_PRECISION} must be one of {PRECISIONS}, got {s.precision!r}")
-    if s.engine not in ENGINES:
-        problems.append(f"{ENV_ENGINE} must be one of {ENGINES}, got {s.engine!r}")
-    if s.device not in DEVICES:
-        problems.append(f"{ENV_DEVICE} must be one of {DEVICES}, got {s.device!r}")
-    if s.output_mode not in OUTPUT_MODES:
-        problems.append(f"{ENV_OUTPUT_MODE} must be one of {OUTPUT_MODES}, got {s.output_mode!r}")
+    for name, spec in specs().items():
+        value = getattr(s, name)
+        if spec.choices and value not in spec.choices:
+            problems.append(f"{spec.env} must be one of {spec.choices}, got {value!r}")
+        if spec.minimum is not None and value < spec.minimum:
+            problems.append(f"{spec.env} must be >= {spec.minimum}, got {value}")
     if s.model_uri is not None and not s.model_uri.startswith("s3://"):
-        problems.append(f"{ENV_MODEL_URI} must be an s3:// URI, got {s.model_uri!r}")
-    positive = (
-        "max_pixels",
-        "max_input_bytes",
-        "max_concurrent_inferences",
-        "max_inference_pixels",
-        "inference_timeout_s",
-        "upload_read_timeout_s",
-        "max_event_records",
-        "max_receive_count",
-        "stale_tmp_minutes",
-        "max_block_bytes",
-        "max_bands",
-    )
-    for name in positive:
-        if getattr(s, name) < 1:
-            problems.append(f"{name.upper()} must be >= 1, got {getattr(s, name)}")
-    for name in ("min_remaining_ms", "max_queued_requests"):
-        if getattr(s, name) < 0:
-            problems.append(f"{name.upper()} must be >= 0, got {getattr(s, name)}")
+        problems.append(f"MODEL_URI must be an s3:// URI, got {s.model_uri!r}")
     if s.output_prefix.startswith("/") or ".." in s.output_prefix.split("/"):
-        problems.append(f"{ENV_OUTPUT_PREFIX} must be a relative key prefix, got {s.output_prefix!r}")
-    if s.max_compression_ratio < 2:
-        problems.append(f"{ENV_MAX_COMPRESSION_RATIO} must be >= 2, got {s.max_compression_ratio}")
+        problems.append(f"OUTPUT_PREFIX must be a relative key prefix, got {s.output_prefix!r}")
     unknown = [name for name in s.allowed_compressions if name not in KNOWN_COMPRESSIONS]
     if unknown or not s.allowed_compressions:
         problems.append(
-            f"{ENV_ALLOWED_COMPRESSIONS} must list names among {', '.join(KNOWN_COMPRESSIONS)}, got {unknown or '()'}"
+            f"ALLOWED_COMPRESSIONS must list names among {', '.join(KNOWN_COMPRESSIONS)}, got {unknown or '()'}"
         )
-    for name in ("fanout_max_shards", "max_scene_pixels"):
-        if getattr(s, name) < 1:
-            problems.append(f"{name.upper()} must be >= 1, got {getattr(s, name)}")
     if s.fanout_sink_url is not None:
         problems += _url_problems((ENV_K_SINK, s.fanout_sink_url))
     if s.fanout_queue_url is not None and s.fanout_sink_url is not None:
-        problems.append(f"set {ENV_FANOUT_QUEUE_URL} (AWS) or {ENV_K_SINK} (Knative) for shard messages, not both")
+        problems.append(f"set FANOUT_QUEUE_URL (AWS) or {ENV_K_SINK} (Knative) for shard messages, not both")
     if not s.fanout_seconds_per_tile > 0 or s.fanout_threshold_seconds < 0:
         problems.append("FANOUT_SECONDS_PER_TILE must be > 0 and FANOUT_THRESHOLD_SECONDS >= 0")
     if ".npy" in s.input_suffixes:
-        problems.append(f"{ENV_INPUT_SUFFIXES} must not include .npy (the function's own outputs)")
-    problems += _url_problems(*((ENV_ALLOWED_ORIGINS, origin) for origin in s.allowed_origins))
+        problems.append("INPUT_SUFFIXES must not include .npy (the function's own outputs)")
+    problems += _url_problems(*(("ALLOWED_ORIGINS", origin) for origin in s.allowed_origins))
     for rule in s.allowed_buckets:
         bucket, _, prefix = rule.partition("/")
         if rule == NO_BUCKET:
             continue
         if not _BUCKET_NAME.fullmatch(bucket) or prefix.startswith("/") or ".." in prefix.split("/"):
-            problems.append(f"{ENV_ALLOWED_BUCKETS} entries must be 'bucket' or 'bucket/prefix/', got {rule!r}")
+            problems.append(f"ALLOWED_BUCKETS entries must be 'bucket' or 'bucket/prefix/', got {rule!r}")
     return problems
 
 
@@ -358,9 +315,19 @@ def reload_settings() -> Settings:
 
 
 SETTINGS_FIELDS = tuple(f.name for f in fields(Settings))
+# The variables other modules name in messages or set, from the declaration above.
+ENV_MODEL_URI = env_name("model_uri")
+ENV_TMP_DIR = env_name("tmp_dir")
+ENV_ALLOW_UNAUTHENTICATED_EVENTS = env_name("allow_unauthenticated_events")
+ENV_K_SINK = env_name("fanout_sink_url")
+ENV_WEBHOOK_TOKEN = env_name("webhook_token")
+ENV_ALLOWED_BUCKETS = env_name("allowed_buckets")
+ENV_ALLOWED_ORIGINS = env_name("allowed_origins")
 
 
 # --- the Eventing relay's settings (a separate process: `rasterfn relay`) -------------------------------------
+
+ENV_RELAY_TARGET_URL = "RELAY_TARGET_URL"
 
 
 @dataclass(frozen=True)
@@ -381,14 +348,13 @@ class RelaySettings:
     sink_url: str
     target_url: str
     webhook_token: str
-    # -- issue 19: the Trigger's sender identity on POST /deliver --
+    # The Trigger's sender identity on POST /deliver.
     oidc_issuer: str = ""
     oidc_audience: str = ""
     oidc_subjects: tuple[str, ...] = ()
     oidc_jwks: str = ""  # an http(s) URL (the API server's /openid/v1/jwks) or a mounted file's absolute path
     oidc_jwks_bearer_file: str | None = None  # bearer token for the JWKS URL (a projected service-account token)
     oidc_jwks_ca_file: str | None = None  # CA bundle for the JWKS URL (the cluster's kube-root-ca.crt)
-    # -- end issue 19 --
 
     def __post_init__(self) -> None:
         problems = _url_problems((ENV_K_SINK, self.sink_url), (ENV_RELAY_TARGET_URL, self.target_url))
@@ -402,39 +368,30 @@ class RelaySettings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RelaySettings:
         env = os.environ if environ is None else environ
         values = [(env.get(name) or "").strip() for name in (ENV_K_SINK, ENV_RELAY_TARGET_URL, ENV_WEBHOOK_TOKEN)]
-        oidc = {attr: (env.get(name) or "").strip() for name, attr in _RELAY_OIDC_FIELDS.items()}
+        oidc = {attr: (env.get(name) or "").strip() for name, attr in RELAY_OIDC_FIELDS.items()}
         subjects = tuple(part.strip() for part in oidc.pop("oidc_subjects").split(",") if part.strip())
         optional = {attr: oidc.pop(attr) or None for attr in ("oidc_jwks_bearer_file", "oidc_jwks_ca_file")}
         return cls(*values, **oidc, oidc_subjects=subjects, **optional)
 
 
-# -- issue 19: the relay's OIDC check (handler/http/oidc.py) --
-ENV_RELAY_OIDC_ISSUER = "RELAY_OIDC_ISSUER"
-ENV_RELAY_OIDC_AUDIENCE = "RELAY_OIDC_AUDIENCE"
-ENV_RELAY_OIDC_SUBJECTS = "RELAY_OIDC_SUBJECTS"
-ENV_RELAY_OIDC_JWKS = "RELAY_OIDC_JWKS"
-ENV_RELAY_OIDC_JWKS_BEARER_FILE = "RELAY_OIDC_JWKS_BEARER_FILE"
-ENV_RELAY_OIDC_JWKS_CA_FILE = "RELAY_OIDC_JWKS_CA_FILE"
-_RELAY_OIDC_FIELDS = {
-    ENV_RELAY_OIDC_ISSUER: "oidc_issuer",
-    ENV_RELAY_OIDC_AUDIENCE: "oidc_audience",
-    ENV_RELAY_OIDC_SUBJECTS: "oidc_subjects",
-    ENV_RELAY_OIDC_JWKS: "oidc_jwks",
-    ENV_RELAY_OIDC_JWKS_BEARER_FILE: "oidc_jwks_bearer_file",
-    ENV_RELAY_OIDC_JWKS_CA_FILE: "oidc_jwks_ca_file",
+# The relay's OIDC check (handler/http/oidc.py): each variable and the field it fills.
+RELAY_OIDC_FIELDS = {
+    "RELAY_OIDC_ISSUER": "oidc_issuer",
+    "RELAY_OIDC_AUDIENCE": "oidc_audience",
+    "RELAY_OIDC_SUBJECTS": "oidc_subjects",
+    "RELAY_OIDC_JWKS": "oidc_jwks",
+    "RELAY_OIDC_JWKS_BEARER_FILE": "oidc_jwks_bearer_file",
+    "RELAY_OIDC_JWKS_CA_FILE": "oidc_jwks_ca_file",
 }
 
 
 def _relay_oidc_problems(s: RelaySettings) -> list[str]:
     why = "the relay lends its token only to deliveries of Knative Eventing's Triggers (authentication-oidc)"
-    problems = _url_problems((ENV_RELAY_OIDC_ISSUER, s.oidc_issuer))
+    problems = _url_problems(("RELAY_OIDC_ISSUER", s.oidc_issuer))
     if not s.oidc_audience:
-        problems.append(f"{ENV_RELAY_OIDC_AUDIENCE} must be set: {why}")
+        problems.append(f"RELAY_OIDC_AUDIENCE must be set: {why}")
     if not s.oidc_subjects:
-        problems.append(f"{ENV_RELAY_OIDC_SUBJECTS} must list the Triggers' service accounts: {why}")
+        problems.append(f"RELAY_OIDC_SUBJECTS must list the Triggers' service accounts: {why}")
     if not (s.oidc_jwks.startswith(("http://", "https://")) or s.oidc_jwks.startswith("/")):
-        problems.append(f"{ENV_RELAY_OIDC_JWKS} must be an http(s) URL or an absolute file path, got {s.oidc_jwks!r}")
+        problems.append(f"RELAY_OIDC_JWKS must be an http(s) URL or an absolute file path, got {s.oidc_jwks!r}")
     return problems
-
-
-# -- end issue 19 --

@@ -1,17 +1,8 @@
 """S3 access: find the object an event names, download exactly that version, upload results.
 
-Everything that talks to S3 is here, and :func:`s3_errors` is the one place botocore errors become ours:
-
-- gone (404, NoSuchKey, NoSuchVersion) or replaced mid-download (412) -> :class:`ObjectMissingError`
-  (skipped);
-- throttled, 5xx, timeouts, dropped connections -> :class:`TransientError` (the event source retries);
-- access denied, missing output bucket, other 4xx -> :class:`ConfigError` (a deployment fault: retried, then
-  dead-lettered, where an operator sees it);
-- archived (Glacier) objects -> :class:`InputError` (the user must restore them first).
-
-The endpoint is boto3's own business: it reads ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (MinIO, moto)
-itself; pass ``endpoint_url`` only for an explicit flag. A non-AWS endpoint gets path-style addressing, which
-MinIO and moto need.
+Every S3 call is a :class:`Storage` method; its errors are worded by :mod:`handler.s3_errors` from
+:mod:`handler.aws`'s one table, and the client comes from :func:`handler.aws.make_s3_client` (boto3 reads
+``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` itself; a non-AWS endpoint gets path-style addressing).
 
 Example:
     >>> storage = Storage.from_defaults()
@@ -27,38 +18,22 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import urlparse
 
-import boto3
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
-from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionError,
-    HTTPClientError,
-    NoCredentialsError,
-    ResponseStreamingError,
-)
-from s3transfer.exceptions import RetriesExceededError, S3DownloadFailedError
 from s3transfer.subscribers import BaseSubscriber
 
+from handler.aws import DEFAULT_MAX_ATTEMPTS, make_s3_client
 from handler.errors import ObjectMissingError, TransientError
-from handler.objects import ObjectRef
-from model.errors import ConfigError, InputError, RasterfnError, RasterTooLargeError
+from handler.objects import ObjectInfo, ObjectRef, normalize_etag, s3_uri
+from handler.s3_errors import UploadGoneError, s3_errors
+from model.errors import RasterfnError, RasterTooLargeError
 
 MB = 1024**2
-# botocore's "standard" mode retries throttling, 5xx and connection errors with jittered backoff and a retry
-# quota; "adaptive" only adds a per-client rate limiter, which does not help one-object-at-a-time containers.
-DEFAULT_MAX_ATTEMPTS = 5
-CONNECT_TIMEOUT_S = 5
-READ_TIMEOUT_S = 60
 MULTIPART_THRESHOLD = 64 * MB
 MULTIPART_CHUNKSIZE = 16 * MB
 MAX_TRANSFER_CONCURRENCY = 8
@@ -69,126 +44,18 @@ OUTPUT_CONTENT_TYPE = "application/octet-stream"
 JSON_CONTENT_TYPE = "application/json"
 _SAFE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}")
 
-_MISSING_CODES = frozenset({"404", "NoSuchKey", "NoSuchVersion", "NoSuchBucket", "NotFound"})
-_CHANGED_CODES = frozenset({"412", "PreconditionFailed", "ConditionalRequestConflict"})
-_DENIED_CODES = frozenset(
-    {"403", "AccessDenied", "Forbidden", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
-)
-_TRANSIENT_CODES = frozenset(
-    {
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "TooManyRequests",
-        "RequestLimitExceeded",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "ServiceUnavailable",
-        "InternalError",
-        "OperationAborted",
-        "ExpiredToken",
-    }
-)
-_ARCHIVED_CODES = frozenset({"InvalidObjectState"})
-
 
 @dataclass(frozen=True)
-class ObjectInfo:
-    """What HeadObject says about one object version. ``etag`` is without the quotes S3 puts around it."""
+class Upload:
+    """One open multipart upload."""
 
     bucket: str
     key: str
-    size: int
-    etag: str
-    version_id: str | None = None
-    metadata: Mapping[str, str] = field(default_factory=dict, hash=False)
-    last_modified: datetime | None = None
+    upload_id: str
 
     @property
     def uri(self) -> str:
         return s3_uri(self.bucket, self.key)
-
-
-def s3_uri(bucket: str, key: str) -> str:
-    return f"s3://{bucket}/{key}"
-
-
-def normalize_etag(etag: str | None) -> str | None:
-    """``'"abc"'`` and ``'abc'`` -> ``'abc'``: events carry ETags bare, HeadObject quoted."""
-    if etag is None:
-        return None
-    etag = etag.strip()
-    if etag.startswith("W/"):
-        etag = etag[2:]
-    return etag.strip('"') or None
-
-
-def translate_client_error(exc: ClientError, uri: str, *, writing: bool = False) -> RasterfnError:
-    """Map one botocore ``ClientError`` to our error tree (pure; see the module docstring for the table)."""
-    error = exc.response.get("Error", {})
-    code = str(error.get("Code", ""))
-    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-    what = f"{exc.operation_name} {uri}: {code or status} {error.get('Message', '')}".strip()
-    # The code is more specific than the status (InvalidObjectState comes with 403), so codes decide first.
-    if code in _ARCHIVED_CODES:
-        return InputError(f"{uri} is archived; restore it before processing ({what})")
-    if code in _TRANSIENT_CODES or status >= 500 or status == 429:
-        return TransientError(f"S3 is unavailable, retry later ({what})")
-    if code in _DENIED_CODES or status == 403:
-        return ConfigError(f"access denied: the function's role or the bucket policy does not allow {what}")
-    if code in _MISSING_CODES or status == 404:
-        if writing and code != "NoSuchKey":  # NoSuchKey on a write: an If-Match on an object deleted since
-            return ConfigError(f"the output location does not exist ({what})")
-        return ObjectMissingError(f"{uri} no longer exists ({code or status})")
-    if code in _CHANGED_CODES or status == 412:
-        if writing:
-            return ObjectMissingError(f"{uri} was written by another job since this one looked (not overwritten)")
-        return ObjectMissingError(f"{uri} was replaced by a newer upload while it was read")
-    return ConfigError(f"S3 refused the request ({what})")
-
-
-@contextlib.contextmanager
-def s3_errors(uri: str, *, writing: bool = False) -> Iterator[None]:
-    """Translate whatever boto3/s3transfer raise inside the block into our error tree (``raise ... from``)."""
-    try:
-        yield
-    except ClientError as exc:
-        raise translate_client_error(exc, uri, writing=writing) from exc
-    except S3DownloadFailedError as exc:
-        # s3transfer re-raises a ranged GET's 412 as this, with the ClientError as its context.
-        if isinstance(exc.__context__, ClientError):
-            raise translate_client_error(exc.__context__, uri, writing=writing) from exc
-        raise TransientError(f"download of {uri} failed, retry later: {exc}") from exc
-    except (ConnectionError, HTTPClientError, ResponseStreamingError, RetriesExceededError) as exc:
-        raise TransientError(f"S3 connection failed for {uri}, retry later: {exc}") from exc
-    except NoCredentialsError as exc:
-        raise ConfigError(f"no AWS credentials to access {uri}") from exc
-    except BotoCoreError as exc:
-        raise ConfigError(f"S3 client error for {uri}: {exc}") from exc
-
-
-def make_s3_client(endpoint_url: str | None = None, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Any:
-    """An S3 client with retries and timeouts; ``endpoint_url`` None lets boto3 read ``AWS_ENDPOINT_URL*``."""
-    config = Config(
-        retries={"mode": "standard", "total_max_attempts": max_attempts},
-        signature_version="s3v4",  # presigned URLs too (botocore may presign with SigV2, which S3 is retiring)
-        connect_timeout=CONNECT_TIMEOUT_S,
-        read_timeout=READ_TIMEOUT_S,
-        tcp_keepalive=True,
-        max_pool_connections=MAX_TRANSFER_CONCURRENCY + 2,
-    )
-    session = boto3.session.Session()
-    client = session.client("s3", endpoint_url=endpoint_url, config=config)
-    if not _is_aws_endpoint(client.meta.endpoint_url):
-        # MinIO and moto serve buckets under the path, not as sub-domains of the endpoint host.
-        path_style = config.merge(Config(s3={"addressing_style": "path"}))
-        client = session.client("s3", endpoint_url=endpoint_url, config=path_style)
-    return client
-
-
-def _is_aws_endpoint(url: str) -> bool:
-    host = urlparse(url).hostname or ""
-    return host.endswith((".amazonaws.com", ".amazonaws.com.cn", ".api.aws"))
 
 
 class _KnownObject(BaseSubscriber):
@@ -219,7 +86,7 @@ class Storage:
 
     @classmethod
     def from_defaults(cls, endpoint_url: str | None = None, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Storage:
-        return cls(make_s3_client(endpoint_url, max_attempts=max_attempts))
+        return cls(make_s3_client(endpoint_url, max_attempts=max_attempts, pool=MAX_TRANSFER_CONCURRENCY + 2))
 
     def head(self, bucket: str, key: str, *, version_id: str | None = None) -> ObjectInfo | None:
         """The object's metadata, or None when it does not exist."""
@@ -391,26 +258,102 @@ class Storage:
     ) -> None:
         # s3transfer cannot pass If-Match / If-None-Match to CompleteMultipartUpload: parts in parallel, ours.
         chunk = self.transfer_config.multipart_chunksize
-        upload_id = self.client.create_multipart_upload(Bucket=bucket, Key=key, **extra_args)["UploadId"]
+        upload = self.create_multipart(
+            bucket, key, metadata=extra_args["Metadata"], content_type=extra_args["ContentType"]
+        )
 
-        def put_part(number: int) -> dict[str, Any]:
+        def put_part(number: int) -> str | None:
             with open(path, "rb") as fh:
                 fh.seek((number - 1) * chunk)
                 data = fh.read(chunk)
-            response = self.client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data)
-            return {"PartNumber": number, "ETag": response["ETag"]}
+            return self.upload_part(upload, number, data)
 
         try:
             numbers = range(1, max(1, -(-size // chunk)) + 1)
             with ThreadPoolExecutor(max_workers=self.transfer_config.max_request_concurrency) as pool:
-                parts = list(pool.map(put_part, numbers))
-            self.client.complete_multipart_upload(
-                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **conditions
-            )
+                etags = list(pool.map(put_part, numbers))
+            if None in etags or not self.complete_multipart(upload, etags, conditions=conditions):
+                raise ObjectMissingError(f"{s3_uri(bucket, key)}: the upload was aborted while it ran")
         except BaseException:
-            with contextlib.suppress(ClientError, BotoCoreError):
-                self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            with contextlib.suppress(RasterfnError):
+                self.abort_multipart(upload)
             raise
+
+    def create_multipart(self, bucket: str, key: str, *, metadata: Mapping[str, str], content_type: str) -> Upload:
+        """Open a multipart upload of ``key``; nothing appears until :meth:`complete_multipart`."""
+        with s3_errors(s3_uri(bucket, key), writing=True):
+            response = self.client.create_multipart_upload(
+                Bucket=bucket, Key=key, Metadata=dict(metadata), ContentType=content_type
+            )
+        return Upload(bucket, key, response["UploadId"])
+
+    def upload_part(self, upload: Upload, number: int, body: bytes | BinaryIO) -> str | None:
+        """Upload part ``number`` (1-based); its ETag, or None when the upload was completed or aborted since."""
+        try:
+            with s3_errors(upload.uri, writing=True):
+                response = self.client.upload_part(
+                    Bucket=upload.bucket, Key=upload.key, UploadId=upload.upload_id, PartNumber=number, Body=body
+                )
+        except UploadGoneError:
+            return None
+        return response["ETag"]
+
+    def complete_multipart(
+        self, upload: Upload, etags: Sequence[str], *, conditions: Mapping[str, str] | None = None
+    ) -> bool:
+        """Assemble the parts (``etags`` in part order); False when the upload was completed or aborted since."""
+        parts = [{"PartNumber": number, "ETag": etag} for number, etag in enumerate(etags, start=1)]
+        try:
+            with s3_errors(upload.uri, writing=True):
+                self.client.complete_multipart_upload(
+                    Bucket=upload.bucket,
+                    Key=upload.key,
+                    UploadId=upload.upload_id,
+                    MultipartUpload={"Parts": parts},
+                    **(conditions or {}),
+                )
+        except UploadGoneError:
+            return False
+        return True
+
+    def abort_multipart(self, upload: Upload) -> None:
+        """Abort the upload and drop its parts; one already gone is fine."""
+        with contextlib.suppress(UploadGoneError), s3_errors(upload.uri, writing=True):
+            self.client.abort_multipart_upload(Bucket=upload.bucket, Key=upload.key, UploadId=upload.upload_id)
+
+    def get_bytes(self, bucket: str, key: str) -> bytes | None:
+        """A small object's whole body, or None when it does not exist."""
+        try:
+            with (
+                s3_errors(s3_uri(bucket, key)),
+                contextlib.closing(self.client.get_object(Bucket=bucket, Key=key)["Body"]) as body,
+            ):
+                return body.read()
+        except ObjectMissingError:
+            return None
+
+    def put_bytes(self, bucket: str, key: str, body: bytes, *, content_type: str, if_absent: bool = False) -> bool:
+        """Write a small object; with ``if_absent`` only when the key is free (``If-None-Match: *``).
+
+        Returns whether it was written: a conditional write that lost the race returns False.
+        """
+        conditions = {"IfNoneMatch": "*"} if if_absent else {}
+        try:
+            with s3_errors(s3_uri(bucket, key), writing=True):
+                self.client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type, **conditions)
+        except ObjectMissingError:
+            if if_absent:  # 412: another writer was first
+                return False
+            raise
+        return True
+
+    def count(self, bucket: str, prefix: str) -> int:
+        """How many objects have keys starting with ``prefix``."""
+        total = 0
+        with s3_errors(s3_uri(bucket, prefix)):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                total += page.get("KeyCount", 0)
+        return total
 
     def put_json(self, bucket: str, key: str, doc: Any, *, metadata: Mapping[str, str]) -> int:
         """Write a small JSON document; returns its size in bytes."""

@@ -48,7 +48,6 @@ from model.errors import ConfigError, InputError
 from model.npy_writer import NpyWriter
 from model.options import OUTPUT_DTYPES, PRECISIONS, PredictOptions
 from model.raster import RasterHeader, open_checked, read_window
-from model.shards import RowBand, ShardPlan, plan_shards
 from model.stats import DEFAULT_EXACT_BUDGET_BYTES, PercentileAccumulator, split_budget
 from model.tiling import DEFAULT_SEAM, Span, TilePlan, axis_weights, pad_tile, plan_tiles
 
@@ -93,19 +92,17 @@ def predict_file(
     started = time.perf_counter()
     src, dst = Path(src), Path(dst)
     card = model.card
-    tile, overlap = _resolve_options(model, options)
+    tiling = resolve_tiling(model, options)
     _check_destination(src, dst)
 
     with open_checked(src, card.bands, options.max_pixels, options.limits) as (ds, header):
         p90s = compute_percentiles(ds, header, card.bands, PERCENTILE, interrupt=check)
-        normalise = make_normaliser(np.dtype(header.dtypes[card.bands[0] - 1]), p90s)
-        plan = plan_tiles(header.height, header.width, tile, overlap, card.size_multiple)
-        runner = model.tile_engine(options, one_tile=plan.tiles == 1)
-        counts = _Counts()
+        run = TilePass.prepare(model, header, tiling, p90s, options)
+        counts = Counts()
         with NpyWriter(dst, (header.height, header.width), OUTPUT_DTYPES[options.output]) as writer:
-            for rows, valid in _predict_rows(ds, header, card.bands, plan, normalise, _checked(runner, check), options):
+            for rows, valid in run.rows(ds, _checked(run.runner, check)):
                 counts.add(rows, valid, card.threshold)
-                writer.write_rows(_to_output(rows, valid, card.threshold, options.output))
+                writer.write_rows(to_output(rows, valid, card.threshold, options.output))
 
     return PredictionResult(
         out_path=dst,
@@ -114,79 +111,11 @@ def predict_file(
         output=options.output,
         crs=header.crs,
         transform=header.transform,
-        tiles=plan.tiles,
+        tiles=run.plan.tiles,
         valid_pixels=counts.valid,
         positive_fraction=counts.positive / counts.valid if counts.valid else 0.0,
         seconds=time.perf_counter() - started,
     )
-
-
-# -- row bands: one raster across parallel invocations (see model.shards) ----------------------------------
-
-
-@dataclass(frozen=True)
-class BandResult:
-    rows: int
-    valid_pixels: int
-    positive_pixels: int  # valid pixels above the card's threshold
-
-
-def plan_raster_shards(
-    model: InferenceModel, header: RasterHeader, wanted: int, options: PredictOptions = DEFAULT_OPTIONS, **limits
-) -> ShardPlan:
-    """The row bands of the raster ``header`` describes, as :func:`predict_band` will process them."""
-    tile, overlap = _resolve_options(model, options)
-    plan = plan_tiles(header.height, header.width, tile, overlap, model.card.size_multiple)
-    return plan_shards(plan, OUTPUT_DTYPES[options.output], wanted, **limits)
-
-
-def band_statistics(
-    model: InferenceModel, src: str | Path, band: RowBand, options: PredictOptions = DEFAULT_OPTIONS
-) -> list[tuple[str, np.ndarray]]:
-    """Pass 1 over ``band``'s rows: each model band's mergeable histogram (:func:`model.shards.merge_percentiles`).
-
-    ``options.max_pixels`` bounds the whole raster (the scene limit of a sharded job).
-    """
-    with open_checked(src, model.card.bands, options.max_pixels, options.limits) as (ds, header):
-        dtype = np.dtype(header.dtypes[model.card.bands[0] - 1])
-        accumulators = [PercentileAccumulator(dtype, PERCENTILE) for _ in model.card.bands]
-        for window in _stat_windows(ds, header, band.row_start, band.row_stop):
-            data, valid = read_window(ds, model.card.bands, window, header.all_valid)
-            for acc, values in zip(accumulators, data, strict=True):
-                acc.add(values if valid is None else values[valid])
-    return [acc.histogram() for acc in accumulators]
-
-
-def predict_band(
-    model: InferenceModel,
-    src: str | Path,
-    band: RowBand,
-    p90s: Sequence[float],
-    write: Callable[[np.ndarray], object],
-    options: PredictOptions = DEFAULT_OPTIONS,
-) -> BandResult:
-    """Pass 2 over ``band`` with the whole raster's ``p90s``: ``write`` gets the band's output rows, top to bottom.
-
-    Their bytes are exactly those :func:`predict_file` writes for rows ``band.row_start..band.row_stop-1``.
-    """
-    card = model.card
-    tile, overlap = _resolve_options(model, options)
-    with open_checked(src, card.bands, options.max_pixels, options.limits) as (ds, header):
-        plan = plan_tiles(header.height, header.width, tile, overlap, card.size_multiple)
-        if band.stop_tile_row > len(plan.rows) or plan.rows[band.emit_tile_row].start > band.row_start:
-            raise InputError(f"{header.name}: shard {band.index} does not fit this raster's tiles")
-        normalise = make_normaliser(np.dtype(header.dtypes[card.bands[0] - 1]), p90s)
-        runner = model.tile_engine(options, one_tile=plan.tiles == 1)
-        counts = _Counts()
-        row = plan.rows[band.first_tile_row].start if band.first_tile_row else 0
-        tile_rows = range(band.first_tile_row, band.stop_tile_row)
-        for scores, valid in _predict_rows(ds, header, card.bands, plan, normalise, runner, options, tile_rows):
-            top, row = row, row + scores.shape[0]
-            if top < band.row_start:
-                continue  # an overlap tile row's own rows: another band emits them
-            counts.add(scores, valid, card.threshold)
-            write(_to_output(scores, valid, card.threshold, options.output))
-    return BandResult(row - band.row_start, counts.valid, counts.positive)
 
 
 # -- pass 1: statistics --------------------------------------------------------------------------------------
@@ -204,13 +133,27 @@ def compute_percentiles(
     dtype = np.dtype(header.dtypes[bands[0] - 1])
     budget = split_budget(DEFAULT_EXACT_BUDGET_BYTES, len(bands))
     accumulators = [PercentileAccumulator(dtype, q, budget) for _ in bands]
-    for window in _stat_windows(ds, header):
+    accumulate_bands(ds, header, bands, accumulators, interrupt=interrupt)
+    return [acc.result() for acc in accumulators]
+
+
+def accumulate_bands(
+    ds,
+    header: RasterHeader,
+    bands: Sequence[int],
+    accumulators: Sequence[PercentileAccumulator],
+    start: int = 0,
+    stop: int | None = None,
+    *,
+    interrupt: Callable[[], None] | None = None,
+) -> None:
+    """Add each band's valid pixels of rows ``start..stop-1`` (default: all) to its accumulator, strip by strip."""
+    for window in _stat_windows(ds, header, start, stop):
         if interrupt is not None:
             interrupt()
         data, valid = read_window(ds, bands, window, header.all_valid)
-        for acc, band in zip(accumulators, data, strict=True):
-            acc.add(band if valid is None else band[valid])
-    return [acc.result() for acc in accumulators]
+        for acc, values in zip(accumulators, data, strict=True):
+            acc.add(values if valid is None else values[valid])
 
 
 def _stat_windows(ds, header: RasterHeader, start: int = 0, stop: int | None = None) -> Iterator[Window]:
@@ -265,7 +208,43 @@ def make_normaliser(dtype: np.dtype, p90s: Sequence[float]) -> Callable[[np.ndar
 # -- pass 2: tiles -------------------------------------------------------------------------------------------
 
 
-def _predict_rows(
+@dataclass(frozen=True)
+class Tiling:
+    """Validated tile size and overlap for one model under one set of options."""
+
+    tile: int
+    overlap: int
+
+
+@dataclass(frozen=True)
+class TilePass:
+    """What pass 2 needs for one raster: its tile plan, the normaliser of its p90s and the engine's runner."""
+
+    header: RasterHeader
+    bands: Sequence[int]
+    plan: TilePlan
+    normalise: Callable[[np.ndarray], np.ndarray]
+    runner: TileEngine
+    options: PredictOptions
+
+    @classmethod
+    def prepare(
+        cls, model: InferenceModel, header: RasterHeader, tiling: Tiling, p90s: Sequence[float], options: PredictOptions
+    ) -> TilePass:
+        card = model.card
+        plan = plan_tiles(header.height, header.width, tiling.tile, tiling.overlap, card.size_multiple)
+        normalise = make_normaliser(np.dtype(header.dtypes[card.bands[0] - 1]), p90s)
+        return cls(header, card.bands, plan, normalise, model.tile_engine(options, one_tile=plan.tiles == 1), options)
+
+    def rows(
+        self, ds, runner: TileEngine | None = None, tile_rows: range | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """:func:`predict_rows` over this pass (``runner`` replaces the engine's, e.g. with an interrupt check)."""
+        runner = self.runner if runner is None else runner
+        return predict_rows(ds, self.header, self.bands, self.plan, self.normalise, runner, self.options, tile_rows)
+
+
+def predict_rows(
     ds,
     header: RasterHeader,
     bands: Sequence[int],
@@ -375,14 +354,16 @@ def _checked(runner, interrupt: Callable[[], None]):
 # -- output --------------------------------------------------------------------------------------------------
 
 
-def _to_output(scores: np.ndarray, valid: np.ndarray | None, threshold: float, output: str) -> np.ndarray:
+def to_output(scores: np.ndarray, valid: np.ndarray | None, threshold: float, output: str) -> np.ndarray:
     result = scores if output == "score" else (scores > threshold).astype(OUTPUT_DTYPES[output])
     if valid is not None:
         result[~valid] = 0
     return result
 
 
-class _Counts:
+class Counts:
+    """Valid and positive pixels of the rows written so far."""
+
     def __init__(self) -> None:
         self.valid = 0
         self.positive = 0
@@ -397,15 +378,15 @@ class _Counts:
             self.positive += int(np.count_nonzero(above & valid))
 
 
-def _resolve_options(model: InferenceModel, options: PredictOptions) -> tuple[int, int]:
-    """Validated (tile size, tile overlap) for ``model`` under ``options``."""
+def resolve_tiling(model: InferenceModel, options: PredictOptions) -> Tiling:
+    """Validated tile size and overlap for ``model`` under ``options``."""
     card = model.card
     _check_options(options)
     tile = options.tile_size or card.tile_size
     overlap = card.tile_overlap if options.tile_overlap is None else options.tile_overlap
     if tile % card.size_multiple or not 0 <= overlap < tile // 2:
         raise ConfigError(f"tile {tile} / overlap {overlap} do not fit the network (multiple {card.size_multiple})")
-    return tile, overlap
+    return Tiling(tile, overlap)
 
 
 def _check_options(options: PredictOptions) -> None:

@@ -2,7 +2,7 @@
 
 A band is a run of whole tile rows of the raster's :class:`~model.tiling.TilePlan`. It *emits* the raster rows
 from its first tile row's start to the next band's first tile row's start (the last band: to the bottom), which
-are exactly the rows :func:`model.predict._predict_rows` yields for those tile rows. To give those rows the
+are exactly the rows :func:`model.predict.predict_rows` yields for those tile rows. To give those rows the
 same arithmetic as the whole run, a band also *computes* the earlier tile rows that reach into it (its overlap
 rows) and throws their own rows away: every score is then the same sum in the same order, so the bands' bytes
 put end to end are the single-invocation ``.npy`` byte for byte.

@@ -1,13 +1,13 @@
 """The package boundaries ARCHITECTURE.md draws, checked on the sources (AST only: nothing is imported).
 
-Layers, bottom to top: ``model`` (inference core) < ``handler`` (the function's runtime) < ``handler.http``
-(the Knative HTTP adapter) and the entry points < ``handler.local`` / ``model.training`` (local tools) <
-``handler.cli``. An import may only go down.
+Every import counts, those inside functions too: a lazy import is still a dependency, and a cycle through
+one is still a cycle. Layers, bottom to top, are :data:`LAYERS`; an import may only go down or sideways.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,17 +20,29 @@ LOCAL_ONLY = ("handler.local", "model.training")
 ENTRY_POINTS = ("handler.lambda_function", "handler.knative")
 # The CLI dispatches to every command, local ones included (lazily, and refusing cleanly where they are absent).
 ABOVE_EVERYTHING = ("handler.cli",)
+# (package, rank): a module belongs to the longest package that contains it; it imports only ranks <= its own.
+LAYERS = (
+    ("model", 0),
+    ("handler", 1),
+    ("handler.http", 2),
+    ("handler.lambda_function", 3),
+    ("handler.knative", 3),
+    ("handler.local", 4),
+    ("model.training", 4),
+    ("handler.commands", 5),
+    ("handler.cli", 5),
+)
 
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(REPO_ROOT).with_suffix("").parts)
+def module_name(path: Path, root: Path = REPO_ROOT) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
 
 
-def our_modules() -> dict[str, Path]:
-    return {module_name(p): p for package in PACKAGES for p in sorted((REPO_ROOT / package).rglob("*.py"))}
+def our_modules(root: Path = REPO_ROOT) -> dict[str, Path]:
+    return {module_name(p, root): p for package in PACKAGES for p in sorted((root / package).rglob("*.py"))}
 
 
 def imports_of(path: Path, *, top_level_only: bool) -> Iterator[str]:
@@ -55,8 +67,8 @@ def resolve(name: str, modules: dict[str, Path]) -> str | None:
     return None
 
 
-def import_graph(*, top_level_only: bool) -> dict[str, set[str]]:
-    modules = our_modules()
+def import_graph(*, top_level_only: bool = False, root: Path = REPO_ROOT) -> dict[str, set[str]]:
+    modules = our_modules(root)
     graph = {}
     for name, path in modules.items():
         targets = {resolve(i, modules) for i in imports_of(path, top_level_only=top_level_only)}
@@ -69,33 +81,70 @@ def within(name: str, package: str) -> bool:
 
 
 def test_the_graph_sees_every_package():
-    graph = import_graph(top_level_only=True)
+    graph = import_graph()
     assert {"handler.lambda_function", "handler.knative", "handler.http.app", "handler.local.demo"} <= set(graph)
     assert "handler.process" in graph["handler.lambda_function"]
     assert "model.predict" in graph["handler.process"]
 
 
-def test_no_import_cycle():
-    graph = import_graph(top_level_only=True)
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` as ``[a, b, ..., a]``, or None (depth-first, pure)."""
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
 
-    def visit(node: str, path: list[str]) -> None:
+    def visit(node: str, path: list[str]) -> list[str] | None:
         state[node] = 1
         for target in sorted(graph[node]):
             if state.get(target) == 1:
-                cycle = [*path[path.index(target) :], target] if target in path else [node, target]
-                pytest.fail("import cycle: " + " -> ".join(cycle))
-            if target not in state:
-                visit(target, [*path, target])
+                return [*path[path.index(target) :], target]
+            if target not in state and (cycle := visit(target, [*path, target])):
+                return cycle
         state[node] = 2
+        return None
 
     for node in sorted(graph):
-        if node not in state:
-            visit(node, [node])
+        if node not in state and (cycle := visit(node, [node])):
+            return cycle
+    return None
+
+
+def assert_no_cycle(graph: dict[str, set[str]]) -> None:
+    cycle = find_cycle(graph)
+    if cycle:
+        pytest.fail("import cycle: " + " -> ".join(cycle))
+
+
+def test_no_import_cycle():
+    assert_no_cycle(import_graph())
+
+
+def test_the_cycle_check_fails_on_a_planted_cycle(tmp_path):
+    # GIVEN a tree whose only cycle goes through an import inside a function
+    (tmp_path / "model").mkdir()
+    (tmp_path / "handler").mkdir()
+    (tmp_path / "model" / "__init__.py").write_text("")
+    (tmp_path / "handler" / "__init__.py").write_text("")
+    (tmp_path / "handler" / "a.py").write_text("from handler.b import g\n")
+    (tmp_path / "handler" / "b.py").write_text("def g():\n    from handler import a\n")
+    # WHEN checked THEN the check fails and names the cycle
+    with pytest.raises(pytest.fail.Exception, match=re.escape("handler.a -> handler.b -> handler.a")):
+        assert_no_cycle(import_graph(root=tmp_path))
+    # ... which a check of top-level imports alone would have missed
+    assert find_cycle(import_graph(top_level_only=True, root=tmp_path)) is None
+
+
+def layer_of(name: str) -> int:
+    _, rank = max(((p, r) for p, r in LAYERS if within(name, p)), key=lambda pr: len(pr[0]))
+    return rank
+
+
+def test_imports_only_go_down_the_layers():
+    graph = import_graph()
+    upward = {(m, t) for m, ts in graph.items() for t in ts if layer_of(t) > layer_of(m)}
+    assert upward == set()
 
 
 def test_inference_core_never_imports_the_service_layer():
-    graph = import_graph(top_level_only=False)
+    graph = import_graph()
     offenders = {(m, t) for m, ts in graph.items() if within(m, "model") for t in ts if within(t, "handler")}
     assert offenders == set()
 
@@ -103,7 +152,7 @@ def test_inference_core_never_imports_the_service_layer():
 @pytest.mark.parametrize("local", LOCAL_ONLY)
 def test_runtime_never_imports_local_tools(local):
     # Anywhere in the module, function bodies too: the image does not have the local packages at all.
-    graph = import_graph(top_level_only=False)
+    graph = import_graph()
     runtime = [m for m in graph if not any(within(m, p) for p in LOCAL_ONLY) and m not in ABOVE_EVERYTHING]
     offenders = {(m, t) for m in runtime for t in graph[m] if within(t, local)}
     assert offenders == set()
@@ -111,7 +160,7 @@ def test_runtime_never_imports_local_tools(local):
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_entry_points_reach_no_local_tool_or_moto(entry):
-    graph = import_graph(top_level_only=False)
+    graph = import_graph()
     modules = our_modules()
     seen, todo = set(), [entry]
     while todo:
@@ -127,7 +176,7 @@ def test_entry_points_reach_no_local_tool_or_moto(entry):
 
 
 def test_http_adapter_is_used_only_by_the_knative_entry_point():
-    graph = import_graph(top_level_only=False)
+    graph = import_graph()
     users = {m for m, ts in graph.items() if any(within(t, "handler.http") for t in ts)}
     users = {m for m in users if not within(m, "handler.http")}
     assert users <= {"handler.knative", "handler.cli"}

@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 from handler.errors import EventError
 from handler.fanout.status import describe, find_job_status
 from handler.settings import get_settings
-from handler.storage import make_s3_client
+from handler.storage import Storage
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -17,7 +17,8 @@ def run_status(args: argparse.Namespace) -> int:
         raise EventError(f"expected s3://bucket/key, got {args.uri!r}")
     bucket, key = uri.netloc, uri.path.lstrip("/")
     settings = get_settings()
-    status = find_job_status(make_s3_client(args.endpoint_url), settings.output_bucket or bucket, bucket, key)
+    storage = Storage.from_defaults(args.endpoint_url)
+    status = find_job_status(storage, settings.output_bucket or bucket, bucket, key)
     if status is None:
         print(f"no sharded job recorded for {args.uri} (small rasters run in one invocation)")
         return 1

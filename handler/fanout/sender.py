@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import boto3
 import httpx
 from cloudevents.core.bindings.http import to_binary_event
 from cloudevents.core.v1.event import CloudEvent
@@ -25,21 +24,19 @@ from cloudevents.core.v1.event import CloudEvent
 from handler.errors import TransientError
 from handler.event_types import SHARD_EVENT_TYPE
 from handler.fanout.messages import SHARD_EVENT_SOURCE, ShardMessage
+from handler.queues import Queues
 from handler.settings import Settings
-from handler.storage import s3_errors
 
 Send = Callable[[ShardMessage], None]
 # The Broker's ingress answers as soon as the channel has the event; a sink this slow is down.
 SINK_TIMEOUT_S = 10.0
 
 
-def sqs_sender(queue_url: str) -> Send:
-    """A ``send(message)`` that puts each shard message on ``queue_url`` (boto3 reads the endpoint itself)."""
-    client = boto3.client("sqs")
+def sqs_sender(queue_url: str, queues: Queues) -> Send:
+    """A ``send(message)`` that puts each shard message on ``queue_url``."""
 
     def send(message: ShardMessage) -> None:
-        with s3_errors(queue_url, writing=True):  # the same botocore -> ours mapping (throttling is transient)
-            client.send_message(QueueUrl=queue_url, MessageBody=message.to_json())
+        queues.send(queue_url, message.to_json())
 
     return send
 
@@ -76,10 +73,13 @@ def cloudevent_sender(sink_url: str, client: httpx.Client | None = None) -> Send
     return send
 
 
-def sender_from_settings(settings: Settings) -> Send | None:
-    """The deployment's sender, or ``None`` when fan-out is off (neither ``FANOUT_QUEUE_URL`` nor ``K_SINK``)."""
+def sender_from_settings(settings: Settings, queues: Queues | None = None) -> Send | None:
+    """The deployment's sender, or ``None`` when fan-out is off (neither ``FANOUT_QUEUE_URL`` nor ``K_SINK``).
+
+    ``queues``: the container's SQS client (:attr:`handler.runtime.Runtime.queues`); a new one when None.
+    """
     if settings.fanout_queue_url:
-        return sqs_sender(settings.fanout_queue_url)
+        return sqs_sender(settings.fanout_queue_url, queues or Queues.from_defaults())
     if settings.fanout_sink_url:
         return cloudevent_sender(settings.fanout_sink_url)
     return None

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from handler.fanout.coordinator import pointer_name
 from handler.fanout.jobs import JobStore
+from handler.storage import Storage
 
 
 @dataclass(frozen=True)
@@ -46,24 +46,20 @@ def describe(status: JobStatus) -> str:
     return head + ("running, ETA unknown" if eta is None else f"running, ETA ~{eta:.0f} s")
 
 
-def find_job_status(client, output_bucket: str, bucket: str, key: str) -> JobStatus | None:
+def find_job_status(storage: Storage, output_bucket: str, bucket: str, key: str) -> JobStatus | None:
     """The status of the latest job of input ``bucket/key`` (state in ``output_bucket``), or None."""
-    pointer = JobStore(client, output_bucket, pointer_name(bucket, key)).get_json("latest.json")
-    if pointer is None:
+    store = JobStore.latest(storage, output_bucket, bucket, key)
+    job = None if store is None else store.read_job()
+    if store is None or job is None:
         return None
-    store = JobStore(client, output_bucket, pointer["job"])
-    job = store.get_json("job.json")
-    if job is None:
-        return None
-    failed = store.get_json("failed.json")
-    done = store.get_json("done.json")
+    failed, done = store.failure(), store.completion()
     return JobStatus(
         job=store.job,
-        shards=len(job["bands"]),
-        stats_done=store.count("stats"),
-        parts_done=store.count("parts"),
-        elapsed=(done or {}).get("time", time.time()) - job["created"],
+        shards=job.shards,
+        stats_done=store.histograms_done(),
+        parts_done=store.parts_done(),
+        elapsed=(done.time if done else time.time()) - job.created,
         done=done is not None,
-        failure=None if failed is None else f"{failed['error']}: {failed['message']}",
-        output=None if done is None else done["output"],
+        failure=None if failed is None else f"{failed.error}: {failed.message}",
+        output=None if done is None else done.output,
     )

@@ -30,7 +30,6 @@ Example:
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import shutil
@@ -38,14 +37,11 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
-from cloudevents.core.bindings.http import to_binary_event
-from cloudevents.core.v1.event import CloudEvent
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -58,25 +54,22 @@ from handler.access import check_allowed
 from handler.errors import (
     BusyError,
     CancelledError,
-    DeadlineError,
-    EventError,
-    ForbiddenObjectError,
-    MediaTypeError,
     TransientError,
     UploadError,
     UploadTimeoutError,
-    WorkerCrashedError,
 )
-from handler.event_types import REPLY_TYPE_PREFIX
 from handler.events import MAX_EVENT_BYTES, check_record_count, cloudevent_mode, parse_event
 from handler.fanout import ShardMessage, shard_from_cloudevent
+from handler.http.auth import BEARER_CHALLENGE, bearer_refusal
+from handler.http.errors import error_response, map_error
 from handler.http.metrics import Metrics, create_metrics, method_label, record_outcome, render_metrics
+from handler.http.replies import cloudevent_reply
 from handler.http.slots import InferenceSlots
 from handler.http.uploads import check_content_length, receive_upload
 from handler.http.workers import backend_of
 from handler.isolation import PredictJob, ProcessJob, ShardJob
 from handler.objects import ObjectRef
-from handler.outcome import Outcome, OutcomeStatus, summarise
+from handler.outcome import Outcome, summarise
 from handler.settings import OUTPUT_MODES, Settings
 from model.errors import ConfigError, InputError, RasterTooLargeError
 from model.predict import PredictionResult
@@ -84,17 +77,6 @@ from model.predict import PredictionResult
 logger = logging.getLogger(__name__)
 
 NPY_MEDIA_TYPE = "application/octet-stream"
-CLOUDEVENT_SOURCE = "/rasterfn"
-CLOUDEVENT_TYPE_PREFIX = REPLY_TYPE_PREFIX
-# Outcome status -> the reply CloudEvent's type suffix.
-CLOUDEVENT_TYPES = {
-    OutcomeStatus.WRITTEN: "created",
-    OutcomeStatus.DUPLICATE: "skipped",
-    OutcomeStatus.SKIPPED: "skipped",
-    OutcomeStatus.REJECTED: "rejected",
-    OutcomeStatus.MISSING: "skipped",
-    OutcomeStatus.FANNED_OUT: "accepted",
-}
 TRANSIENT_RETRY_AFTER_S = 10
 LOADING_RETRY_AFTER_S = 5
 
@@ -109,40 +91,6 @@ class RuntimeSource(Protocol):
     def wait(self) -> Any:
         """The loaded :class:`handler.runtime.Runtime`; blocks while it loads, raises what loading raised."""
         ...
-
-
-@dataclass(frozen=True)
-class ErrorMapping:
-    status: int
-    error: str
-    reason: str  # label of the rejected-inputs metric ("" = not a rejected input)
-
-
-def map_error(exc: BaseException) -> ErrorMapping:
-    """The HTTP status, error title and metric reason for one of our errors (pure; most specific first)."""
-    table: Sequence[tuple[type[BaseException], ErrorMapping]] = (
-        (MediaTypeError, ErrorMapping(415, "unsupported media type", "bad_media_type")),
-        (UploadTimeoutError, ErrorMapping(408, "request timeout", "slow_upload")),
-        (UploadError, ErrorMapping(400, "bad request", "no_file")),
-        (ForbiddenObjectError, ErrorMapping(403, "forbidden", "forbidden_bucket")),
-        (EventError, ErrorMapping(400, "bad event", "bad_event")),
-        (RasterTooLargeError, ErrorMapping(413, "too large", "too_large")),
-        (DeadlineError, ErrorMapping(504, "timed out", "timeout")),
-        (WorkerCrashedError, ErrorMapping(422, "unreadable raster", "crashed")),
-        (InputError, ErrorMapping(422, "unreadable raster", "bad_raster")),
-        (CancelledError, ErrorMapping(499, "client disconnected", "")),
-        (BusyError, ErrorMapping(503, "busy", "busy")),
-        (TransientError, ErrorMapping(503, "temporarily unavailable", "")),
-        (ConfigError, ErrorMapping(500, "misconfigured", "")),
-    )
-    for kind, mapping in table:
-        if isinstance(exc, kind):
-            return mapping
-    return ErrorMapping(500, "internal error", "")
-
-
-def error_response(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
 
 
 def create_app(
@@ -208,7 +156,7 @@ class _App:
                     output=output,
                     max_pixels=min(self.settings.max_pixels, self.settings.max_inference_pixels),
                     shown_name=upload.name,
-                    deadline=time.time() + self.settings.inference_timeout_s,
+                    deadline=self._deadline(),
                 )
                 async with self.slots.run():
                     result: PredictionResult = await self._until_disconnect(request, backend.predict, job)
@@ -240,7 +188,7 @@ class _App:
             outcomes = [await self._process(request, backend, ref) for ref in refs]
         summary = summarise(outcomes)
         if cloudevent_mode(headers) is not None:
-            return _cloudevent_reply(summary["outcomes"], summary)
+            return cloudevent_reply(summary["outcomes"], summary)
         return JSONResponse(summary)
 
     async def healthz(self, request: Request) -> Response:
@@ -261,11 +209,11 @@ class _App:
         so the Broker retries the delivery.
         """
         backend = await self._backend()
-        job = ShardJob(message, deadline=time.time() + self.settings.inference_timeout_s)
+        job = ShardJob(message, deadline=self._deadline())
         async with self.slots.acquire():
             summary = await self._until_disconnect(request, backend.shard, job)
-        logger.info("shard %s: %s", message.event_id, summary.get("status"))
-        return JSONResponse(summary)
+        logger.info("shard %s: %s", message.event_id, summary.status)
+        return JSONResponse(summary.as_dict())
 
     # --- the shared processing path
 
@@ -275,7 +223,7 @@ class _App:
         A :class:`TransientError` propagates: the whole event is answered 503 and MinIO sends it again; the
         objects already written then come back as ``duplicate``.
         """
-        job = ProcessJob(ref, deadline=time.time() + self.settings.inference_timeout_s)
+        job = ProcessJob(ref, deadline=self._deadline())
         outcome: Outcome = await self._until_disconnect(request, backend.process, job)
         record_outcome(self.metrics, outcome)
         return outcome
@@ -312,6 +260,10 @@ class _App:
         return outcome["result"]
 
     # --- plumbing
+
+    def _deadline(self) -> float:
+        """When a job started now must end (``INFERENCE_TIMEOUT_S``), as a wall-clock time."""
+        return time.time() + self.settings.inference_timeout_s
 
     async def _backend(self) -> Any:
         """Where jobs run, once the runtime has loaded (waiting in a thread: loading can take a while)."""
@@ -363,15 +315,12 @@ class _App:
         return error_response(exc.status_code, title, f"{method} {request.url.path[:200]}: {exc.detail}", exc.headers)
 
     def _check_token(self, request: Request, token: str | None, name: str) -> Response | None:
-        if not token:
-            return None
-        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), token.encode()):
+        detail = bearer_refusal(request.headers.get("authorization", ""), token, name)
+        if detail is None:
             return None
         self.metrics.rejected.labels(reason="unauthorized").inc()
-        detail = f"missing Authorization header ({name})" if not scheme else f"wrong bearer token ({name})"
         logger.warning("%s %s -> 401: %s", request.method, request.url.path, detail)
-        return error_response(401, "unauthorized", detail, {"WWW-Authenticate": 'Bearer realm="rasterfn"'})
+        return error_response(401, "unauthorized", detail, {"WWW-Authenticate": BEARER_CHALLENGE})
 
     async def _counted(self, request: Request, route: str) -> AsyncIterator[bytes]:
         """The body's chunks, counted; a client silent for ``UPLOAD_READ_TIMEOUT_S`` gets 408."""
@@ -403,29 +352,3 @@ def _body_length(response: Response) -> int:
     if isinstance(response, FileResponse):  # its Content-Length is only set while it is sent
         return os.stat(response.path).st_size
     return int(response.headers.get("content-length", 0))
-
-
-def _cloudevent_reply(outcomes: list[dict[str, Any]], summary: dict[str, Any]) -> Response:
-    """A binary-mode CloudEvent naming the (first) object's mask, typed by the most significant outcome."""
-    statuses = [o["status"] for o in outcomes]
-    suffix = next(
-        (CLOUDEVENT_TYPES[s] for s in (OutcomeStatus.WRITTEN, OutcomeStatus.REJECTED) if s in statuses),
-        "skipped",
-    )
-    first = outcomes[0] if outcomes else {}
-    data = {
-        "bucket": first.get("bucket"),
-        "input_key": first.get("input_key"),
-        "output_key": first.get("output_key"),
-        "status": first.get("status"),
-        **summary,
-    }
-    attributes: dict[str, Any] = {
-        "type": CLOUDEVENT_TYPE_PREFIX + suffix,
-        "source": CLOUDEVENT_SOURCE,
-        "datacontenttype": "application/json",
-    }
-    if first.get("input_key"):
-        attributes["subject"] = first["input_key"]
-    message = to_binary_event(CloudEvent(attributes=attributes, data=data))
-    return Response(message.body, status_code=200, headers=message.headers)

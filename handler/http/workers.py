@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from handler.errors import DeadlineError, TransientError, WorkerCrashedError
+from handler.fanout import ShardResult
 from handler.isolation import (
     START_TIMEOUT_S,
     FailShardJob,
@@ -59,7 +60,7 @@ class InProcessBackend:
     def process(self, job: ProcessJob, cancelled: Cancelled) -> Outcome:
         return run_job(self.runtime, job, cancelled)
 
-    def shard(self, job: ShardJob, cancelled: Cancelled) -> dict[str, Any]:
+    def shard(self, job: ShardJob, cancelled: Cancelled) -> ShardResult:
         return run_job(self.runtime, job, cancelled)
 
 
@@ -122,10 +123,10 @@ class WorkerPool:
         except WorkerCrashedError as exc:
             # The object killed its worker: the replacement refuses it with an error marker, so the event
             # source does not send it again (and again).
-            logger.error("s3://%s/%s crashed its worker: %s", job.ref.bucket, job.ref.key, exc)
+            logger.error("%s crashed its worker: %s", job.ref.uri, exc)
             return self._run(RejectJob(job.ref, str(exc)), lambda: False)
 
-    def shard(self, job: ShardJob, cancelled: Cancelled) -> dict[str, Any]:
+    def shard(self, job: ShardJob, cancelled: Cancelled) -> ShardResult:
         try:
             return self._run(job, cancelled)
         except (WorkerCrashedError, DeadlineError) as exc:

@@ -161,15 +161,16 @@ def _wait_ready(progress, workers: int) -> None:
 
 def _follow(s3, bucket: str, progress, started: float, timeout: float, endpoint: str) -> bool:
     from handler.fanout.status import describe, find_job_status
+    from handler.storage import Storage
 
-    last = ""
+    storage, last = Storage(s3), ""
     while time.perf_counter() - started < timeout:
         try:
             _kind, index, text = progress.get(timeout=POLL_S)
             print(f"[{time.perf_counter() - started:6.1f} s] worker {index}: {text}")
         except stdlib_queue.Empty:
             pass
-        status = find_job_status(s3, bucket, bucket, SCENE_KEY)
+        status = find_job_status(storage, bucket, bucket, SCENE_KEY)
         if status is not None and describe(status) != last:
             last = describe(status)
             print(f"[{time.perf_counter() - started:6.1f} s] {last}")

@@ -32,6 +32,7 @@ from urllib.parse import unquote_plus
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from handler.aws import make_s3_client
 from handler.events import load_event_file, parse_event
 from handler.filters import skip_reason
 from handler.local.lambda_context import make_context
@@ -48,7 +49,6 @@ from handler.local.results import find_result
 from handler.objects import ObjectRef
 from handler.runtime import get_runtime, reload_runtime, runtime_is_built
 from handler.settings import Settings
-from handler.storage import make_s3_client
 from model.errors import ConfigError
 
 _ETAG_FIELDS = ("eTag", "etag", "ETag")

@@ -1,41 +1,82 @@
+"""What each service error does to an object: a marker, a skip, or a retry by the event source.
+
+Behaviour, not the class tree: the same object goes through process_object while the predictor raises.
+"""
+
 from __future__ import annotations
 
-import inspect
+import json
 
-from handler import errors as service_errors
-from model.errors import InputError, RasterfnError
+import pytest
 
-
-def test_every_service_error_derives_from_the_one_root():
-    classes = [
-        c for _, c in inspect.getmembers(service_errors, inspect.isclass) if c.__module__ == service_errors.__name__
-    ]
-    assert {c.__name__ for c in classes} == {
-        "EventError",
-        "UploadError",
-        "MediaTypeError",
-        "ObjectMissingError",
-        "TransientError",
-        "BusyError",
-        "ForbiddenObjectError",
-        "UploadTimeoutError",
-        "DeadlineError",
-        "WorkerCrashedError",
-        "CancelledError",
-    }
-    assert all(issubclass(c, RasterfnError) for c in classes)
+import handler.process as process
+from handler.errors import (
+    BusyError,
+    CancelledError,
+    DeadlineError,
+    EventError,
+    ForbiddenObjectError,
+    ObjectMissingError,
+    TransientError,
+    WorkerCrashedError,
+)
+from handler.outcome import OutcomeStatus
+from handler.process import process_object
+from model.errors import RasterfnError
+from tests.fixtures.aws import keys_in
+from tests.fixtures.events import ref_for
 
 
-def test_what_the_caller_must_fix_is_an_input_error_and_what_to_retry_is_not():
-    assert issubclass(service_errors.EventError, InputError)
-    assert issubclass(service_errors.MediaTypeError, service_errors.UploadError)
-    assert not issubclass(service_errors.TransientError, InputError)
-    assert not issubclass(service_errors.ObjectMissingError, InputError)
-    assert issubclass(service_errors.BusyError, service_errors.TransientError)
+def predictor_raising(error: Exception):
+    def predict(*args, **kwargs):
+        raise error
+
+    return predict
 
 
-def test_a_crash_or_a_timeout_is_the_input_s_fault_and_a_foreign_bucket_a_bad_event():
-    assert issubclass(service_errors.WorkerCrashedError, InputError)
-    assert issubclass(service_errors.DeadlineError, InputError)
-    assert issubclass(service_errors.ForbiddenObjectError, service_errors.EventError)
-    assert issubclass(service_errors.CancelledError, service_errors.TransientError)
+@pytest.mark.parametrize(
+    "error", [DeadlineError("too slow"), WorkerCrashedError("killed by SIGSEGV"), EventError("odd event")]
+)
+def test_what_the_input_caused_writes_a_marker_and_is_not_retried(
+    make_runtime, bucket, upload_raster, s3_client, monkeypatch, error
+):
+    # GIVEN an upload whose processing raises an error the input caused
+    runtime = make_runtime()
+    put = upload_raster(bucket, "a.tif")
+    monkeypatch.setattr(process, "predict_file", predictor_raising(error))
+    # WHEN processed THEN it is rejected with <stem>.error.json naming the error; nothing raises to the source
+    outcome = process_object(ref_for(bucket, "a.tif", put), runtime)
+    assert outcome.status is OutcomeStatus.REJECTED and outcome.error_type == type(error).__name__
+    marker = json.loads(s3_client.get_object(Bucket=bucket, Key="a.error.json")["Body"].read())
+    assert marker["error"] == type(error).__name__
+
+
+@pytest.mark.parametrize("error", [TransientError("S3 slow"), BusyError("no slot"), CancelledError("client gone")])
+def test_what_may_pass_is_raised_to_the_event_source_and_writes_nothing(
+    make_runtime, bucket, upload_raster, s3_client, monkeypatch, error
+):
+    runtime = make_runtime()
+    put = upload_raster(bucket, "a.tif")
+    monkeypatch.setattr(process, "predict_file", predictor_raising(error))
+    # one clause catches everything of ours
+    with pytest.raises(RasterfnError) as raised:
+        process_object(ref_for(bucket, "a.tif", put), runtime)
+    assert raised.value is error
+    assert keys_in(s3_client, bucket) == {"a.tif"}
+
+
+def test_an_object_gone_meanwhile_is_skipped_not_retried(make_runtime, bucket, upload_raster, s3_client, monkeypatch):
+    runtime = make_runtime()
+    put = upload_raster(bucket, "a.tif")
+    monkeypatch.setattr(process, "predict_file", predictor_raising(ObjectMissingError("deleted meanwhile")))
+    outcome = process_object(ref_for(bucket, "a.tif", put), runtime)
+    assert outcome.status is OutcomeStatus.MISSING
+    assert keys_in(s3_client, bucket) == {"a.tif"}
+
+
+def test_a_foreign_bucket_is_a_bad_event(make_runtime, bucket, upload_raster):
+    runtime = make_runtime(allowed_buckets=("elsewhere",))
+    upload_raster(bucket, "a.tif")
+    with pytest.raises(EventError) as raised:
+        process_object(ref_for(bucket, "a.tif"), runtime)
+    assert type(raised.value) is ForbiddenObjectError

@@ -15,6 +15,7 @@ import pytest
 
 from handler.errors import EventError, TransientError
 from handler.local.lambda_context import make_context
+from tests.fixtures.aws import count_calls, keys_in
 
 MIN_REMAINING_MS = 60_000
 
@@ -42,11 +43,6 @@ def runtime(lambda_fn):
 
 
 @pytest.fixture
-def bucket(make_bucket) -> str:
-    return make_bucket()
-
-
-@pytest.fixture
 def s3_body(make_s3_event):
     """``s3_body(bucket, key, put)``: the S3 notification S3 would send for that upload (key URL-encoded)."""
 
@@ -55,16 +51,6 @@ def s3_body(make_s3_event):
         return make_s3_event(quote_plus(key, safe="/"), bucket=bucket, size=None, **fields)
 
     return make
-
-
-def keys_in(s3_client, bucket: str) -> set[str]:
-    return {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])}
-
-
-def count_calls(client, operation: str) -> list[str]:
-    calls: list[str] = []
-    client.meta.events.register(f"before-send.s3.{operation}", lambda request, **_: calls.append(request.url))
-    return calls
 
 
 class Clock:

@@ -9,53 +9,24 @@ import numpy as np
 import pytest
 
 from handler.errors import TransientError
-from handler.objects import ObjectRef
-from handler.process import (
-    METADATA_LIMIT_BYTES,
-    crs_for_metadata,
-    error_document,
-    output_metadata,
-    process_object,
-)
-from handler.storage import ObjectInfo
+from handler.objects import ObjectInfo, ObjectRef
+from handler.outputs import output_metadata
+from handler.process import process_object
 from model.card import DEFAULT_CARD_PATH
-from model.predict import PredictionResult, predict_file
+from model.predict import predict_file
+from tests.fixtures.aws import count_calls, keys_in
+from tests.fixtures.events import CREATED, ref_for
 from tests.fixtures.hostile_tiffs import complex_file
 from tests.fixtures.paths import REPO_ROOT
-
-CREATED = "ObjectCreated:Put"
-
-
-def ref_for(bucket: str, key: str, put: dict | None = None, **fields) -> ObjectRef:
-    """The ObjectRef an S3 event for ``put`` would carry."""
-    if put is not None:
-        fields.setdefault("etag", put["ETag"].strip('"'))
-        fields.setdefault("version_id", put.get("VersionId"))
-    return ObjectRef(bucket, key, event_name=CREATED, source="s3", **fields)
 
 
 def read_npy(s3_client, bucket: str, key: str) -> np.ndarray:
     return np.load(io.BytesIO(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()))
 
 
-def keys_in(s3_client, bucket: str) -> set[str]:
-    return {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])}
-
-
-def count_calls(client, operation: str) -> list[str]:
-    calls: list[str] = []
-    client.meta.events.register(f"before-send.s3.{operation}", lambda request, **_: calls.append(request.url))
-    return calls
-
-
 @pytest.fixture
 def runtime(make_runtime):
     return make_runtime()
-
-
-@pytest.fixture
-def bucket(make_bucket) -> str:
-    return make_bucket()
 
 
 # --- the happy path
@@ -338,67 +309,6 @@ def test_throttled_error_marker_raises_transient(runtime, bucket, s3_client, upl
     with pytest.raises(TransientError):
         process_object(ref_for(bucket, "b.tif"), runtime)
     assert process_object(ref_for(bucket, "b.tif"), runtime).status == "rejected"
-
-
-# --- pure helpers
-
-
-def make_result(crs: str | None) -> PredictionResult:
-    return PredictionResult(
-        out_path=None,  # type: ignore[arg-type]
-        shape=(10980, 10980),
-        dtype="float32",
-        output="mask",
-        crs=crs,
-        transform=(10.0, 0.0, 399960.0, 0.0, -10.0, 5300040.0),
-        tiles=1,
-        valid_pixels=1,
-        positive_fraction=0.5,
-        seconds=1.0,
-    )
-
-
-@pytest.mark.parametrize(
-    ("crs", "expected_prefix"),
-    [
-        ("EPSG:32633", "EPSG:32633"),
-        (None, "none"),
-        ('LOCAL_CS["x",UNIT["metre",1]]', 'LOCAL_CS["x"'),
-        ('PROJCS["' + "x" * 3000 + '"]', "wkt-sha256:"),
-        ('PROJCS["Réseau"]', "wkt-sha256:"),
-    ],
-)
-def test_output_metadata_is_ascii_and_fits_s3s_limit(crs, expected_prefix):
-    info = ObjectInfo("b", "k.tif", 1, "d41d8cd98f00b204e9800998ecf8427e-12", "3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY")
-    meta = output_metadata(info, "ab" * 32, make_result(crs))
-    assert meta["crs"].startswith(expected_prefix)
-    assert all(k.isascii() and v.isascii() and v.isprintable() for k, v in meta.items())
-    assert sum(len(k) + len(v) for k, v in meta.items()) <= METADATA_LIMIT_BYTES
-    assert meta["shape"] == "10980,10980" and meta["transform"].startswith("10.0,0.0,399960.0")
-
-
-def test_crs_hash_is_stable():
-    wkt = 'PROJCS["' + "y" * 3000 + '"]'
-    assert crs_for_metadata(wkt, 100) == crs_for_metadata(wkt, 100)
-    assert crs_for_metadata(wkt, 100) != crs_for_metadata(wkt + " ", 100)
-
-
-def test_error_document_fields():
-    info = ObjectInfo("b", "a/k.tif", 5, "etag", "v1")
-    doc = error_document(info, ValueError("bad"), "ab" * 32, "rasterfn 1.0")
-    assert set(doc) == {
-        "error",
-        "message",
-        "bucket",
-        "key",
-        "etag",
-        "version_id",
-        "size",
-        "model_sha256",
-        "time",
-        "function_version",
-    }
-    assert (doc["error"], doc["message"], doc["version_id"]) == ("ValueError", "bad", "v1")
 
 
 # --- the real thing

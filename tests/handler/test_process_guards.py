@@ -10,16 +10,11 @@ import pytest
 
 import handler.process as process
 from handler.errors import ForbiddenObjectError, TransientError, WorkerCrashedError
-from handler.objects import ObjectRef
 from handler.outcome import OutcomeStatus
-from handler.process import META_SOURCE_ETAG, META_SOURCE_KEY, key_digest, process_object, reject_object
-
-CREATED = "ObjectCreated:Put"
-
-
-def ref_for(bucket: str, key: str, put: dict | None = None) -> ObjectRef:
-    fields = {"etag": put["ETag"].strip('"'), "version_id": put.get("VersionId")} if put else {}
-    return ObjectRef(bucket, key, event_name=CREATED, source="s3", **fields)
+from handler.outputs import META_SOURCE_ETAG, META_SOURCE_KEY, key_digest, reject_object
+from handler.process import process_object
+from tests.fixtures.aws import keys_in
+from tests.fixtures.events import ref_for
 
 
 def count_requests(client) -> list[str]:
@@ -27,15 +22,6 @@ def count_requests(client) -> list[str]:
     sent: list[str] = []
     client.meta.events.register("before-send.s3", lambda request, **_: sent.append(request.url))
     return sent
-
-
-def keys_in(s3_client, bucket: str) -> set[str]:
-    return {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])}
-
-
-@pytest.fixture
-def bucket(make_bucket) -> str:
-    return make_bucket()
 
 
 def test_a_foreign_bucket_is_refused_before_any_s3_request(make_runtime, bucket, upload_raster, s3_client):

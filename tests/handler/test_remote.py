@@ -13,8 +13,8 @@ from handler.objects import ObjectRef
 from handler.remote import remote_source, url_lifetime_s
 from handler.settings import Settings
 from handler.storage import Storage
+from model.bands import band_statistics
 from model.errors import RasterReadError, RasterTooLargeError, RemoteReadError
-from model.predict import band_statistics
 from model.raster import open_checked, open_raster, read_header
 from model.shards import RowBand
 from tests.fixtures.hostile_tiffs import giant_strip_file, huge_tile_file, sparse_file

@@ -15,6 +15,7 @@ from handler.settings import (
     Settings,
     env_var_names,
     parse_suffixes,
+    specs,
 )
 from model.errors import ConfigError
 from model.options import DEVICES, OUTPUT_MODES, PRECISIONS, PredictOptions
@@ -202,3 +203,43 @@ def test_decode_limits_reach_the_predictor():
         max_block_bytes=4096, max_bands=12, compressions=("ZSTD",), max_compression_ratio=1000
     )
     assert options_from_settings(Settings()).limits == DecodeLimits()
+
+
+# --- the README's configuration table, against the declaration
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_settings() -> dict[str, str]:
+    """``{variable: default cell}`` of the README's configuration table."""
+    section = README.read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|") for line in section.splitlines() if line.startswith("| `")]
+    return {cells[1].strip().strip("`"): cells[2].strip() for cells in rows}
+
+
+def documented(default: object) -> str | None:
+    """How the table writes a declared default, or None where it describes it in words (paths, unset)."""
+    if isinstance(default, bool):
+        return f"`{str(default).lower()}`"
+    if isinstance(default, tuple) and default:
+        return f"`{','.join(default)}`"
+    if isinstance(default, int | float) or (isinstance(default, str) and default):
+        return f"`{default}`"
+    return None
+
+
+def test_the_readme_documents_every_variable_and_no_other():
+    assert set(readme_settings()) == set(env_var_names())
+
+
+def test_the_readmes_defaults_are_the_declared_ones():
+    table = readme_settings()
+    for name, spec in specs().items():
+        expected = documented(getattr(Settings(), name))
+        if expected is not None:
+            assert table[spec.env] == expected, spec.env
+
+
+def test_every_setting_is_declared_with_one_line_of_help():
+    for spec in specs().values():
+        assert spec.help and "\n" not in spec.help and spec.env.isupper()

@@ -10,28 +10,19 @@ import pytest
 from botocore.exceptions import ClientError
 
 from handler import storage as storage_module
+from handler.aws import make_s3_client
 from handler.errors import ObjectMissingError, TransientError
-from handler.objects import ObjectRef
-from handler.storage import (
-    ObjectInfo,
-    Storage,
-    make_s3_client,
-    normalize_etag,
-    translate_client_error,
-)
+from handler.objects import ObjectInfo, ObjectRef
+from handler.s3_errors import translate_client_error
+from handler.storage import Storage
 from model.errors import ConfigError, InputError, RasterTooLargeError
+from tests.fixtures.aws import count_calls
 
 
 @pytest.fixture
 def storage(moto_endpoint) -> Storage:
     # One attempt: injected faults surface at once instead of after botocore's backoff.
     return Storage.from_defaults(max_attempts=1)
-
-
-def count_calls(client, operation: str) -> list[str]:
-    calls: list[str] = []
-    client.meta.events.register(f"before-send.s3.{operation}", lambda request, **_: calls.append(request.url))
-    return calls
 
 
 def client_error(code: str, status: int, operation: str = "GetObject") -> ClientError:
@@ -73,11 +64,6 @@ def test_archived_objects_are_input_errors_not_access_errors():
     error = translate_client_error(client_error("InvalidObjectState", 403), "s3://b/k.tif")
     assert isinstance(error, InputError)
     assert "restore" in str(error)
-
-
-@pytest.mark.parametrize(("raw", "expected"), [('"abc"', "abc"), ("abc", "abc"), ('W/"abc"', "abc"), (None, None)])
-def test_normalize_etag(raw, expected):
-    assert normalize_etag(raw) == expected
 
 
 # --- client construction

@@ -23,6 +23,7 @@ from handler.event_types import DELIVERED_TYPES, REPLY_TYPE_PREFIX, SHARD_EVENT_
 from handler.fanout.sender import sender_from_settings
 from handler.http import app as http_app
 from handler.http import relay as relay_module
+from handler.http import replies
 from handler.http.relay import EVENT_TYPE as RELAY_EVENT_TYPE
 from handler.http.relay import create_relay_app
 from handler.http.uploads import DEFAULT_STEM
@@ -567,7 +568,7 @@ def test_broker_trigger_sinkbinding_relay_and_dead_letter_are_wired_by_name(mani
     # the Trigger takes the relay's events from that Broker, and no others (not the function's own replies)
     assert trigger["broker"] == broker["metadata"]["name"]
     assert trigger["filter"] == {"attributes": {"type": RELAY_EVENT_TYPE}}
-    assert not RELAY_EVENT_TYPE.startswith(http_app.CLOUDEVENT_TYPE_PREFIX)
+    assert not RELAY_EVENT_TYPE.startswith(replies.CLOUDEVENT_TYPE_PREFIX)
     # and delivers to the relay's Service, on the routes the relay serves
     relay_routes = {route.path for route in create_relay_app(RELAY_SETTINGS).routes}
     for destination, path in (

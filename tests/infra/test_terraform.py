@@ -357,6 +357,8 @@ _S3_ACTIONS_BY_CALL = {
     "abort_multipart_upload": {"s3:AbortMultipartUpload"},
     # Fan-out's range reads: GDAL sends a GET presigned with the function's own (role) credentials.
     "generate_presigned_url": {"s3:GetObject", "s3:GetObjectVersion"},
+    # Fan-out's job store counts a phase's objects (list_objects_v2 pages).
+    "get_paginator": {"s3:ListBucket"},
 }
 
 

@@ -35,17 +35,35 @@ def fanout_policy(tf):
     return list(policy_statements(tf.data["aws_iam_policy_document"]["fanout"]))
 
 
-def fanout_calls() -> set[str]:
-    """Methods handler/fanout calls on a boto3 client (``client.x``, ``store.client.x``)."""
+def _client_calls(tree: ast.AST) -> set[str]:
+    """Methods called on a boto3 client in ``tree`` (``client.x``, ``self.client.x``)."""
     calls = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = node.func.value
+            if (isinstance(owner, ast.Attribute) and owner.attr == "client") or (
+                isinstance(owner, ast.Name) and owner.id == "client"
+            ):
+                calls.add(node.func.attr)
+    return calls
+
+
+def fanout_calls() -> set[str]:
+    """boto3 calls handler/fanout makes: its own, and those of the storage-layer methods it calls."""
+    used, calls = set(), set()
     for path in (REPO_ROOT / "handler" / "fanout").glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        calls |= _client_calls(tree)
+        for node in ast.walk(tree):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
                 owner = node.func.value
-                if (isinstance(owner, ast.Attribute) and owner.attr == "client") or (
-                    isinstance(owner, ast.Name) and owner.id == "client"
-                ):
-                    calls.add(node.func.attr)
+                name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+                if name in ("storage", "queues"):
+                    used.add(node.func.attr)
+    for module in ("storage.py", "queues.py"):
+        for node in ast.walk(ast.parse((REPO_ROOT / "handler" / module).read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name in used:
+                calls |= _client_calls(node)
     return calls
 
 

@@ -1,4 +1,4 @@
-"""model.shards + predict.band_statistics/predict_band: row bands put end to end are predict_file's .npy."""
+"""model.shards + bands.band_statistics/predict_band: row bands put end to end are predict_file's .npy."""
 
 from __future__ import annotations
 
@@ -7,15 +7,10 @@ import io
 import numpy as np
 import pytest
 
+from model.bands import band_statistics, plan_raster_shards, predict_band
 from model.checkpoint import load_model
 from model.options import PredictOptions
-from model.predict import (
-    band_statistics,
-    compute_percentiles,
-    plan_raster_shards,
-    predict_band,
-    predict_file,
-)
+from model.predict import compute_percentiles, predict_file
 from model.raster import open_raster, read_header
 from model.shards import S3_MIN_PART_BYTES, merge_percentiles, npy_header, plan_shards
 from model.stats import PercentileAccumulator

@@ -40,7 +40,7 @@ class Queue:
             body = self.messages.popleft()
             for _ in range(2 if twice else 1):
                 try:
-                    self.log.append(run_shard(parse_shard_message(body), runtime, self.send))
+                    self.log.append(run_shard(parse_shard_message(body), runtime, self.send).as_dict())
                 except TransientError as exc:  # the queue delivers it again after the visibility timeout
                     self.log.append({"status": "retried", "error": str(exc)})
                     self.messages.append(body)
@@ -50,7 +50,7 @@ class Queue:
 @pytest.fixture
 def queue(monkeypatch) -> Queue:
     q = Queue()
-    monkeypatch.setattr(coordinator, "sender_from_settings", lambda settings: q.send)
+    monkeypatch.setattr(coordinator, "sender_from_settings", lambda settings, queues=None: q.send)
     return q
 
 
@@ -184,17 +184,17 @@ def test_redelivered_coordinator_rejoins_the_job(
     body = upload(s3_client, bucket, make_raster, 300, 70)
     first = process_object(ref(bucket), runtime)
     # A re-delivered coordinator that raced the first (it did not see job.json yet) loses the conditional put
-    real_get, blind = JobStore.get_json, []
+    real_read, blind = JobStore.read_job, []
 
-    def get_json_once_blind(self, name):
-        if name == "job.json" and not blind:
-            blind.append(name)
+    def read_job_once_blind(self):
+        if not blind:
+            blind.append("job.json")
             return None
-        return real_get(self, name)
+        return real_read(self)
 
-    monkeypatch.setattr(JobStore, "get_json", get_json_once_blind)
+    monkeypatch.setattr(JobStore, "read_job", read_job_once_blind)
     second = process_object(ref(bucket), runtime)
-    monkeypatch.setattr(JobStore, "get_json", real_get)
+    monkeypatch.setattr(JobStore, "read_job", real_read)
     assert blind == ["job.json"]
     third = process_object(ref(bucket), runtime)
     assert first.detail == second.detail == third.detail  # one job id
@@ -213,7 +213,7 @@ def test_two_concurrent_completers_give_one_output(
     body = upload(s3_client, bucket, make_raster, 300, 70)
     process_object(ref(bucket), runtime)
     while queue.messages and json.loads(queue.messages[0])["rasterfn-shard"]["phase"] == "stats":
-        queue.log.append(run_shard(parse_shard_message(queue.messages.popleft()), runtime, queue.send))
+        queue.log.append(run_shard(parse_shard_message(queue.messages.popleft()), runtime, queue.send).as_dict())
     predict = [parse_shard_message(m) for m in queue.messages]
     queue.messages.clear()
     for message in predict[:-1]:
@@ -223,7 +223,7 @@ def test_two_concurrent_completers_give_one_output(
 
     def deliver() -> None:
         barrier.wait()
-        results.append(run_shard(predict[-1], runtime, queue.send)["status"])
+        results.append(run_shard(predict[-1], runtime, queue.send).status)
 
     threads = [threading.Thread(target=deliver) for _ in range(2)]
     for thread in threads:
@@ -308,7 +308,7 @@ def test_status_follows_the_job_to_done(
     upload(s3_client, bucket, make_raster, 300, 70)
     assert main(["status", f"s3://{bucket}/scenes/big.tif"]) == 1  # no job yet
     process_object(ref(bucket), runtime)
-    queued = find_job_status(s3_client, bucket, bucket, "scenes/big.tif")
+    queued = find_job_status(Storage(s3_client), bucket, bucket, "scenes/big.tif")
     assert (queued.shards, queued.stats_done, queued.parts_done, queued.done) == (3, 0, 0, False)
     queue.drain(runtime)
     capsys.readouterr()
@@ -340,24 +340,26 @@ def test_a_late_duplicate_after_completion_changes_nothing(
     body = upload(s3_client, bucket, make_raster, 300, 70)
     process_object(ref(bucket), runtime)
     queue.drain(runtime)
-    store = JobStore(runtime.storage.client, bucket, queue.log[-1]["job"])
-    real_exists = JobStore.exists
+    store = JobStore(runtime.storage, bucket, queue.log[-1]["job"])
+    real_is_done, real_has_part = JobStore.is_done, JobStore.has_part
     blinded = []
 
-    def exists_before_completion(self, name):
+    def done_after_the_first_look(self):
         # The copy checked done.json and its part record before the job completed; its last check is real.
-        if name == "parts/1.json" or (name == "done.json" and not blinded):
-            blinded.append(name)
+        if not blinded:
+            blinded.append("done.json")
             return False
-        return real_exists(self, name)
+        return real_is_done(self)
 
-    monkeypatch.setattr(JobStore, "exists", exists_before_completion)
+    monkeypatch.setattr(JobStore, "is_done", done_after_the_first_look)
+    monkeypatch.setattr(JobStore, "has_part", lambda self, index: index != 1 and real_has_part(self, index))
     # WHEN it is about to upload its part to the completed upload
     status = run_shard(ShardMessage(bucket, store.job, "predict", 1), runtime, queue.send)
-    monkeypatch.setattr(JobStore, "exists", real_exists)
+    monkeypatch.setattr(JobStore, "is_done", real_is_done)
+    monkeypatch.setattr(JobStore, "has_part", real_has_part)
     # THEN nothing is marked failed and the output stands
-    assert status["status"] == "job already finished"
-    assert not store.exists("failed.json")
+    assert status.status == "job already finished"
+    assert not store.is_failed()
     assert get(s3_client, bucket, "scenes/big.npy") == expected_npy(runtime, make_raster, tmp_path, body)
 
 
@@ -437,7 +439,7 @@ def test_a_shard_reads_its_rows_not_the_whole_object(
     shards = []
     while queue.messages:
         s3_gets.clear()
-        queue.log.append(run_shard(parse_shard_message(queue.messages.popleft()), runtime, queue.send))
+        queue.log.append(run_shard(parse_shard_message(queue.messages.popleft()), runtime, queue.send).as_dict())
         shards.append(source_gets(s3_gets))
     # THEN each read of the source is ranged but GDAL's one size probe (a GET it cuts off after the headers),
     # every one carries the job's ETag (an unversioned bucket: If-Match pins the bytes)
@@ -503,7 +505,7 @@ def test_an_object_replaced_between_phases_abandons_the_job(
     bucket = make_bucket()
     random_tiled(s3_client, bucket, make_raster, 600, 70)
     process_object(ref(bucket), runtime)
-    queue.log.append(run_shard(parse_shard_message(queue.messages.popleft()), runtime, queue.send))
+    queue.log.append(run_shard(parse_shard_message(queue.messages.popleft()), runtime, queue.send).as_dict())
     upload(s3_client, bucket, make_raster, 600, 70, seed=3)  # a new upload, same key, unversioned bucket
     queue.drain(runtime)
     assert_abandoned(s3_client, bucket, queue)
@@ -519,7 +521,7 @@ def test_an_object_replaced_while_a_shard_reads_it_abandons_the_job(
     bucket = make_bucket()
     random_tiled(s3_client, bucket, make_raster, 600, 70)
     process_object(ref(bucket), runtime)
-    queue.log.append(run_shard(parse_shard_message(queue.messages.popleft()), runtime, queue.send))
+    queue.log.append(run_shard(parse_shard_message(queue.messages.popleft()), runtime, queue.send).as_dict())
     real_read, reads = predict_module.read_window, []
 
     def read_then_replace(*args, **kwargs):

@@ -32,6 +32,7 @@ from handler.http.relay import create_relay_app
 from handler.http.workers import InProcessBackend, WorkerPool
 from handler.knative import RuntimeLoader
 from handler.settings import RelaySettings
+from handler.storage import Storage
 from model.options import PredictOptions
 from model.predict import predict_file
 from tests.fixtures.oidc import Issuer, StaticJwks, relay_settings, trigger_subject
@@ -129,7 +130,9 @@ def knative(small_parts, make_runtime, make_bucket, monkeypatch):
     publish = httpx.Client(transport=httpx.MockTransport(broker.ingress))
     # The function's sender is the real CloudEvent sender; only its HTTP client reaches the stand-in Broker.
     monkeypatch.setattr(
-        coordinator, "sender_from_settings", lambda settings: cloudevent_sender(settings.fanout_sink_url, publish)
+        coordinator,
+        "sender_from_settings",
+        lambda settings, queues=None: cloudevent_sender(settings.fanout_sink_url, publish),
     )
     function = create_app(runtime.settings, started(RuntimeLoader(lambda: runtime)), metrics=create_metrics())
     settings = relay_settings(sink_url=SINK, target_url=FUNCTION, webhook_token=TOKEN, **relay_oidc_from_manifests())
@@ -250,7 +253,7 @@ def test_a_shard_that_kills_or_outruns_its_worker_ends_the_job_with_an_error_mar
     assert "scenes/big.npy" not in keys
     assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     [job] = {k.split("/")[1] for k in keys if k.endswith("/job.json")}
-    assert JobStore(s3_client, bucket, job).get_json("failed.json")["error"] == type(error).__name__
+    assert JobStore(Storage(s3_client), bucket, job).failure().error == type(error).__name__
     # and the Broker was answered 200 each time: nothing is retried or dead-lettered
     assert all(answer.get("status") != "error" for answer in knative.broker.answers)
 

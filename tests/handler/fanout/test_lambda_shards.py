@@ -20,6 +20,7 @@ from handler.local.lambda_context import make_context
 from handler.objects import ObjectRef
 from handler.outcome import OutcomeStatus
 from handler.process import process_object
+from handler.storage import Storage
 from tests.fixtures.crash import crash_on_shard
 
 KEY = "scenes/big.tif"
@@ -89,7 +90,7 @@ def test_a_shard_that_crashes_the_runtime_on_its_last_receive_ends_the_job(lambd
     assert "Contents" not in s3_client.list_objects_v2(Bucket=bucket, Prefix="scenes/big.npy")
     assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     job_id = json.loads(bodies[1])["rasterfn-shard"]["job"]
-    assert JobStore(s3_client, bucket, job_id).get_json("failed.json")["error"] == "WorkerCrashedError"
+    assert JobStore(Storage(s3_client), bucket, job_id).failure().error == "WorkerCrashedError"
     # and the remaining shard, delivered later, does nothing
     event = on_receive(make_sqs_event(bodies[2]), 1)
     assert lambda_fn.lambda_handler(event, make_context()) == {"batchItemFailures": []}
@@ -105,7 +106,7 @@ def test_a_good_shard_runs_in_process_or_in_a_child_with_the_same_result(
     event = on_receive(make_sqs_event(bodies[0]), receive)
     assert lambda_fn.lambda_handler(event, make_context()) == {"batchItemFailures": []}
     shard = json.loads(bodies[0])["rasterfn-shard"]
-    assert JobStore(s3_client, bucket, shard["job"]).exists(f"stats/{shard['index']}.npz")
+    assert JobStore(Storage(s3_client), bucket, shard["job"]).has_histograms(shard["index"])
 
 
 def test_unreadable_rows_are_retried_once_then_judged(

@@ -47,7 +47,9 @@ def job(small_parts, make_runtime, make_bucket, s3_client, make_raster, monkeypa
     import handler.fanout.coordinator as coordinator
 
     sent: list[str] = []
-    monkeypatch.setattr(coordinator, "sender_from_settings", lambda settings: lambda m: sent.append(m.to_json()))
+    monkeypatch.setattr(
+        coordinator, "sender_from_settings", lambda settings, queues=None: lambda m: sent.append(m.to_json())
+    )
     runtime = make_runtime(fanout_threshold_seconds=0, fanout_max_shards=3)
     bucket = make_bucket()
     src = make_raster(300, 70)
@@ -68,9 +70,9 @@ def test_a_part_for_an_upload_gone_meanwhile_is_dropped_quietly(job):
     runtime, bucket, predict, _ = job
     client = NoSuchUpload(runtime.storage.client, "upload_part")
     summary = run_shard(predict[0], with_client(runtime, client))
-    assert client.calls == 1 and summary["status"] == "job already finished"
+    assert client.calls == 1 and summary.status == "job already finished"
     # nothing recorded for that part: no later shard counts it as uploaded
-    assert not JobStore(client.client, bucket, predict[0].job).exists("parts/0.json")
+    assert not JobStore(runtime.storage, bucket, predict[0].job).has_part(0)
 
 
 def test_a_completion_that_another_shard_made_first_is_not_an_error(job, s3_client):
@@ -80,7 +82,7 @@ def test_a_completion_that_another_shard_made_first_is_not_an_error(job, s3_clie
     # the last part goes up; then its completion finds the upload already completed by a racing duplicate
     client = NoSuchUpload(runtime.storage.client, "complete_multipart_upload")
     summary = run_shard(predict[-1], with_client(runtime, client))
-    assert client.calls == 1 and summary["status"] == "completed by another shard"
+    assert client.calls == 1 and summary.status == "completed by another shard"
     # (the racing duplicate, in the real world: here the real client completes it)
-    assert run_shard(predict[-1], runtime)["status"] == "completed"
+    assert run_shard(predict[-1], runtime).status == "completed"
     assert s3_client.get_object(Bucket=bucket, Key="scenes/big.npy")["Body"].read() == expected

@@ -23,7 +23,8 @@ from starlette.testclient import TestClient
 import handler.http.app as http_app
 import handler.isolation as isolation
 from handler.errors import BusyError, EventError, MediaTypeError, TransientError, UploadError
-from handler.http.app import create_app, map_error
+from handler.http.app import create_app
+from handler.http.errors import map_error
 from handler.http.metrics import create_metrics
 from handler.http.slots import InferenceSlots
 from handler.knative import RuntimeLoader

@@ -1,18 +1,15 @@
-"""The serving engine (OpenVINO) without torch: the shipped graphs, their sha256 checks, the engine choice and
-agreement with the old service's mask. Runs in the torch-free test venv too (``make test-serving``).
+"""The serving engine (OpenVINO) without torch: the shipped graphs, their sha256 checks and agreement with the
+old service's mask (the engine choice: test_loading.py). Runs in the torch-free test venv too (``make test-serving``).
 """
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
 
 from model.card import DEFAULT_CARD_PATH, load_card
-from model.engines import loading
 from model.engines.artefacts import graph_for, serving_graphs
-from model.engines.loading import clear_engine_cache, load_inference_model, resolve_engine
+from model.engines.loading import clear_engine_cache, load_inference_model
 from model.errors import CheckpointError, ConfigError
 from model.options import PredictOptions
 from model.predict import predict_file
@@ -90,57 +87,6 @@ def test_a_missing_graph_file_is_a_clear_error(tmp_path):
     (tmp_path / graph_for(load_card(card_path), "fp32").files["xml"].file).unlink()
     with pytest.raises(CheckpointError, match="graph file not found"):
         load_inference_model(card_path, engine="openvino")
-
-
-# -- choosing the engine -------------------------------------------------------------------------------------
-
-
-def card_with_only(monkeypatch, folder, torch_installed: bool, graphs: bool):
-    """A demo card copy (without its serving section unless ``graphs``), with openvino and maybe torch installed."""
-    monkeypatch.setattr(loading, "installed", lambda pkg: pkg == "openvino" or (pkg == "torch" and torch_installed))
-    card_path = copy_demo_card(folder, with_graphs=graphs)
-    if not graphs:
-        raw = json.loads(card_path.read_text())
-        del raw["serving"]
-        card_path.write_text(json.dumps(raw))
-    return load_card(card_path)
-
-
-@pytest.mark.parametrize(
-    ("engine", "precision", "device", "torch_installed", "graphs", "expected"),
-    [
-        ("auto", "fp32", "cpu", True, True, "openvino"),
-        ("auto", "int8", "cpu", False, True, "openvino"),
-        ("auto", "fp32", "auto", False, True, "openvino"),
-        ("auto", "fp32", "cuda", True, True, "torch"),
-        ("auto", "fp32", "cpu", True, False, "torch"),
-        ("torch", "bf16", "cpu", True, True, "torch"),
-        ("openvino", "bf16", "cpu", False, True, "openvino"),
-    ],
-)
-def test_engine_choice(monkeypatch, tmp_path, engine, precision, device, torch_installed, graphs, expected):
-    card = card_with_only(monkeypatch, tmp_path, torch_installed, graphs)
-    assert resolve_engine(engine, card, precision, device) == expected
-
-
-@pytest.mark.parametrize(
-    ("engine", "precision", "device", "torch_installed", "graphs", "message"),
-    [
-        ("torch", "int8", "cpu", True, True, "PRECISION=int8 needs ENGINE=openvino"),
-        ("torch", "fp32", "cpu", False, True, "ENGINE=torch but torch is not installed"),
-        ("openvino", "fp32", "cuda", True, True, "DEVICE=cuda needs ENGINE=torch"),
-        ("openvino", "fp32", "cpu", True, False, "run `rasterfn export`"),
-        ("auto", "fp32", "cpu", False, False, "no engine can run card"),
-        ("auto", "int8", "cpu", True, False, "PRECISION=int8 needs ENGINE=openvino"),
-        ("onnx", "fp32", "cpu", True, True, "engine must be one of"),
-    ],
-)
-def test_impossible_engine_choices_fail_clearly(
-    monkeypatch, tmp_path, engine, precision, device, torch_installed, graphs, message
-):
-    card = card_with_only(monkeypatch, tmp_path, torch_installed, graphs)
-    with pytest.raises(ConfigError, match=message):
-        resolve_engine(engine, card, precision, device)
 
 
 def test_a_model_loaded_for_one_precision_refuses_another():
