@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from tests.fixtures.aws import FAKE_CREDENTIALS
 from tests.fixtures.paths import REPO_ROOT
 from tests.fixtures.runtime_api import STOP, Container, RuntimeApiState, runtime_api_handler, serve, stop
 
@@ -32,14 +33,6 @@ ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 VENV_BIN = ROOT / ".venv" / "bin"
 QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:rasterfn-uploads"
 RESULT_TIMEOUT_S = 90  # a cold start imports torch and loads the model first
-FAKE_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
 
 pytestmark = pytest.mark.slow
 

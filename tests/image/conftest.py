@@ -19,15 +19,9 @@ import boto3
 import httpx
 import pytest
 
+from tests.fixtures.aws import FAKE_CREDENTIALS
+
 DOCKER = os.environ.get("DOCKER", "docker")
-FAKE_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
 # What both platforms impose: nothing but /tmp writable, no capabilities, no privilege escalation.
 HARDENED = ["--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
 FIGURES: dict[str, str] = {}

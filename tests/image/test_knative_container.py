@@ -17,9 +17,9 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.fixtures.aws import FAKE_CREDENTIALS
 from tests.fixtures.paths import REPO_ROOT
 from tests.image.conftest import (
-    FAKE_CREDENTIALS,
     RunningContainer,
     docker,
     free_port,

@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.fixtures.aws import FAKE_CREDENTIALS
 from tests.fixtures.paths import REPO_ROOT
 from tests.fixtures.runtime_api import STOP, RuntimeApiState, runtime_api_handler, serve
-from tests.image.conftest import FAKE_CREDENTIALS, RunningContainer, record_figure, run_container
+from tests.image.conftest import RunningContainer, record_figure, run_container
 
 QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:rasterfn-uploads"
 LAMBDA_UID = "993:990"  # Lambda's sandbox user: no entry in the image's /etc/passwd
