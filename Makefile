@@ -47,7 +47,7 @@ $(RUNTIME_VENV)/.installed: $(RUNTIME_VENV)/.dependencies $(RUNTIME_SOURCES)
 # The serving engine's tests (Lambda, Knative, CLI, MODEL_URI, engine choice) in a venv without torch: the
 # runtime plus the local tools and pytest, editable so the tests import this checkout.
 SERVING_TEST_VENV ?= .venv-serving-test
-SERVING_TESTS := tests/model/engines tests/handler/test_serving_runtime.py
+SERVING_TESTS := tests/model/network/engines tests/handler/test_serving_runtime.py
 
 serving-test-venv: $(SERVING_TEST_VENV)/.installed
 
@@ -73,11 +73,11 @@ pytest: install  ## the test suite alone (pytest's "no tests collected", exit 5,
 	@$(PY) -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose" >&2; fi; exit $$rc
 
-# The header path's fuzz target (tests/model/test_header_fuzz.py) for FUZZ_SECONDS; `make test` runs a short smoke.
+# The header path's fuzz target (tests/model/io/test_header_fuzz.py) for FUZZ_SECONDS; `make test` runs a short smoke.
 FUZZ_SECONDS ?= 600
 
 fuzz: install  ## fuzz the pre-pixel path (signature, header, layout, decode limits) for FUZZ_SECONDS (600)
-	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) -m pytest -q -s -p no:logging -W ignore tests/model/test_header_fuzz.py -k for_a_while
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) -m pytest -q -s -p no:logging -W ignore tests/model/io/test_header_fuzz.py -k for_a_while
 
 bench: install  ## speed and memory ratios, measured side by side in one run
 	$(PY) scripts/bench.py

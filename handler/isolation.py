@@ -39,7 +39,7 @@ from handler.process import process_object
 from handler.runtime import build_runtime
 from handler.settings import Settings
 from model.errors import ConfigError, InputError, RasterfnError
-from model.predict import predict_file
+from model.predictor.predict import predict_file
 
 log = logging.getLogger(__name__)
 

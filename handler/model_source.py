@@ -25,11 +25,11 @@ from handler.errors import ObjectMissingError
 from handler.settings import ENV_MODEL_URI, Settings
 from handler.storage import Storage, s3_uri
 from model.card import ModelCard, load_card
-from model.digests import sha256_file
-from model.engines.artefacts import graph_for
-from model.engines.base import InferenceModel
-from model.engines.loading import load_inference_model, resolve_engine
 from model.errors import CheckpointError, ConfigError, InputError
+from model.network.digests import sha256_file
+from model.network.engines.artefacts import graph_for
+from model.network.engines.base import InferenceModel
+from model.network.engines.loading import load_inference_model, resolve_engine
 
 log = logging.getLogger(__name__)
 

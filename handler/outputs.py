@@ -22,7 +22,7 @@ from handler.outcome import Outcome, OutcomeStatus, seconds_since
 from handler.runtime import Runtime
 from handler.storage import Storage, s3_uri
 from model.errors import ConfigError, InputError
-from model.predict import PredictionResult
+from model.predictor.predict import PredictionResult
 
 log = logging.getLogger(__name__)
 

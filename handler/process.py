@@ -36,7 +36,7 @@ from handler.outputs import (
 from handler.remote import remote_source, url_lifetime_s
 from handler.runtime import Runtime
 from model.errors import InputError
-from model.predict import predict_file
+from model.predictor.predict import predict_file
 
 # Room for the output beside the input on the temp disk: a mask is at most ~1/2 of a compressed
 # 10-band input (float32 per pixel vs 20 raw bytes per pixel).

@@ -1,4 +1,4 @@
-"""One object version as a :class:`~model.remote.RemoteRaster`: read where it lies with ranged GETs, never downloaded.
+"""One object version as a :class:`model.io.remote.RemoteRaster`: read where it lies with ranged GETs, never downloaded.
 
 :func:`remote_source` reads the object's first bytes (a ranged GET of exactly ``info``'s version, for the
 signature check), presigns a GET of that version (``VersionId`` where the bucket has versioning) and hands GDAL
@@ -14,7 +14,7 @@ abandoned). That covers a 412 whatever GDAL made of it: a failed fetch of pixel 
 (:class:`~model.errors.RemoteReadError`: the header's requests, a status or a connection error) ->
 :class:`~handler.errors.TransientError` (retried; the retry presigns a new URL, so an expired one heals too),
 and an input error stands, as it would for a downloaded copy. GDAL itself retries 429 and 5xx answers
-(``GDAL_HTTP_MAX_RETRY``, :mod:`model.remote`) before a read fails.
+(``GDAL_HTTP_MAX_RETRY``, :mod:`model.io.remote`) before a read fails.
 
 Example:
     >>> with remote_source(storage, info, expires_s=url_lifetime_s(settings)) as src:   # doctest: +SKIP
@@ -31,7 +31,7 @@ from handler.objects import ObjectInfo
 from handler.settings import Settings
 from handler.storage import Storage
 from model.errors import InputError, RemoteReadError
-from model.remote import SIGNATURE_BYTES, RemoteRaster
+from model.io.remote import SIGNATURE_BYTES, RemoteRaster
 
 LAMBDA_MAX_TIMEOUT_S = 15 * 60
 URL_SLACK_S = 5 * 60

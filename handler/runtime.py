@@ -20,9 +20,9 @@ from handler.queues import Queues
 from handler.settings import Settings, get_settings, reload_settings
 from handler.storage import Storage
 from model.cpus import cpu_budget
-from model.decode_limits import DecodeLimits
-from model.engines.base import InferenceModel
 from model.errors import ConfigError
+from model.io.decode_limits import DecodeLimits
+from model.network.engines.base import InferenceModel
 from model.options import PredictOptions
 
 log = logging.getLogger(__name__)

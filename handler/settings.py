@@ -23,14 +23,14 @@ from typing import Any
 
 from handler.objects import normalise_suffixes
 from model.card import DEFAULT_CARD_PATH
-from model.decode_limits import (
+from model.errors import ConfigError
+from model.io.decode_limits import (
     DEFAULT_COMPRESSIONS,
     DEFAULT_MAX_BANDS,
     DEFAULT_MAX_BLOCK_BYTES,
     DEFAULT_MAX_COMPRESSION_RATIO,
     KNOWN_COMPRESSIONS,
 )
-from model.errors import ConfigError
 from model.options import DEFAULT_MAX_PIXELS, DEVICES, ENGINES, OUTPUT_MODES, PRECISIONS
 
 DEFAULT_MAX_INPUT_BYTES = 4 * 1024**3
@@ -99,7 +99,7 @@ def parse_allowed_buckets(value: str) -> tuple[str, ...]:
 
 
 def parse_compressions(value: str) -> tuple[str, ...]:
-    """``"deflate, zstd"`` -> ``("DEFLATE", "ZSTD")`` (GDAL's names; see ``model.decode_limits``)."""
+    """``"deflate, zstd"`` -> ``("DEFLATE", "ZSTD")`` (GDAL's names; see ``model.io.decode_limits``)."""
     names = tuple(dict.fromkeys(part.strip().upper() for part in value.split(",") if part.strip()))
     if not names:
         raise ConfigError(f"ALLOWED_COMPRESSIONS must list at least one compression, got {value!r}")

@@ -2,9 +2,9 @@
 
 Pure computation over arrays and open datasets; nothing here reads our configuration or talks to S3.
 GDAL and PROJ are prepared on import, before any module of ours imports rasterio (see
-:func:`model.gdal_messages.prepare_gdal`): their diagnostics go to our log, never to stderr.
+:func:`model.io.gdal_messages.prepare_gdal`): their diagnostics go to our log, never to stderr.
 """
 
-from model.gdal_messages import prepare_gdal
+from model.io.gdal_messages import prepare_gdal
 
 prepare_gdal()

@@ -1,6 +1,6 @@
 """What the predictor can be asked for: the choices and their defaults, shared with ``handler.settings``.
 
-Kept apart from :mod:`model.predict` so the settings can validate against the same values without
+Kept apart from :mod:`model.predictor.predict` so the settings can validate against the same values without
 importing torch.
 
 Example:
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from model.decode_limits import DecodeLimits
+from model.io.decode_limits import DecodeLimits
 
 OUTPUT_DTYPES = {"mask": "float32", "mask-uint8": "uint8", "score": "float32"}
 OUTPUT_MODES = tuple(OUTPUT_DTYPES)

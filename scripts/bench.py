@@ -36,11 +36,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from model.card import DEFAULT_CARD_PATH, load_card  # noqa: E402
-from model.checkpoint import build_model, save_checkpoint  # noqa: E402
 from model.cpus import available_cpus  # noqa: E402
-from model.predict import PredictOptions, predict_file  # noqa: E402
-from model.tiling import pad_tile, plan_tiles  # noqa: E402
-from model.unet import UNet  # noqa: E402
+from model.network.checkpoint import build_model, save_checkpoint  # noqa: E402
+from model.network.unet import UNet  # noqa: E402
+from model.predictor.predict import PredictOptions, predict_file  # noqa: E402
+from model.predictor.tiling import pad_tile, plan_tiles  # noqa: E402
 
 CACHE = ROOT / ".bench"
 SCENE = ROOT / "data" / "test-1.tif"
@@ -140,7 +140,7 @@ def main() -> None:
 
 
 def engines_side_by_side(model, card_path: Path, big: Path, old_net) -> None:
-    from model.engines.loading import load_inference_model
+    from model.network.engines.loading import load_inference_model
     from model.training.synthetic import make_scene, write_scene_tif
 
     scenes = []
@@ -194,7 +194,7 @@ def engines_side_by_side(model, card_path: Path, big: Path, old_net) -> None:
 COLD_START = """
 import sys, time
 import numpy as np
-from model.engines.loading import load_inference_model
+from model.network.engines.loading import load_inference_model
 from model.options import PredictOptions
 model = load_inference_model(sys.argv[1], engine=sys.argv[2])
 card = model.card

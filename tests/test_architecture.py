@@ -21,16 +21,25 @@ ENTRY_POINTS = ("handler.lambda_function", "handler.knative")
 # The CLI dispatches to every command, local ones included (lazily, and refusing cleanly where they are absent).
 ABOVE_EVERYTHING = ("handler.cli",)
 # (package, rank): a module belongs to the longest package that contains it; it imports only ranks <= its own.
+# Within the inference core: the root error, the card and the CPU count under raster I/O (with the package
+# itself, which prepares GDAL on import, and the predictor's options), under the network, under the predictor.
 LAYERS = (
-    ("model", 0),
-    ("handler", 1),
-    ("handler.http", 2),
-    ("handler.lambda_function", 3),
-    ("handler.knative", 3),
-    ("handler.local", 4),
-    ("model.training", 4),
-    ("handler.commands", 5),
-    ("handler.cli", 5),
+    ("model.errors", 0),
+    ("model.card", 0),
+    ("model.cpus", 0),
+    ("model", 1),
+    ("model.io", 1),
+    ("model.options", 1),
+    ("model.network", 2),
+    ("model.predictor", 3),
+    ("handler", 4),
+    ("handler.http", 5),
+    ("handler.lambda_function", 6),
+    ("handler.knative", 6),
+    ("handler.local", 7),
+    ("model.training", 7),
+    ("handler.commands", 8),
+    ("handler.cli", 8),
 )
 
 
@@ -84,7 +93,7 @@ def test_the_graph_sees_every_package():
     graph = import_graph()
     assert {"handler.lambda_function", "handler.knative", "handler.http.app", "handler.local.demo"} <= set(graph)
     assert "handler.process" in graph["handler.lambda_function"]
-    assert "model.predict" in graph["handler.process"]
+    assert "model.predictor.predict" in graph["handler.process"]
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -143,6 +152,12 @@ def test_imports_only_go_down_the_layers():
     assert upward == set()
 
 
+def test_every_inference_module_has_a_layer_of_its_own():
+    # A new module of the core is put in io, network or predictor (or named here), not left flat in `model/`.
+    flat = {m for m in import_graph() if max((p for p, _ in LAYERS if within(m, p)), key=len) == "model"}
+    assert flat == {"model"}
+
+
 def test_inference_core_never_imports_the_service_layer():
     graph = import_graph()
     offenders = {(m, t) for m, ts in graph.items() if within(m, "model") for t in ts if within(t, "handler")}
@@ -172,7 +187,7 @@ def test_entry_points_reach_no_local_tool_or_moto(entry):
     assert not [m for m in seen if any(within(m, p) for p in LOCAL_ONLY)]
     third_party = {i.split(".")[0] for m in seen for i in imports_of(modules[m], top_level_only=False)}
     assert "moto" not in third_party
-    assert {"handler.process", "handler.runtime", "model.predict"} <= seen
+    assert {"handler.process", "handler.runtime", "model.predictor.predict"} <= seen
 
 
 def test_http_adapter_is_used_only_by_the_knative_entry_point():

@@ -16,7 +16,7 @@ from handler.model_source import load_runtime_model
 from handler.runtime import options_from_settings
 from handler.settings import get_settings
 from model.errors import InputError
-from model.predict import predict_file
+from model.predictor.predict import predict_file
 
 EXIT_INPUT_ERROR = 2
 

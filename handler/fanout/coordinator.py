@@ -1,7 +1,7 @@
 """One raster across parallel invocations: the coordinator, the two shard phases and the assembly.
 
 The coordinator (:func:`fan_out_if_large`, from the header read where the object lies) plans row bands
-(:mod:`model.shards`), opens the ``.npy``'s multipart upload, records the :class:`~handler.fanout.jobs.Job`
+(:mod:`model.predictor.shards`), opens the ``.npy``'s multipart upload, records the :class:`~handler.fanout.jobs.Job`
 and sends one ``stats`` message per band. The stats shard that finds every histogram present sends the
 ``predict`` messages; the predict shard that finds every part present completes the upload. Shards read the
 input where it lies (:mod:`handler.remote`), never download it. An :class:`InputError` in any shard fails
@@ -31,13 +31,13 @@ from handler.outputs import PlannedArray, output_metadata, reject_object
 from handler.remote import remote_source, url_lifetime_s
 from handler.runtime import Runtime
 from handler.storage import OUTPUT_CONTENT_TYPE, Upload
-from model.bands import band_statistics, plan_raster_shards, predict_band
-from model.decode_limits import check_layout
 from model.errors import ConfigError, InputError, RasterReadError, RasterTooLargeError
-from model.raster import RasterHeader, RasterSource, check_header, open_raster, read_header
-from model.remote import RemoteRaster
-from model.shards import S3_MIN_PART_BYTES, RowBand, ShardPlan, merge_percentiles, npy_header
-from model.tiling import plan_tiles
+from model.io.decode_limits import check_layout
+from model.io.raster import RasterHeader, RasterSource, check_header, open_raster, read_header
+from model.io.remote import RemoteRaster
+from model.predictor.bands import band_statistics, plan_raster_shards, predict_band
+from model.predictor.shards import S3_MIN_PART_BYTES, RowBand, ShardPlan, merge_percentiles, npy_header
+from model.predictor.tiling import plan_tiles
 
 log = logging.getLogger(__name__)
 

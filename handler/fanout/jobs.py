@@ -26,7 +26,7 @@ import numpy as np
 
 from handler.objects import JOB_PREFIX, ObjectInfo, ObjectRef
 from handler.storage import JSON_CONTENT_TYPE, OUTPUT_CONTENT_TYPE, Storage, s3_uri
-from model.shards import RowBand
+from model.predictor.shards import RowBand
 
 _JOB = "job.json"
 _STATS_SENT = "stats-sent.json"

@@ -72,7 +72,7 @@ from handler.objects import ObjectRef
 from handler.outcome import Outcome, summarise
 from handler.settings import OUTPUT_MODES, Settings
 from model.errors import ConfigError, InputError, RasterTooLargeError
-from model.predict import PredictionResult
+from model.predictor.predict import PredictionResult
 
 logger = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ from handler.isolation import (
 from handler.outcome import Outcome
 from handler.runtime import Runtime
 from handler.settings import Settings
-from model.predict import PredictionResult
+from model.predictor.predict import PredictionResult
 
 logger = logging.getLogger(__name__)
 

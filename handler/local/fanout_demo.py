@@ -131,7 +131,7 @@ def _single(scene: str, out: str, answer) -> None:
     from handler.model_source import load_runtime_model
     from handler.runtime import options_from_settings
     from handler.settings import get_settings
-    from model.predict import predict_file
+    from model.predictor.predict import predict_file
 
     settings = get_settings()
     model = load_runtime_model(settings)

@@ -42,14 +42,14 @@ import torch
 from rasterio.windows import Window
 
 from model.card import ModelCard, load_card
-from model.checkpoint import LoadedModel, build_model
-from model.digests import sha256_file
-from model.engines.artefacts import SERVING_KEY
-from model.engines.openvino_engine import ENGINE, INFERENCE_PRECISION, PERFORMANCE_HINT, core
 from model.errors import ConfigError
-from model.predict import PERCENTILE, compute_percentiles, make_normaliser, normalise_values
-from model.raster import open_raster, read_header, read_window
-from model.tiling import pad_tile
+from model.io.raster import open_raster, read_header, read_window
+from model.network.checkpoint import LoadedModel, build_model
+from model.network.digests import sha256_file
+from model.network.engines.artefacts import SERVING_KEY
+from model.network.engines.openvino_engine import ENGINE, INFERENCE_PRECISION, PERFORMANCE_HINT, core
+from model.predictor.predict import PERCENTILE, compute_percentiles, make_normaliser, normalise_values
+from model.predictor.tiling import pad_tile
 
 DEFAULT_HELDOUT_SEEDS = tuple(range(100_000, 100_008))
 MAX_CALIBRATION_TILES = 32

@@ -32,11 +32,11 @@ import torch
 from torch.nn import functional as F
 
 from model.card import DEFAULT_ARCHITECTURE, DEFAULT_CARD_PATH, load_card
-from model.checkpoint import LoadedModel, build_model, save_checkpoint
 from model.errors import ConfigError
-from model.predict import PERCENTILE, normalise_values, predict_file
+from model.network.checkpoint import LoadedModel, build_model, save_checkpoint
+from model.network.unet import UNet
+from model.predictor.predict import PERCENTILE, normalise_values, predict_file
 from model.training.synthetic import BANDS, make_scene, write_scene_tif
-from model.unet import UNet
 
 CARD_NAME = "demo.json"
 WEIGHTS_NAME = "demo.pt"

@@ -14,9 +14,9 @@ from handler.errors import CancelledError, DeadlineError, WorkerCrashedError
 from handler.isolation import PredictJob, Worker, make_interrupt
 from handler.settings import Settings
 from model.card import load_card
-from model.checkpoint import build_model
+from model.network.checkpoint import build_model
 from model.options import PredictOptions
-from model.predict import predict_file
+from model.predictor.predict import predict_file
 from tests.fixtures.crash import CRASH_MARKER, HANG_MARKER, SLOW_MARKER, crash_on_marker
 
 

@@ -23,8 +23,8 @@ from handler.runtime import Runtime
 from handler.settings import Settings
 from handler.storage import Storage
 from model.card import DEFAULT_CARD_PATH, load_card
-from model.checkpoint import build_model
 from model.errors import ConfigError
+from model.network.checkpoint import build_model
 from tests.fixtures.paths import REPO_ROOT
 from tests.fixtures.servers import free_port, wait_ready
 

@@ -12,8 +12,8 @@ from handler.model_source import cached_weights_path, fetch_weights, load_runtim
 from handler.settings import Settings
 from handler.storage import Storage
 from model.card import load_card
-from model.checkpoint import clear_model_cache
 from model.errors import CheckpointError, ConfigError
+from model.network.checkpoint import clear_model_cache
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from handler.outputs import (
     error_document,
     output_metadata,
 )
-from model.predict import PredictionResult
+from model.predictor.predict import PredictionResult
 
 
 def make_result(crs: str | None) -> PredictionResult:

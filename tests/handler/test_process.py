@@ -13,7 +13,7 @@ from handler.objects import ObjectInfo, ObjectRef
 from handler.outputs import output_metadata
 from handler.process import process_object
 from model.card import DEFAULT_CARD_PATH
-from model.predict import predict_file
+from model.predictor.predict import predict_file
 from tests.fixtures.aws import count_calls, keys_in
 from tests.fixtures.events import CREATED, ref_for
 from tests.fixtures.hostile_tiffs import complex_file

@@ -7,16 +7,16 @@ from dataclasses import replace
 
 import pytest
 
-import model.predict as predict_module
+import model.predictor.predict as predict_module
 from handler.errors import ObjectMissingError, TransientError
 from handler.objects import ObjectRef
 from handler.remote import remote_source, url_lifetime_s
 from handler.settings import Settings
 from handler.storage import Storage
-from model.bands import band_statistics
 from model.errors import RasterReadError, RasterTooLargeError, RemoteReadError
-from model.raster import open_checked, open_raster, read_header
-from model.shards import RowBand
+from model.io.raster import open_checked, open_raster, read_header
+from model.predictor.bands import band_statistics
+from model.predictor.shards import RowBand
 from tests.fixtures.hostile_tiffs import giant_strip_file, huge_tile_file, sparse_file
 
 
@@ -56,7 +56,7 @@ def test_a_versioned_objects_url_names_its_version(storage, make_bucket, upload_
 def test_a_non_tiff_is_named_from_its_first_bytes_before_gdal_opens_it(storage, make_bucket, s3_client, monkeypatch):
     bucket = make_bucket()
     s3_client.put_object(Bucket=bucket, Key="in/scene.tif", Body=b"\x89PNG\r\n\x1a\n" + bytes(4096))
-    monkeypatch.setattr("model.raster.rasterio.open", lambda *a, **k: pytest.fail("GDAL opened a PNG"))
+    monkeypatch.setattr("model.io.raster.rasterio.open", lambda *a, **k: pytest.fail("GDAL opened a PNG"))
     with (
         remote_source(storage, located(storage, bucket), expires_s=60) as src,
         pytest.raises(RasterReadError, match=r"^in/scene.tif: it is a PNG image, not a TIFF"),

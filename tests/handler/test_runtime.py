@@ -18,7 +18,7 @@ from handler.runtime import (
 from handler.settings import Settings, get_settings
 from handler.storage import Storage
 from model.errors import ConfigError
-from model.predict import PredictOptions
+from model.predictor.predict import PredictOptions
 
 
 @pytest.mark.parametrize(

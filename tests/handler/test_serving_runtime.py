@@ -20,8 +20,8 @@ from handler.runtime import build_runtime
 from handler.settings import Settings
 from handler.storage import Storage
 from model.card import DEFAULT_CARD_PATH, load_card
-from model.engines.artefacts import graph_for
-from model.engines.loading import clear_engine_cache
+from model.network.engines.artefacts import graph_for
+from model.network.engines.loading import clear_engine_cache
 from tests.fixtures.engines import AGREEMENT, TEST_TIF, copy_demo_card, old_service_mask
 from tests.fixtures.paths import REPO_ROOT
 

@@ -195,7 +195,7 @@ def test_security_settings_are_validated(env, message):
 def test_decode_limits_reach_the_predictor():
     # GIVEN limits set in the environment
     from handler.runtime import options_from_settings
-    from model.decode_limits import DecodeLimits
+    from model.io.decode_limits import DecodeLimits
 
     settings = Settings.from_env({"MAX_BANDS": "12", "ALLOWED_COMPRESSIONS": "zstd", "MAX_BLOCK_BYTES": "4096"})
     # THEN the predictor's options carry them; the defaults are the predictor's own

@@ -366,7 +366,7 @@ def test_build_context_leaves_out_local_state(ignore_patterns):
         "model/training/train_demo.py",
     ):
         assert dockerignore_excludes(path, ignore_patterns), path
-    for path in ("handler/cli.py", "handler/http/app.py", "model/unet.py", "docker/entrypoint.sh"):
+    for path in ("handler/cli.py", "handler/http/app.py", "model/network/unet.py", "docker/entrypoint.sh"):
         assert not dockerignore_excludes(path, ignore_patterns), path
 
 

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def run_in_runtime_venv(code: str, tmp_path) -> subprocess.CompletedProcess[str]:
-    # Nor PROJ's or GDAL's variables: this process set them (model.gdal_messages); a fresh container has none.
+    # Nor PROJ's or GDAL's variables: this process set them (model.io.gdal_messages); a fresh container has none.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "PROJ_", "GDAL_"))}
     env |= {"AWS_DEFAULT_REGION": "us-east-1", "TMPDIR": str(tmp_path)}
     # -P and a foreign cwd: the installed package is imported, never this checkout's sources.
@@ -72,8 +72,8 @@ def test_proj_finds_its_data_and_stays_off_stderr_in_the_runtime_venv(tmp_path):
     path = write_tiff(tmp_path / "angular.tif", 32, 24, bands=10, tags=geo_tags(9999, geographic_type=32767))
     # WHEN the installed package reads its header with no PROJ variable set
     result = run_in_runtime_venv(
-        "import os, model.gdal_messages as g\n"
-        "from model.raster import open_raster, read_header\n"
+        "import os, model.io.gdal_messages as g\n"
+        "from model.io.raster import open_raster, read_header\n"
         f"with open_raster({str(path)!r}) as src:\n"
         f"    print(read_header(src, 'a.tif').crs, g.packaged_proj_data() is not None, 'PROJ_DATA' in os.environ)\n",
         tmp_path,

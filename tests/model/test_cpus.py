@@ -100,7 +100,7 @@ def test_predictor_sets_torch_threads_from_the_budget(monkeypatch, tmp_path, eig
     # GIVEN a 1.5-CPU quota on an 8-CPU affinity, and a predictor that has not set its threads yet
     import torch
 
-    from model.engines import base, torch_engine
+    from model.network.engines import base, torch_engine
 
     root = write_cpu_max(tmp_path, "150000 100000")
     monkeypatch.setattr(base, "available_cpus", lambda: cpus.available_cpus(root))

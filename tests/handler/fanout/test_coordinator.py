@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import handler.fanout.coordinator as coordinator
-import model.predict as predict_module
+import model.predictor.predict as predict_module
 from handler.errors import TransientError
 from handler.fanout import ShardMessage, parse_shard_message, run_shard
 from handler.fanout.jobs import JobStore
@@ -21,7 +21,7 @@ from handler.process import process_object
 from handler.storage import Storage
 from model.errors import RemoteReadError
 from model.options import PredictOptions
-from model.predict import predict_file
+from model.predictor.predict import predict_file
 from tests.fixtures.hostile_tiffs import giant_strip_file, huge_tile_file, sparse_file
 
 

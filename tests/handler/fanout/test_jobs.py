@@ -10,7 +10,7 @@ import pytest
 from handler.fanout.jobs import Failure, Job, JobStore, SourceVersion
 from handler.objects import JOB_PREFIX, ObjectInfo
 from handler.storage import Storage
-from model.shards import RowBand
+from model.predictor.shards import RowBand
 from tests.fixtures.paths import REPO_ROOT
 
 BAND = RowBand(index=0, first_tile_row=0, emit_tile_row=0, stop_tile_row=2, row_start=0, row_stop=94, read_rows=94)

@@ -34,7 +34,7 @@ from handler.knative import RuntimeLoader
 from handler.settings import RelaySettings
 from handler.storage import Storage
 from model.options import PredictOptions
-from model.predict import predict_file
+from model.predictor.predict import predict_file
 from tests.fixtures.oidc import Issuer, StaticJwks, relay_settings, trigger_subject
 from tests.fixtures.paths import REPO_ROOT
 

@@ -18,7 +18,7 @@ from handler.objects import ObjectRef
 from handler.outcome import OutcomeStatus
 from handler.process import process_object
 from model.options import PredictOptions
-from model.predict import predict_file
+from model.predictor.predict import predict_file
 
 KEY = "scenes/big.tif"
 

@@ -32,9 +32,9 @@ from handler.runtime import Runtime
 from handler.settings import Settings
 from handler.storage import Storage
 from model.card import load_card
-from model.checkpoint import build_model
 from model.errors import ConfigError, InputError, RasterReadError, RasterTooLargeError
-from model.predict import predict_file
+from model.network.checkpoint import build_model
+from model.predictor.predict import predict_file
 from tests.fixtures.hostile_tiffs import complex_file
 
 TOKEN = "s3cret-webhook-token"

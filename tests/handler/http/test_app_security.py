@@ -21,8 +21,8 @@ from handler.runtime import Runtime
 from handler.settings import Settings
 from handler.storage import Storage
 from model.card import load_card
-from model.checkpoint import build_model
 from model.errors import ConfigError
+from model.network.checkpoint import build_model
 
 TOKEN = "webhook-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}

@@ -17,9 +17,9 @@ from handler.http.metrics import create_metrics
 from handler.http.workers import WorkerPool
 from handler.settings import Settings
 from model.card import load_card
-from model.checkpoint import build_model
+from model.network.checkpoint import build_model
 from model.options import PredictOptions
-from model.predict import predict_file
+from model.predictor.predict import predict_file
 from tests.fixtures.crash import CRASH_MARKER, crash_on_marker
 
 TOKEN = "pool-test-token"

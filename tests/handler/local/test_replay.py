@@ -156,7 +156,7 @@ json.dump(results, open(sys.argv[1], "w"))
 def replayed(tmp_path_factory) -> dict[str, Any]:
     """Every sample replayed with ``--seed`` by ``handler.cli.main`` in one fresh process (the real handler,
     imported once; an embedded moto per replay). A 2-level U-Net with 512-pixel tiles keeps it quick."""
-    from model.checkpoint import save_checkpoint
+    from model.network.checkpoint import save_checkpoint
     from tests.fixtures.models import build_random_unet
 
     work = tmp_path_factory.mktemp("replay")

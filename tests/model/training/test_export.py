@@ -14,11 +14,11 @@ import pytest
 
 import model.training.export as export_module
 from model.card import DEFAULT_CARD_PATH, load_card
-from model.digests import sha256_file
-from model.engines.loading import clear_engine_cache, load_inference_model
+from model.network.digests import sha256_file
+from model.network.engines.loading import clear_engine_cache, load_inference_model
 from model.options import PredictOptions
-from model.predict import make_normaliser, predict_file
-from model.tiling import pad_tile
+from model.predictor.predict import make_normaliser, predict_file
+from model.predictor.tiling import pad_tile
 from model.training.export import ExportError, calibration_tiles, export_card
 from tests.fixtures.engines import old_service_mask
 from tests.fixtures.old_service import TEST_SCENE, old_service_inference

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from model.card import load_card
-from model.checkpoint import build_model
 from model.errors import ConfigError
-from model.predict import make_normaliser
+from model.network.checkpoint import build_model
+from model.predictor.predict import make_normaliser
 from model.training import train_demo
 from model.training.synthetic import make_scene
 from model.training.train_demo import Recipe, canopy_loss, normalise_p90, train
