@@ -77,7 +77,7 @@ pytest: install  ## the test suite alone (pytest's "no tests collected", exit 5,
 FUZZ_SECONDS ?= 600
 
 fuzz: install  ## fuzz the pre-pixel path (signature, header, layout, decode limits) for FUZZ_SECONDS (600)
-	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) -m pytest -q -s -p no:logging -W ignore tests/model/io/test_header_fuzz.py -k for_a_while
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) -m pytest -q -s -p no:logging -W ignore -m long_fuzz tests/model/io/test_header_fuzz.py
 
 bench: install  ## speed and memory ratios, measured side by side in one run
 	$(PY) scripts/bench.py
