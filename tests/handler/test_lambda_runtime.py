@@ -31,7 +31,6 @@ from tests.fixtures.runtime_api import STOP, Container, RuntimeApiState, runtime
 ROOT = REPO_ROOT
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 VENV_BIN = ROOT / ".venv" / "bin"
-QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:rasterfn-uploads"
 RESULT_TIMEOUT_S = 90  # a cold start imports torch and loads the model first
 
 pytestmark = pytest.mark.slow
@@ -247,22 +246,9 @@ def upload(s3, bucket, make_raster) -> Callable[[str], dict[str, Any]]:
 
 
 @pytest.fixture
-def sqs_batch(make_s3_event, make_sqs_event, bucket) -> Callable[..., dict[str, Any]]:
-    """``sqs_batch(obj1, obj2)``: Lambda's SQS event, one message per S3 notification of one object."""
-
-    def make(*objects: dict[str, Any]) -> dict[str, Any]:
-        bodies = []
-        for obj in objects:
-            notification = make_s3_event(obj["key"], bucket=bucket, size=None)
-            notification["Records"][0]["s3"]["object"].update(obj)
-            bodies.append(notification)
-        event = make_sqs_event(*bodies)
-        for index, record in enumerate(event["Records"]):
-            record["messageId"] = f"message-{index}"
-            record["eventSourceARN"] = QUEUE_ARN
-        return event
-
-    return make
+def sqs_batch(make_upload_batch, bucket) -> Callable[..., dict[str, Any]]:
+    """``sqs_batch(obj1, obj2)``: Lambda's SQS event for uploads to this module's bucket."""
+    return lambda *objects: make_upload_batch(bucket, *objects)
 
 
 def mask_of(s3, bucket: str, key: str) -> Any:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import time
 import uuid
@@ -58,12 +57,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run([DOCKER, *args], capture_output=True, text=True, timeout=timeout, check=check)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -125,7 +118,7 @@ def s3(moto_server) -> Any:
 
 
 @pytest.fixture(scope="session")
-def make_bucket(s3) -> Callable[[str], str]:
+def new_bucket(s3) -> Callable[[str], str]:
     def make(prefix: str) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:10]}"
         s3.create_bucket(Bucket=name)

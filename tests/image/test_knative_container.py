@@ -19,10 +19,10 @@ import pytest
 
 from tests.fixtures.aws import FAKE_CREDENTIALS
 from tests.fixtures.paths import REPO_ROOT
+from tests.fixtures.servers import free_port
 from tests.image.conftest import (
     RunningContainer,
     docker,
-    free_port,
     record_figure,
     run_container,
     wait_until_ready,
@@ -55,8 +55,8 @@ def knative_env(port: int, moto_server: str, bucket: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def bucket(make_bucket) -> str:
-    return make_bucket("image-knative")
+def bucket(new_bucket) -> str:
+    return new_bucket("image-knative")
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +126,9 @@ def test_events_without_the_token_are_401(knative, bucket):
     assert wrong.status_code == 401
 
 
-def test_events_for_a_bucket_outside_allowed_buckets_are_403(knative, s3, make_bucket):
+def test_events_for_a_bucket_outside_allowed_buckets_are_403(knative, s3, new_bucket):
     _, url = knative
-    other = make_bucket("not-allowed")
+    other = new_bucket("not-allowed")
     s3.put_object(Bucket=other, Key="a/b.tif", Body=(REPO_ROOT / "data" / "test-1.tif").read_bytes())
     response = httpx.post(
         f"{url}/", json=minio_webhook(other, "a/b.tif"), headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30

@@ -18,15 +18,14 @@ from tests.fixtures.paths import REPO_ROOT
 from tests.fixtures.runtime_api import STOP, RuntimeApiState, runtime_api_handler, serve
 from tests.image.conftest import RunningContainer, record_figure, run_container
 
-QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:rasterfn-uploads"
 LAMBDA_UID = "993:990"  # Lambda's sandbox user: no entry in the image's /etc/passwd
 RESULT_TIMEOUT_S = 180
 TEST_TIF = REPO_ROOT / "data" / "test-1.tif"
 
 
 @pytest.fixture(scope="module")
-def bucket(make_bucket) -> str:
-    return make_bucket("image-lambda")
+def bucket(new_bucket) -> str:
+    return new_bucket("image-lambda")
 
 
 @pytest.fixture(scope="module")
@@ -57,36 +56,6 @@ def lambda_container(
                 state.events.put((STOP, b""))
 
 
-def sqs_event(bucket: str, *objects: dict[str, Any]) -> dict[str, Any]:
-    """Lambda's SQS event: one message per S3 notification, as the event-source mapping batches them."""
-    records = []
-    for index, obj in enumerate(objects):
-        notification = {
-            "Records": [
-                {
-                    "eventVersion": "2.1",
-                    "eventSource": "aws:s3",
-                    "awsRegion": "us-east-1",
-                    "eventName": "ObjectCreated:Put",
-                    "s3": {"bucket": {"name": bucket}, "object": obj},
-                }
-            ]
-        }
-        records.append(
-            {
-                "messageId": f"message-{index}",
-                "receiptHandle": uuid.uuid4().hex,
-                "body": json.dumps(notification),
-                "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": str(int(time.time() * 1000))},
-                "messageAttributes": {},
-                "eventSource": "aws:sqs",
-                "eventSourceARN": QUEUE_ARN,
-                "awsRegion": "us-east-1",
-            }
-        )
-    return {"Records": records}
-
-
 def put(s3, bucket: str, key: str, body: bytes) -> dict[str, Any]:
     reply = s3.put_object(Bucket=bucket, Key=key, Body=body)
     return {"key": key, "size": len(body), "eTag": reply["ETag"].strip('"')}
@@ -114,7 +83,7 @@ def test_init_loads_the_model_and_polls_for_events(lambda_container):
     record_figure("Lambda INIT (docker run to first poll)", f"{time.monotonic() - container.started:.2f} s")
 
 
-def test_a_batch_with_a_good_and_a_corrupt_tiff(lambda_container, s3, bucket):
+def test_a_batch_with_a_good_and_a_corrupt_tiff(lambda_container, s3, bucket, make_upload_batch):
     container, state = lambda_container
     state.wait_for(lambda: state.polls >= 1 or state.init_errors, RESULT_TIMEOUT_S, "the first poll")
     assert not state.init_errors, state.init_errors
@@ -125,7 +94,7 @@ def test_a_batch_with_a_good_and_a_corrupt_tiff(lambda_container, s3, bucket):
     corrupt = put(s3, bucket, "scenes/corrupt.tif", corrupt_body)
     # WHEN Lambda hands the container one batch with both
     started = time.monotonic()
-    kind, body = invoke(container, state, sqs_event(bucket, good, corrupt))
+    kind, body = invoke(container, state, make_upload_batch(bucket, good, corrupt))
     record_figure("Lambda first batch (2 records, one 512 x 512 scene)", f"{time.monotonic() - started:.2f} s")
     # THEN no record goes back to the queue: the corrupt upload is the user's to fix, not a retry
     assert (kind, body) == ("response", {"batchItemFailures": []}), container.log_tail()

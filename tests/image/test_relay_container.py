@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import secrets
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -19,33 +17,11 @@ from handler.event_types import UPLOAD_EVENT_TYPE
 from tests.fixtures.oidc import AUDIENCE, ISSUER, SHARDS_SUBJECT, UPLOADS_SUBJECT, Issuer
 from tests.fixtures.paths import REPO_ROOT
 from tests.fixtures.runtime_api import serve
-from tests.image.conftest import free_port, run_container, wait_until_ready
+from tests.fixtures.servers import free_port
+from tests.fixtures.spy import Spy
+from tests.image.conftest import run_container, wait_until_ready
 
 TOKEN = secrets.token_hex(16)
-
-
-@dataclass
-class Recorder:
-    """What an HTTP peer (the Broker's ingress, the function) received."""
-
-    requests: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
-    arrived: threading.Event = field(default_factory=threading.Event)
-
-
-def recording_handler(recorder: Recorder, status: int) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            recorder.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-            recorder.arrived.set()
-            self.send_response(status)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    return Handler
 
 
 def jwks_handler(issuer: Issuer) -> type[BaseHTTPRequestHandler]:
@@ -72,17 +48,12 @@ def issuer() -> Issuer:
 
 
 @pytest.fixture(scope="module")
-def relay(image, issuer, tmp_path_factory) -> Iterator[tuple[str, Recorder, Recorder]]:
-    broker, function = Recorder(), Recorder()
-    with (
-        serve(recording_handler(broker, 202)) as broker_address,
-        serve(recording_handler(function, 200)) as function_address,
-        serve(jwks_handler(issuer)) as jwks_address,
-    ):
+def relay(image, issuer, tmp_path_factory) -> Iterator[tuple[str, Spy, Spy]]:
+    with Spy(status=202) as broker, Spy(status=200) as function, serve(jwks_handler(issuer)) as jwks_address:
         port = free_port()
         env = {
-            "K_SINK": f"http://127.0.0.1:{broker_address[1]}/default/default",
-            "RELAY_TARGET_URL": f"http://127.0.0.1:{function_address[1]}/",
+            "K_SINK": f"{broker.url}/default/default",
+            "RELAY_TARGET_URL": f"{function.url}/",
             "WEBHOOK_TOKEN": TOKEN,
             "RELAY_OIDC_ISSUER": ISSUER,
             "RELAY_OIDC_AUDIENCE": AUDIENCE,
@@ -103,10 +74,9 @@ def test_a_minio_webhook_is_published_to_the_broker(relay):
     body = (REPO_ROOT / "events" / "minio-webhook.json").read_bytes()
     response = httpx.post(f"{url}/minio", content=body, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
     assert response.status_code == 202, response.text
-    assert broker.arrived.wait(10)
-    _, headers, published = broker.requests[-1]
+    _, _, headers = broker.requests[-1]  # the relay answers once the Broker has answered
     assert headers["ce-type"] == UPLOAD_EVENT_TYPE
-    assert json.loads(published) == json.loads(body)
+    assert json.loads(broker.bodies[-1]) == json.loads(body)
 
 
 def test_a_webhook_without_the_token_is_refused(relay):
@@ -139,6 +109,6 @@ def test_a_delivery_with_the_trigger_s_token_reaches_the_function_with_its_token
     body = (REPO_ROOT / "events" / "minio-webhook.json").read_bytes()
     response = httpx.post(f"{url}/deliver", content=body, headers=DELIVERY_HEADERS | issuer.bearer(), timeout=30)
     assert response.status_code == 200, response.text
-    _, forwarded, data = function.requests[-1]
+    _, _, forwarded = function.requests[-1]
     assert forwarded["authorization"] == f"Bearer {TOKEN}" and forwarded["ce-id"] == "image-test-1"
-    assert data == body
+    assert function.bodies[-1] == body

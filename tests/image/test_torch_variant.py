@@ -9,7 +9,8 @@ import pytest
 
 from model.card import DEFAULT_CARD_PATH, load_card
 from tests.fixtures.old_service import TEST_SCENE, old_service_inference
-from tests.image.conftest import free_port, record_figure, run_container, wait_until_ready
+from tests.fixtures.servers import free_port
+from tests.image.conftest import record_figure, run_container, wait_until_ready
 
 
 @pytest.fixture(scope="module")
