@@ -4,7 +4,7 @@
 # Three choices, each printed:
 #   builder  buildx where the client has it (Docker Desktop, docker-ce); else a client with BuildKit built in
 #            (Docker < 23, e.g. Debian's docker.io), since newer clients hand BuildKit builds to buildx only.
-#   base     PYTHON_IMAGE (python:3.11-slim-bookworm) when present or pullable; else the offline base built
+#   base     PYTHON_IMAGE (the Dockerfile's, python:3.11-slim-bookworm) when present or pullable; else the offline base built
 #            from Debian's packages (docker/offline-base.sh, once).
 #   torch    PyTorch's CPU index (the exporter stage's TORCH_INDEX_URL) when it answers; else a PEP 503 index
 #            served on 127.0.0.1 from the CPU wheel pip finds on this machine, reached with --network host.
@@ -13,10 +13,12 @@ cd "$(dirname "$0")/.."
 
 tag=${1:?usage: docker/build.sh TAG [docker build flags...]}
 shift
-python_image=${PYTHON_IMAGE:-python:3.11-slim-bookworm}
+# The Dockerfile's own defaults, so the base, the torch pin and its index are written in one place.
+dockerfile_arg() { awk -F= -v arg="ARG $1" '$1 == arg { print $2; exit }' Dockerfile; }
+python_image=${PYTHON_IMAGE:-$(dockerfile_arg PYTHON_IMAGE)}
 offline_base=${OFFLINE_BASE:-rasterfn-base:3.11-bookworm}
-torch_index=${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}
-torch_version=${TORCH_VERSION:-2.13.0}
+torch_index=${TORCH_INDEX_URL:-$(dockerfile_arg TORCH_INDEX_URL)}
+torch_version=${TORCH_VERSION:-$(dockerfile_arg TORCH_VERSION)}
 cache=${IMAGE_CACHE_DIR:-.cache/image}
 platform=${DOCKER_PLATFORM:-linux/amd64}
 python=${PYTHON:-python3}
