@@ -15,10 +15,21 @@ from datetime import datetime
 
 OUTPUT_SUFFIX = ".npy"
 ERROR_SUFFIX = ".error.json"
-# Anything the function itself writes: never an input, whatever the bucket notification says.
-OWN_OUTPUT_SUFFIXES = (OUTPUT_SUFFIX, ERROR_SUFFIX)
+# The COG of the mask (or of the scores, OUTPUT_MODE=score). Upper case on purpose: S3's and MinIO's suffix
+# filters are case-sensitive, so the notifications for ".tif" inputs never see it, while every GIS tool opens it.
+COG_SUFFIXES = {"mask": ".mask.TIF", "mask-uint8": ".mask.TIF", "score": ".score.TIF"}
+STAC_SUFFIX = ".stac.json"
+THUMBNAIL_SUFFIX = ".thumb.png"
+# Anything the function itself writes (compared lower-case): never an input, whatever the notification says.
+OWN_OUTPUT_SUFFIXES = tuple(
+    dict.fromkeys(
+        s.lower() for s in (OUTPUT_SUFFIX, ERROR_SUFFIX, *COG_SUFFIXES.values(), STAC_SUFFIX, THUMBNAIL_SUFFIX)
+    )
+)
 # Fan-out job state (handler/fanout) lives under this prefix of the output bucket; never an input.
 JOB_PREFIX = ".rasterfn-jobs/"
+# The extensions of the outputs that are no raster: never an input suffix (.tif is both, told apart by the above).
+OWN_EXTENSIONS = (".npy", ".json", ".png")
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,25 @@ def stem_key(key: str) -> str:
 def output_key(key: str, prefix: str = "") -> str:
     """Where the mask of ``key`` goes: its suffix replaced by ``.npy``, under an optional prefix."""
     return prefix + stem_key(key) + OUTPUT_SUFFIX
+
+
+def product_keys(key: str, formats: Iterable[str], output_mode: str, prefix: str = "") -> dict[str, str]:
+    """Every output of ``key`` by kind (``npy``, ``cog``, ``thumbnail``, ``stac``), in the order they are written:
+    the STAC Item, which describes the others, last (pure).
+
+    >>> product_keys("a/s.tif", ("npy", "cog", "stac"), "mask")
+    {'npy': 'a/s.npy', 'cog': 'a/s.mask.TIF', 'thumbnail': 'a/s.thumb.png', 'stac': 'a/s.stac.json'}
+    """
+    stem, wanted = prefix + stem_key(key), set(formats)
+    keys = {}
+    if "npy" in wanted:
+        keys["npy"] = stem + OUTPUT_SUFFIX
+    if "cog" in wanted:
+        keys["cog"] = stem + COG_SUFFIXES[output_mode]
+    if "stac" in wanted:
+        keys["thumbnail"] = stem + THUMBNAIL_SUFFIX
+        keys["stac"] = stem + STAC_SUFFIX
+    return keys
 
 
 def error_key(key: str, prefix: str = "") -> str:

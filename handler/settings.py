@@ -21,7 +21,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from handler.objects import normalise_suffixes
+from handler.objects import OWN_EXTENSIONS, OWN_OUTPUT_SUFFIXES, normalise_suffixes
 from model.card import DEFAULT_CARD_PATH
 from model.errors import ConfigError
 from model.io.decode_limits import (
@@ -31,7 +31,15 @@ from model.io.decode_limits import (
     DEFAULT_MAX_COMPRESSION_RATIO,
     KNOWN_COMPRESSIONS,
 )
-from model.options import DEFAULT_MAX_PIXELS, DEVICES, ENGINES, OUTPUT_MODES, PRECISIONS
+from model.options import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_OUTPUT_FORMATS,
+    DEVICES,
+    ENGINES,
+    OUTPUT_FORMATS,
+    OUTPUT_MODES,
+    PRECISIONS,
+)
 
 DEFAULT_MAX_INPUT_BYTES = 4 * 1024**3
 DEFAULT_INPUT_SUFFIXES = (".tif", ".tiff")
@@ -89,6 +97,19 @@ def parse_suffixes(value: str) -> tuple[str, ...]:
     return suffixes
 
 
+def parse_outputs(value: str) -> tuple[str, ...]:
+    """``"npy, COG,stac"`` -> ``("npy", "cog", "stac")``: what is written beside each input, in a fixed order.
+
+    >>> parse_outputs("stac,cog")
+    ('cog', 'stac')
+    """
+    names = [part.strip().lower() for part in value.split(",") if part.strip()]
+    unknown = [name for name in names if name not in OUTPUT_FORMATS]
+    if unknown or not names:
+        raise ConfigError(f"OUTPUTS must list some of {', '.join(OUTPUT_FORMATS)}, got {value!r}")
+    return tuple(name for name in OUTPUT_FORMATS if name in names)
+
+
 def parse_allowed_buckets(value: str) -> tuple[str, ...]:
     """``"a, b/in/"`` -> ``("a", "b/in/")``: bucket names, each optionally with a key prefix.
 
@@ -122,6 +143,9 @@ class Settings:
     engine: str = setting("ENGINE", "auto", "openvino, torch or auto", choices=ENGINES, parse=str.lower)
     device: str = setting("DEVICE", "cpu", "where the engine runs", choices=DEVICES, parse=str.lower)
     output_mode: str = setting("OUTPUT_MODE", "mask", "what the .npy holds", choices=OUTPUT_MODES, parse=str.lower)
+    outputs: tuple[str, ...] = setting(
+        "OUTPUTS", DEFAULT_OUTPUT_FORMATS, "what is written beside each input: npy, cog, stac", parse=parse_outputs
+    )
     max_pixels: int = setting("MAX_PIXELS", DEFAULT_MAX_PIXELS, "largest raster one invocation reads", minimum=1)
     max_input_bytes: int = setting("MAX_INPUT_BYTES", DEFAULT_MAX_INPUT_BYTES, "largest object downloaded", minimum=1)
     input_suffixes: tuple[str, ...] = setting(
@@ -281,8 +305,12 @@ def _validate(s: Settings) -> list[str]:
         problems.append(f"set FANOUT_QUEUE_URL (AWS) or {ENV_K_SINK} (Knative) for shard messages, not both")
     if not s.fanout_seconds_per_tile > 0 or s.fanout_threshold_seconds < 0:
         problems.append("FANOUT_SECONDS_PER_TILE must be > 0 and FANOUT_THRESHOLD_SECONDS >= 0")
-    if ".npy" in s.input_suffixes:
-        problems.append("INPUT_SUFFIXES must not include .npy (the function's own outputs)")
+    # Own outputs are skipped before INPUT_SUFFIXES is looked at (handler/filters.py); these would match nothing else.
+    own = [suffix for suffix in s.input_suffixes if suffix in OWN_OUTPUT_SUFFIXES or suffix in OWN_EXTENSIONS]
+    if own:
+        problems.append(f"INPUT_SUFFIXES must not include {', '.join(own)} (the function's own outputs)")
+    if s.outputs == ("stac",):
+        problems.append("OUTPUTS=stac describes the other outputs: list npy or cog too")
     problems += _url_problems(*(("ALLOWED_ORIGINS", origin) for origin in s.allowed_origins))
     for rule in s.allowed_buckets:
         bucket, _, prefix = rule.partition("/")

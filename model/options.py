@@ -16,6 +16,10 @@ from model.io.decode_limits import DecodeLimits
 
 OUTPUT_DTYPES = {"mask": "float32", "mask-uint8": "uint8", "score": "float32"}
 OUTPUT_MODES = tuple(OUTPUT_DTYPES)
+# What is written beside the input (OUTPUTS): the .npy (the old service's contract), a Cloud Optimized GeoTIFF of
+# the mask (or scores) with a PNG quicklook, and a STAC Item describing them.
+OUTPUT_FORMATS = ("npy", "cog", "stac")
+DEFAULT_OUTPUT_FORMATS = ("npy",)
 PRECISIONS = ("fp32", "bf16", "int8")
 DEVICES = ("cpu", "auto", "cuda")
 # auto: the serving engine (openvino) when it is installed and the card has exported graphs, else torch.

@@ -39,6 +39,7 @@ def test_every_variable_is_read():
         "ENGINE": "OpenVINO",
         "DEVICE": "auto",
         "OUTPUT_MODE": "mask-uint8",
+        "OUTPUTS": "stac, COG,npy",
         "MAX_PIXELS": "1_000_000",
         "MAX_INPUT_BYTES": "2048",
         "INPUT_SUFFIXES": "tif, .GTiff",
@@ -78,6 +79,7 @@ def test_every_variable_is_read():
     assert s.model_card == Path("/opt/model/live.json") and s.model_uri == "s3://models/live.pt"
     assert s.model_cache_dir == Path("/tmp/cache") and s.tmp_dir == Path("/var/tmp")
     assert (s.precision, s.engine, s.device, s.output_mode) == ("bf16", "openvino", "auto", "mask-uint8")
+    assert s.outputs == ("npy", "cog", "stac")
     assert (s.max_pixels, s.max_input_bytes, s.min_remaining_ms) == (1_000_000, 2048, 0)
     assert s.input_suffixes == (".tif", ".gtiff")
     assert (s.output_bucket, s.output_prefix, s.webhook_token) == ("masks", "out/", "s3cr3t")
