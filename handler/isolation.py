@@ -40,6 +40,7 @@ from handler.runtime import build_runtime
 from handler.settings import Settings
 from model.errors import ConfigError, InputError, RasterfnError
 from model.predictor.predict import predict_file
+from handler.products import cog_sink
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class PredictJob:
     max_pixels: int
     shown_name: str  # the client's name for the file, for error messages
     deadline: float | None = None  # time.time() by which it must be done
+    cog: Path | None = None  # also write the COG of the mask (or scores) here
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,8 @@ def run_job(runtime: Any, job: Job, cancelled: Callable[[], bool] = lambda: Fals
         return process_object(job.ref, runtime, interrupt=interrupt)
     options = replace(runtime.options, output=job.output, max_pixels=job.max_pixels, progress=False)
     try:
-        return predict_file(runtime.model, job.src, job.dst, options, interrupt=interrupt)
+        sinks = [] if job.cog is None else [cog_sink(job.cog, runtime.model.card, job.output, job.cog.parent)]
+        return predict_file(runtime.model, job.src, job.dst, options, interrupt=interrupt, sinks=sinks)
     except InputError as exc:
         # The predictor names our temp file; the client knows its upload by the name it sent.
         raise exc.renamed(job.src.name, job.shown_name) from exc

@@ -11,17 +11,19 @@ import hashlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from handler.access import check_allowed
 from handler.errors import ObjectMissingError
-from handler.objects import ObjectInfo, ObjectRef, error_key, output_key
+from handler.objects import ObjectInfo, ObjectRef, error_key, output_key, product_keys
 from handler.outcome import Outcome, OutcomeStatus, seconds_since
 from handler.runtime import Runtime
+from handler.settings import Settings
 from handler.storage import Storage, s3_uri
 from model.errors import ConfigError, InputError
+from model.options import DEFAULT_OUTPUT_FORMATS
 from model.predictor.predict import PredictionResult
 
 log = logging.getLogger(__name__)
@@ -62,11 +64,17 @@ class PlannedArray:
 
 @dataclass(frozen=True)
 class Target:
-    """Where an input's result goes: the ``.npy`` and the ``.error.json`` beside it."""
+    """Where an input's results go: the ``.npy``, the ``.error.json``, and every output ``OUTPUTS`` asks for."""
 
     bucket: str
     key: str  # the .npy
     marker: str  # the .error.json
+    # kind -> key of every output written, in write order (the STAC Item last); the .npy alone by default
+    products: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        if not self.products:
+            object.__setattr__(self, "products", {"npy": self.key})
 
     @property
     def uri(self) -> str:
@@ -76,19 +84,36 @@ class Target:
     def marker_uri(self) -> str:
         return s3_uri(self.bucket, self.marker)
 
+    @property
+    def primary(self) -> str:
+        """The key that names the result in messages: the ``.npy``, else the COG."""
+        return self.products.get("npy") or self.products.get("cog") or self.key
 
-def target_for(info: ObjectInfo, output_bucket: str | None, output_prefix: str) -> Target:
-    """The result's location: OUTPUT_BUCKET (or the input's bucket), the key's stem under OUTPUT_PREFIX (pure)."""
+
+def target_for(
+    info: ObjectInfo,
+    output_bucket: str | None,
+    output_prefix: str,
+    formats: Sequence[str] = DEFAULT_OUTPUT_FORMATS,
+    output_mode: str = "mask",
+) -> Target:
+    """The results' location: OUTPUT_BUCKET (or the input's bucket), the key's stem under OUTPUT_PREFIX (pure)."""
     return Target(
         bucket=output_bucket or info.bucket,
         key=output_key(info.key, output_prefix),
         marker=error_key(info.key, output_prefix),
+        products=product_keys(info.key, formats, output_mode, output_prefix),
     )
+
+
+def settings_target(info: ObjectInfo, settings: Settings) -> Target:
+    """:func:`target_for` as the deployment's settings say."""
+    return target_for(info, settings.output_bucket, settings.output_prefix, settings.outputs, settings.output_mode)
 
 
 def refuse_to_overwrite_input(info: ObjectInfo, target: Target) -> None:
     # Unreachable with the filters (inputs never end in .npy / .error.json); kept as the last line of defence.
-    if target.bucket == info.bucket and info.key in (target.key, target.marker):
+    if target.bucket == info.bucket and info.key in (target.key, target.marker, *target.products.values()):
         raise ConfigError(f"refusing to write over the input {info.uri}: check INPUT_SUFFIXES / OUTPUT_PREFIX")
 
 
@@ -127,7 +152,7 @@ def refuse_foreign_output(info: ObjectInfo, target: Target, existing: ObjectInfo
     owner = existing.metadata.get(META_SOURCE_KEY)
     if owner is not None and owner != key_digest(info.key):
         raise OutputConflictError(
-            f"{target.uri} already holds the result of another input with the same name "
+            f"{existing.uri} already holds the result of another input with the same name "
             f"and another suffix; rename {info.key} (outputs are named <stem>.npy)"
         )
 
@@ -213,7 +238,7 @@ def reject_object(ref: ObjectRef, runtime: Runtime, exc: InputError) -> Outcome:
             OutcomeStatus.MISSING, ref.bucket, ref.key, detail=str(exc_missing), seconds=seconds_since(started)
         )
     settings = runtime.settings
-    target = target_for(info, settings.output_bucket, settings.output_prefix)
+    target = settings_target(info, settings)
     refuse_to_overwrite_input(info, target)
     return write_marker(runtime, info, target, exc, started)
 

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import errno
 import os
+import posixpath
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from handler.access import check_allowed
 from handler.errors import ObjectMissingError, TransientError
 from handler.fanout.coordinator import fan_out_if_large, shard_sender
 from handler.filters import skip_reason
-from handler.objects import ObjectInfo, ObjectRef
+from handler.objects import ObjectInfo, ObjectRef, stem_key
 from handler.outcome import Outcome, OutcomeStatus, seconds_since
 from handler.outputs import (
     Target,
@@ -30,13 +32,23 @@ from handler.outputs import (
     refuse_to_overwrite_input,
     remove_stale_marker,
     runtime_identity,
-    target_for,
+    settings_target,
     write_marker,
+)
+from handler.products import (
+    LOCAL_NAMES,
+    MEDIA_TYPES,
+    Products,
+    Published,
+    describe,
+    make_products,
+    relative_href,
+    source_href,
 )
 from handler.remote import remote_source, url_lifetime_s
 from handler.runtime import Runtime
+from handler.storage import s3_uri
 from model.errors import InputError
-from model.predictor.predict import predict_file
 
 # Room for the output beside the input on the temp disk: a mask is at most ~1/2 of a compressed
 # 10-band input (float32 per pixel vs 20 raw bytes per pixel).
@@ -64,7 +76,7 @@ def process_object(ref: ObjectRef, runtime: Runtime, *, interrupt: Callable[[], 
     except ObjectMissingError as exc:
         return Outcome(OutcomeStatus.MISSING, ref.bucket, ref.key, detail=str(exc), seconds=seconds_since(started))
 
-    target = target_for(info, settings.output_bucket, settings.output_prefix)
+    target = settings_target(info, settings)
     refuse_to_overwrite_input(info, target)
     try:
         # One HEAD of our marker serves the duplicate check and, after a success, the stale-marker cleanup.
@@ -72,7 +84,8 @@ def process_object(ref: ObjectRef, runtime: Runtime, *, interrupt: Callable[[], 
         done, existing = _find_previous_result(runtime, info, target, marker)
         if done is not None:
             return replace(done, seconds=seconds_since(started))
-        refuse_foreign_output(info, target, existing)
+        for found in existing.values():
+            refuse_foreign_output(info, target, found)
         return _segment(runtime, info, target, marker, existing, started, interrupt)
     except ObjectMissingError as exc:  # deleted or replaced while we read it
         return Outcome(OutcomeStatus.MISSING, info.bucket, info.key, detail=str(exc), seconds=seconds_since(started))
@@ -82,8 +95,12 @@ def process_object(ref: ObjectRef, runtime: Runtime, *, interrupt: Callable[[], 
 
 def _find_previous_result(
     runtime: Runtime, info: ObjectInfo, target: Target, marker: ObjectInfo | None
-) -> tuple[Outcome | None, ObjectInfo | None]:
-    """(a ``duplicate`` outcome or None, the output object now at ``target.key`` or None)."""
+) -> tuple[Outcome | None, dict[str, ObjectInfo | None]]:
+    """(a ``duplicate`` outcome or None, the object now at each output key, by kind, or None where there is none).
+
+    A result is this upload's only when EVERY output records it: a retry after a crash between two writes, or
+    after a newer upload's job wrote some of them, redoes them all, so no output outlives the others' version.
+    """
     storage, expected = runtime.storage, runtime_identity(info, runtime)
     if marker is not None and matches(marker.metadata, expected):
         done = Outcome(
@@ -94,9 +111,9 @@ def _find_previous_result(
             output_bucket=target.bucket,
             detail=f"already rejected, see {target.marker_uri}",
         )
-        return done, None
-    existing = storage.head(target.bucket, target.key)
-    if existing is None or not matches(existing.metadata, expected):
+        return done, {}
+    existing = {kind: storage.head(target.bucket, key) for kind, key in target.products.items()}
+    if not all(found is not None and matches(found.metadata, expected) for found in existing.values()):
         return None, existing
     # A crash between the upload and the marker's removal must not leave the marker forever.
     remove_stale_marker(runtime.storage, target, marker)
@@ -104,9 +121,9 @@ def _find_previous_result(
         OutcomeStatus.DUPLICATE,
         info.bucket,
         info.key,
-        output_key=target.key,
+        output_key=target.primary,
         output_bucket=target.bucket,
-        detail=f"{target.uri} already holds this upload's result",
+        detail=f"{s3_uri(target.bucket, target.primary)} already holds this upload's result",
     )
     return done, existing
 
@@ -126,16 +143,19 @@ def _segment(
         # Too much for one invocation? Decided from the header read where the object lies: a sharded job's input
         # is never downloaded (its shards read their rows remotely), so MAX_INPUT_BYTES bounds only what stays.
         with remote_source(storage, info, expires_s=url_lifetime_s(settings)) as remote:
-            job = fan_out_if_large(runtime, info, target.bucket, target.key, target.marker, remote, send)
+            job = fan_out_if_large(
+                runtime, info, target.bucket, target.key, target.marker, remote, send, products=target.products
+            )
         if job is not None:
             return job
     reserve = max(OUTPUT_RESERVE_MIN_BYTES, int(info.size * OUTPUT_RESERVE_FRACTION))
     # A private (0700) directory per object: fixed names inside, nothing derived from the key, all removed.
     with tempfile.TemporaryDirectory(prefix="rasterfn-", dir=settings.tmp_dir) as workdir:
         src = storage.download(info, workdir, max_bytes=settings.max_input_bytes, reserve_bytes=reserve)
-        dst = Path(workdir) / "output.npy"
         try:
-            result = predict_file(runtime.model, src, dst, runtime.options, interrupt=interrupt)
+            products = make_products(
+                runtime.model, src, Path(workdir), runtime.options, settings.outputs, interrupt=interrupt
+            )
         except InputError as exc:
             # The predictor names our temp file; the user knows the object by its key.
             raise exc.renamed(src.name, info.key) from exc
@@ -146,15 +166,16 @@ def _segment(
                 reason = os.strerror(exc.errno)
                 raise TransientError(f"{info.uri}: {reason} on the function's side, retry later") from exc
             raise
+        result = products.result
         metadata = output_metadata(info, runtime.model.sha256, result)
-        bytes_out = _write_output(runtime, info, target, dst, metadata, existing)
+        bytes_out = _publish(runtime, info, target, products, metadata, existing, Path(workdir))
     remove_stale_marker(runtime.storage, target, marker)
     height, width = result.shape
     return Outcome(
         OutcomeStatus.WRITTEN,
         info.bucket,
         info.key,
-        output_key=target.key,
+        output_key=target.primary,
         output_bucket=target.bucket,
         detail=f"{result.tiles} tiles, {result.positive_fraction:.1%} positive",
         seconds=seconds_since(started),
@@ -165,25 +186,62 @@ def _segment(
     )
 
 
+def _publish(
+    runtime: Runtime,
+    info: ObjectInfo,
+    target: Target,
+    products: Products,
+    metadata: dict[str, str],
+    existing: dict[str, ObjectInfo | None],
+    workdir: Path,
+) -> int:
+    """Upload each output over what this job saw at the start, the STAC Item (which describes them) last."""
+    written = 0
+    published = []
+    for kind, key in target.products.items():
+        if kind == "stac":
+            continue
+        path = products.files[kind]
+        written += _write_output(runtime, info, target, key, path, kind, metadata, existing.get(kind))
+        published.append(Published(kind, relative_href(target.products.get("stac", key), key), path))
+    if "stac" in target.products:
+        stac_key = target.products["stac"]
+        item = describe(
+            runtime.model,
+            products.result,
+            item_id=posixpath.basename(stem_key(info.key)),
+            published=published,
+            source_href=source_href(info, target.bucket, stac_key),
+            when=info.last_modified or datetime.now(UTC),
+            software_version=runtime.function_version,
+            dst=workdir / LOCAL_NAMES["stac"],
+        )
+        written += _write_output(runtime, info, target, stac_key, item, "stac", metadata, existing.get("stac"))
+    return written
+
+
 def _write_output(
     runtime: Runtime,
     info: ObjectInfo,
     target: Target,
-    dst: Path,
+    key: str,
+    path: Path,
+    kind: str,
     metadata: dict[str, str],
     existing: ObjectInfo | None,
 ) -> int:
-    """Upload the ``.npy`` only over what this job saw at the start (S3 conditional write).
+    """Upload one output only over what this job saw at the start (S3 conditional write).
 
     A 412 means another job wrote the key meanwhile: when a newer upload replaced our input, that job's result
     stands and ours is dropped (``missing``); otherwise retry, and the retry sees what is there now.
     """
     try:
         return runtime.storage.upload_file(
-            dst,
+            path,
             target.bucket,
-            target.key,
+            key,
             metadata=metadata,
+            content_type=MEDIA_TYPES[kind],
             if_match=existing.etag if existing is not None else None,
             if_absent=existing is None,
         )
@@ -191,4 +249,4 @@ def _write_output(
         current = runtime.storage.head(info.bucket, info.key)
         if current is None or current.etag != info.etag or current.version_id != info.version_id:
             raise ObjectMissingError(f"{info.uri} was replaced by a newer upload; its result stands") from exc
-        raise TransientError(f"{target.uri} changed while {info.uri} was processed") from exc
+        raise TransientError(f"{s3_uri(target.bucket, key)} changed while {info.uri} was processed") from exc

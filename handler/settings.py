@@ -351,6 +351,7 @@ ENV_K_SINK = env_name("fanout_sink_url")
 ENV_WEBHOOK_TOKEN = env_name("webhook_token")
 ENV_ALLOWED_BUCKETS = env_name("allowed_buckets")
 ENV_ALLOWED_ORIGINS = env_name("allowed_origins")
+ENV_OUTPUTS = env_name("outputs")
 
 
 # --- the Eventing relay's settings (a separate process: `rasterfn relay`) -------------------------------------

@@ -1,22 +1,28 @@
-"""``rasterfn predict IN.tif [-o OUT.npy] [--output ...] [--model CARD.json] [--engine ...]``: one raster.
+"""``rasterfn predict IN.tif [-o OUT.npy] [--output ...] [--outputs npy,cog,stac] [--model CARD.json] ...``.
 
 Settings come from the environment (:func:`handler.settings.get_settings`); flags given on the command line
-win. Prints where the output went, its shape, the positive fraction and the time; a raster that cannot be
-processed is a one-line message and exit status 2, with no output file left behind.
+win. Prints each file written, its shape, the positive fraction and the time; a raster that cannot be
+processed is a one-line message and exit status 2, with no output file left behind. ``--outputs`` names the
+files beside ``OUT.npy`` as the function names them beside an upload: ``OUT.mask.TIF``, ``OUT.thumb.png``,
+``OUT.stac.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
+import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 from handler.model_source import load_runtime_model
-from handler.runtime import options_from_settings
-from handler.settings import get_settings
+from handler.objects import product_keys
+from handler.products import LOCAL_NAMES, Published, describe, make_products, relative_href
+from handler.runtime import FUNCTION_VERSION, options_from_settings
+from handler.settings import get_settings, parse_outputs
 from model.errors import InputError
-from model.predictor.predict import predict_file
 
 EXIT_INPUT_ERROR = 2
 
@@ -26,6 +32,7 @@ def run_predict(args: argparse.Namespace) -> int:
     overrides = {
         "model_card": Path(args.model) if args.model else None,
         "output_mode": args.output,
+        "outputs": parse_outputs(args.outputs) if getattr(args, "outputs", None) else None,
         "engine": args.engine,
         "precision": args.precision,
         "device": args.device,
@@ -36,15 +43,50 @@ def run_predict(args: argparse.Namespace) -> int:
     progress = not args.no_progress and sys.stderr.isatty()
     options = dataclasses.replace(options_from_settings(settings), progress=progress)
     model = load_runtime_model(settings)
+    # Named as beside an upload: OUT.npy's stem, with OUT's directory as the "bucket".
+    names = product_keys(dst.name, settings.outputs, settings.output_mode)
+    if "npy" in names:
+        names["npy"] = dst.name  # exactly -o's path, as before
     try:
-        result = predict_file(model, src, dst, options)
+        _check_destination(src, dst.parent, names.values())
+        with tempfile.TemporaryDirectory(prefix="rasterfn-predict-", dir=dst.parent) as workdir:
+            products = make_products(model, src, Path(workdir), options, settings.outputs)
+            published = []
+            for kind, name in names.items():
+                if kind == "stac":
+                    item = describe(
+                        model,
+                        products.result,
+                        item_id=Path(name).name.removesuffix(".stac.json"),
+                        published=published,
+                        source_href=os.path.relpath(src.resolve(), dst.parent.resolve()),
+                        when=datetime.fromtimestamp(src.stat().st_mtime, UTC),
+                        software_version=FUNCTION_VERSION,
+                        dst=Path(workdir) / LOCAL_NAMES["stac"],
+                    )
+                    path = item
+                else:
+                    path = products.files[kind]
+                    published.append(Published(kind, relative_href(names.get("stac", name), name), dst.parent / name))
+                os.replace(path, dst.parent / name)
     except InputError as exc:
         print(f"rasterfn predict: {exc}", file=sys.stderr)  # the message names the file, once
         return EXIT_INPUT_ERROR
+    result = products.result
     height, width = result.shape
+    first, *others = (dst.parent / name for name in names.values())
     print(
-        f"{result.out_path}  {height} x {width} {result.dtype} ({result.output}), "
+        f"{first}  {height} x {width} {result.dtype} ({result.output}), "
         f"{result.positive_fraction:.1%} of {result.valid_pixels:,} valid pixels above "
         f"{model.card.threshold}, {result.tiles} tile(s), {result.seconds:.2f} s on {model.engine} {options.precision}"
     )
+    for path in others:
+        print(path)
     return 0
+
+
+def _check_destination(src: Path, directory: Path, names) -> None:
+    if not directory.is_dir():
+        raise InputError(f"output directory {directory} does not exist")
+    if src.exists() and any((directory / name).resolve() == src.resolve() for name in names):
+        raise InputError(f"refusing to overwrite the input {src.name} with its own output")

@@ -15,13 +15,15 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
 from handler.access import allowed_bucket_names, check_allowed
 from handler.errors import ForbiddenObjectError, ObjectMissingError, TransientError
+from handler.fanout.finish import cog_part_writer, finish_products
 from handler.fanout.jobs import Failure, Job, JobStore, SourceVersion, job_id
 from handler.fanout.messages import ShardMessage
 from handler.fanout.sender import Send, sender_from_settings
@@ -32,6 +34,7 @@ from handler.remote import remote_source, url_lifetime_s
 from handler.runtime import Runtime
 from handler.storage import OUTPUT_CONTENT_TYPE, Upload
 from model.errors import ConfigError, InputError, RasterReadError, RasterTooLargeError
+from model.io.cog import part_transform
 from model.io.decode_limits import check_layout
 from model.io.raster import RasterHeader, RasterSource, check_header, open_raster, read_header
 from model.io.remote import RemoteRaster
@@ -76,10 +79,13 @@ def fan_out_if_large(
     marker_key: str,
     src: RasterSource,
     send: Send | None = None,
+    products: Mapping[str, str] | None = None,
 ) -> Outcome | None:
     """Start (or re-join) a sharded job for a raster too large for one invocation; ``None`` when it is not
     (or when fan-out is off: neither ``FANOUT_QUEUE_URL`` nor ``K_SINK``). ``src`` is the object where it lies
-    (:func:`handler.remote.remote_source`) or a local copy: only its header is read."""
+    (:func:`handler.remote.remote_source`) or a local copy: only its header is read. ``products`` (kind -> key,
+    :attr:`handler.outputs.Target.products`) are the outputs to write; the ``.npy`` at ``target_key`` alone
+    by default."""
     settings, model = runtime.settings, runtime.model
     send = send or shard_sender(runtime)
     if send is None:
@@ -103,9 +109,12 @@ def fan_out_if_large(
     except ValueError as exc:
         raise RasterTooLargeError(f"{info.uri}: {exc} (MAX_PIXELS per shard)") from exc
 
-    jid = job_id(info, model.sha256, settings.output_mode)
+    products = dict(products or {"npy": target_key})
+    extras = {kind: key for kind, key in products.items() if kind != "npy"}
+    jid = job_id(info, model.sha256, settings.output_mode, tuple(products))
     store = JobStore(runtime.storage, target_bucket, jid)
-    job = store.read_job() or _open_job(runtime, store, info, header, shards, target_key, marker_key, seconds)
+    npy_key = products.get("npy") or store.array_key()
+    job = store.read_job() or _open_job(runtime, store, info, header, shards, npy_key, marker_key, seconds, extras)
     log.info(
         "fan-out %s: %d x %d, %d tiles (~%.0f s in one invocation) -> %d shards, job %s",
         info.uri,
@@ -126,7 +135,7 @@ def fan_out_if_large(
         OutcomeStatus.FANNED_OUT,
         info.bucket,
         info.key,
-        output_key=target_key,
+        output_key=products.get("npy") or products.get("cog") or target_key,
         output_bucket=target_bucket,
         detail=f"{job.shards} shards, job {jid}",
         pixels=header.pixels,
@@ -143,6 +152,7 @@ def _open_job(
     target_key: str,
     marker_key: str,
     seconds: float,
+    extras: Mapping[str, str],
 ) -> Job:
     """Open the ``.npy``'s multipart upload and record the job; of two racing coordinators, one job stands."""
     shape = (header.height, header.width)
@@ -163,6 +173,10 @@ def _open_job(
         bands=tuple(shards.bands),
         estimated_seconds=seconds,
         created=time.time(),
+        products=dict(extras),
+        output_mode=runtime.settings.output_mode,
+        crs=header.crs,
+        transform=tuple(header.transform),
     )
     if store.create_job(job):
         return job
@@ -276,25 +290,48 @@ def _predict_phase(runtime: Runtime, store: JobStore, job: Job, band: RowBand) -
 
 def _upload_band(runtime: Runtime, store: JobStore, job: Job, band: RowBand, p90s: list[float]) -> str | None:
     dtype = np.dtype(job.dtype)
-    with _source(runtime, job) as src, tempfile.TemporaryFile(dir=runtime.settings.tmp_dir) as part:
+    tmp_dir = runtime.settings.tmp_dir
+    with (
+        _source(runtime, job) as src,
+        tempfile.TemporaryFile(dir=tmp_dir) as part,
+        tempfile.TemporaryDirectory(prefix="rasterfn-shard-", dir=tmp_dir) as workdir,
+    ):
         if band.index == 0:
             part.write(npy_header(job.shape, dtype))
 
         def write(rows: np.ndarray) -> None:
             part.write(np.ascontiguousarray(rows, dtype=dtype).data)
 
-        predict_band(runtime.model, src, band, p90s, write, _options(runtime))
+        cog_part = Path(workdir) / "part.tif"
+        with _cog_part_sink(runtime, job, band, cog_part) as sink:
+            predict_band(runtime.model, src, band, p90s, write, _options(runtime), sink=sink)
         part.seek(0)
         if store.is_done():
             return None
+        if job.makes_cog:  # before the .npy's part: a recorded part means both are there
+            store.put_cog_part(band.index, cog_part)
         # None when the upload was completed (or aborted) since: nothing left to add.
         return runtime.storage.upload_part(_upload(store, job), band.part_number, part)
 
 
+def _cog_part_sink(runtime: Runtime, job: Job, band: RowBand, path: Path):
+    """The band's rows as a GeoTIFF part of the COG (its own transform: the raster's, moved down to its rows)."""
+    if not job.makes_cog:
+        return contextlib.nullcontext(None)
+    rows = band.row_stop - band.row_start
+    transform = part_transform(job.transform, band.row_start)
+    return cog_part_writer(path, (rows, job.shape[1]), job.output_mode, job.crs, transform, runtime.model.card)
+
+
 def _complete(runtime: Runtime, store: JobStore, job: Job) -> str:
     upload = _upload(store, job)
-    if not runtime.storage.complete_multipart(upload, store.part_etags(job.shards)):
+    completed = runtime.storage.complete_multipart(upload, store.part_etags(job.shards))
+    if not completed and (store.is_failed() or not job.makes_cog or store.is_done()):
         return "completed by another shard"  # (or the job was aborted)
+    # The completing shard makes the COG, quicklook and Item; if it died doing so, a re-delivered shard that
+    # finds the upload completed (and the job not done) makes them again: their writes are conditional.
+    if job.makes_cog:
+        finish_products(runtime, store, job)
     store.record_done(upload.uri)
     log.info("fan-out job %s complete: %s", store.job, upload.uri)
     return "completed"

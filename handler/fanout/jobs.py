@@ -7,7 +7,9 @@ safe. Lifecycle rules (infra/terraform/fanout.tf) expire job objects and abort i
 - ``job.json`` (conditional): the :class:`Job`; of two coordinators, the loser adopts the winner's job.
 - ``stats-sent.json`` / ``predict-sent.json``: a phase's messages are sent; a re-delivery sends none.
 - ``stats/<i>.npz``: band ``i``'s histograms; ``p90s.json`` (conditional): their reduction.
-- ``parts/<i>.json``: band ``i``'s part is uploaded (its ETag).
+- ``parts/<i>.json``: band ``i``'s part is uploaded (its ETag); ``cog-parts/<i>.tif``: its rows as a GeoTIFF
+  part of the COG, when the job makes one (``OUTPUTS`` cog or stac); ``array.npy``: the assembled ``.npy`` of a
+  job whose ``OUTPUTS`` leave it out (the COG is made beside it).
 - ``read-retried/<phase>-<i>.json`` (conditional): band ``i``'s rows failed to read once.
 - ``failed.json`` (conditional): the first input error; ``done.json``: the ``.npy`` is complete.
 - ``by-key-<hash>/latest.json``: the latest job of an input key (``rasterfn status``).
@@ -19,11 +21,13 @@ import hashlib
 import io
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from handler.errors import ObjectMissingError
 from handler.objects import JOB_PREFIX, ObjectInfo, ObjectRef
 from handler.storage import JSON_CONTENT_TYPE, OUTPUT_CONTENT_TYPE, Storage, s3_uri
 from model.predictor.shards import RowBand
@@ -37,14 +41,18 @@ _DONE = "done.json"
 _LATEST = "latest.json"
 _STATS = "stats"
 _PARTS = "parts"
+_COG_PARTS = "cog-parts"
+_ARRAY = "array.npy"
 _READ_RETRIED = "read-retried"
 
 Histograms = list[tuple[str, np.ndarray]]
 
 
-def job_id(info: ObjectInfo, model_sha256: str, output: str) -> str:
-    """The job's id: the same upload, model and output mode always give the same job (pure)."""
-    identity = "\n".join([info.bucket, info.key, info.etag, info.version_id or "", model_sha256, output])
+def job_id(info: ObjectInfo, model_sha256: str, output: str, formats: tuple[str, ...] = ("npy",)) -> str:
+    """The job's id: the same upload, model, output mode and outputs always give the same job (pure)."""
+    # The .npy alone keeps the ids jobs had before OUTPUTS existed.
+    wanted = [] if formats == ("npy",) else [",".join(formats)]
+    identity = "\n".join([info.bucket, info.key, info.etag, info.version_id or "", model_sha256, output, *wanted])
     return hashlib.sha256(identity.encode()).hexdigest()[:32]
 
 
@@ -85,14 +93,25 @@ class Job:
     bands: tuple[RowBand, ...]
     estimated_seconds: float
     created: float
+    # The outputs made once the .npy is assembled (kind -> key: cog, thumbnail, stac), and what they need.
+    products: dict[str, str] = field(default_factory=dict)
+    output_mode: str = "mask"
+    crs: str | None = None
+    transform: tuple[float, ...] = ()
 
     @property
     def shards(self) -> int:
         return len(self.bands)
 
+    @property
+    def makes_cog(self) -> bool:
+        """Whether shards write COG parts: the COG is asked for, or the quicklook of the STAC Item needs it."""
+        return bool(self.products)
+
     def to_doc(self) -> dict[str, Any]:
         doc = asdict(self)
         doc["shape"], doc["bands"] = list(self.shape), [asdict(band) for band in self.bands]
+        doc["transform"] = list(self.transform)
         return doc
 
     @classmethod
@@ -110,6 +129,10 @@ class Job:
             bands=tuple(RowBand(**band) for band in doc["bands"]),
             estimated_seconds=doc["estimated_seconds"],
             created=doc["created"],
+            products=dict(doc.get("products", {})),
+            output_mode=doc.get("output_mode", "mask"),
+            crs=doc.get("crs"),
+            transform=tuple(doc.get("transform", ())),
         )
 
 
@@ -215,6 +238,21 @@ class JobStore:
 
     def parts_done(self) -> int:
         return self._count(_PARTS)
+
+    def put_cog_part(self, index: int, path: Path) -> None:
+        self.storage.upload_file(path, self.bucket, self._key(f"{_COG_PARTS}/{index}.tif"), metadata={})
+
+    def get_cog_part(self, index: int, dst: Path) -> Path:
+        """Band ``index``'s COG part, written to ``dst``."""
+        body = self.storage.get_bytes(self.bucket, self._key(f"{_COG_PARTS}/{index}.tif"))
+        if body is None:
+            raise ObjectMissingError(f"{self.uri()}: the COG part of band {index} is gone (expired?)")
+        dst.write_bytes(body)
+        return dst
+
+    def array_key(self) -> str:
+        """Where the ``.npy`` is assembled when ``OUTPUTS`` leaves it out (the job's own object)."""
+        return self._key(_ARRAY)
 
     # --- retries and the end
 

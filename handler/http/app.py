@@ -68,15 +68,33 @@ from handler.http.slots import InferenceSlots
 from handler.http.uploads import check_content_length, receive_upload
 from handler.http.workers import backend_of
 from handler.isolation import PredictJob, ProcessJob, ShardJob
-from handler.objects import ObjectRef
+from handler.objects import COG_SUFFIXES, ObjectRef
 from handler.outcome import Outcome, summarise
 from handler.settings import OUTPUT_MODES, Settings
 from model.errors import ConfigError, InputError, RasterTooLargeError
+from handler.products import COG_MEDIA_TYPE
 from model.predictor.predict import PredictionResult
 
 logger = logging.getLogger(__name__)
 
 NPY_MEDIA_TYPE = "application/octet-stream"
+COG_FORMATS = ("cog", "tif", "tiff")
+
+
+def wants_cog(accept: str, format_param: str | None) -> bool:
+    """Whether ``POST /inference`` answers the COG: ``?format=cog``, or an Accept naming ``image/tiff`` (pure).
+
+    The old API's clients send no Accept (or ``*/*``) and keep getting the ``.npy``.
+
+    >>> wants_cog("*/*", None), wants_cog("image/tiff; application=geotiff", None), wants_cog("", "cog")
+    (False, True, True)
+    """
+    if format_param is not None:
+        return format_param.lower() in COG_FORMATS
+    media = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    return "image/tiff" in media
+
+
 TRANSIENT_RETRY_AFTER_S = 10
 LOADING_RETRY_AFTER_S = 5
 
@@ -142,6 +160,10 @@ class _App:
         output = request.query_params.get("output", self.settings.output_mode)
         if output not in OUTPUT_MODES:
             raise UploadError(f"output must be one of {', '.join(OUTPUT_MODES)}, got {output!r}")
+        answer_format = request.query_params.get("format")
+        if answer_format is not None and answer_format.lower() not in ("npy", *COG_FORMATS):
+            raise UploadError(f"format must be npy or cog, got {answer_format!r}")
+        answer_cog = wants_cog(request.headers.get("accept", ""), answer_format)
         workdir = Path(tempfile.mkdtemp(prefix="rasterfn-http-", dir=self.settings.tmp_dir))  # mode 0700
         try:
             # Admitted before the body is read: a slow upload holds a queue place, so uploads are bounded too.
@@ -157,6 +179,7 @@ class _App:
                     max_pixels=min(self.settings.max_pixels, self.settings.max_inference_pixels),
                     shown_name=upload.name,
                     deadline=self._deadline(),
+                    cog=workdir / "output.tif" if answer_cog else None,
                 )
                 async with self.slots.run():
                     result: PredictionResult = await self._until_disconnect(request, backend.predict, job)
@@ -167,12 +190,11 @@ class _App:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
         logger.info("inference %s: %dx%d %s in %.2f s", upload.stem, *result.shape, result.output, result.seconds)
-        return FileResponse(
-            job.dst,
-            media_type=NPY_MEDIA_TYPE,
-            filename=f"{upload.stem}.npy",
-            background=BackgroundTask(shutil.rmtree, workdir, ignore_errors=True),
-        )
+        cleanup = BackgroundTask(shutil.rmtree, workdir, ignore_errors=True)
+        if job.cog is not None:
+            name = upload.stem + COG_SUFFIXES[output]
+            return FileResponse(job.cog, media_type=COG_MEDIA_TYPE, filename=name, background=cleanup)
+        return FileResponse(job.dst, media_type=NPY_MEDIA_TYPE, filename=f"{upload.stem}.npy", background=cleanup)
 
     async def event(self, request: Request) -> Response:
         if (denied := self._check_token(request, self.settings.webhook_token, "WEBHOOK_TOKEN")) is not None:

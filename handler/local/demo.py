@@ -51,10 +51,11 @@ from handler.local.moto_stack import (
     verify_clients_local,
 )
 from handler.local.paths import SAMPLE_RASTER
-from handler.local.results import find_result, load_npy, validate_mask
+from handler.local.results import find_result, load_cog_mask, load_npy, validate_mask
 from handler.runtime import get_runtime
-from handler.settings import ENV_ALLOWED_BUCKETS
+from handler.settings import ENV_ALLOWED_BUCKETS, ENV_OUTPUTS, Settings, parse_outputs
 from model.errors import ConfigError, InputError
+from model.options import DEFAULT_OUTPUT_FORMATS
 
 SAMPLE_PREFIX = "scenes/"
 UPLOAD_PREFIX = "uploads/"
@@ -125,6 +126,7 @@ class Tracker:
     s3: Any
     bucket: str
     out: TextIO = sys.stdout
+    formats: tuple[str, ...] = DEFAULT_OUTPUT_FORMATS  # what the handler writes for each upload (OUTPUTS)
     t0: float = field(default_factory=time.time)
     tracks: dict[str, Track] = field(default_factory=dict)
     invocations: int = 0
@@ -192,7 +194,7 @@ class Tracker:
             except InputError:
                 continue
             for ref in refs:
-                result = find_result(self.s3, ref.bucket, ref.key, since=since)
+                result = find_result(self.s3, ref.bucket, ref.key, since=since, formats=self.formats)
                 now = time.time()
                 with self._lock:
                     t = self.track(ref.key)
@@ -208,6 +210,8 @@ class Tracker:
                     else:
                         t.status, what = "none", "acknowledged, nothing written (skipped)"
                     self._line(now, ref.key, t.status, f"{what} [{invocation.seconds:.2f} s in the handler]")
+                    for key, size in result.others:
+                        self._line(now, ref.key, t.status, f"{key} {_mb(size)}")
                     self._changed.notify_all()
 
     def wait(self, keys: list[str], timeout: float, dlq_depth: Any) -> bool:
@@ -236,7 +240,9 @@ def run_demo(args: argparse.Namespace) -> int:
     files = [Path(f) for f in getattr(args, "files", [])]
     timeout = float(getattr(args, "timeout", 180.0))
     serve = bool(getattr(args, "serve", False))
-    return Demo(plan_uploads(files)).run(timeout=timeout, serve=serve)
+    outputs = getattr(args, "outputs", None)
+    formats = parse_outputs(outputs) if outputs else None
+    return Demo(plan_uploads(files), outputs=formats).run(timeout=timeout, serve=serve)
 
 
 def plan_uploads(
@@ -285,8 +291,10 @@ class Demo:
         out: TextIO | None = None,
         spec: StackSpec | None = None,
         load_handler: Callable[[str], Handler] | None = None,
+        outputs: tuple[str, ...] | None = None,
     ) -> None:
         self.uploads = uploads
+        self.outputs = outputs  # OUTPUTS for the handler; None: the environment's (default npy)
         self.load_handler = load_handler if load_handler is not None else load_lambda_handler
         self.out = out if out is not None else sys.stdout
         self.spec = spec if spec is not None else StackSpec()
@@ -305,6 +313,8 @@ class Demo:
             # Fail closed, as a deployment does: the handler may touch the demo's bucket alone unless told more.
             if not os.environ.get(ENV_ALLOWED_BUCKETS, "").strip():
                 env[ENV_ALLOWED_BUCKETS] = self.spec.bucket
+            if self.outputs is not None:
+                env[ENV_OUTPUTS] = ",".join(self.outputs)
             with patched_environ(env):
                 verify_clients_local(url, self.spec.region)
                 stack = create_stack(url, self.spec)
@@ -325,7 +335,7 @@ class Demo:
     ) -> int:
         s3 = client("s3", stack.endpoint_url, stack.region)
         sqs = client("sqs", stack.endpoint_url, stack.region)
-        tracker = Tracker(s3, stack.bucket, out=self.out)
+        tracker = Tracker(s3, stack.bucket, out=self.out, formats=Settings.from_env().outputs)
         esm = LocalEventSourceMapping(
             sqs,
             EsmConfig(stack.queue_url, stack.queue_arn, region=stack.region),
@@ -376,9 +386,10 @@ class Demo:
             problem = {"pending": "no output yet", "none": "nothing written"}.get(track.status, track.status)
             return Check(upload.key, track.output_key, None, None, None, f"{problem} {track.detail}".strip())
         try:
-            array = load_npy(s3.get_object(Bucket=bucket, Key=track.output_key)["Body"].read())
+            body = s3.get_object(Bucket=bucket, Key=track.output_key)["Body"].read()
+            array = load_npy(body) if track.output_key.endswith(".npy") else load_cog_mask(body)
         except ValueError as exc:
-            return Check(upload.key, track.output_key, None, None, None, f"not a loadable .npy: {exc}")
+            return Check(upload.key, track.output_key, None, None, None, f"not a loadable mask: {exc}")
         problem = validate_mask(array, upload.shape)
         fraction = float(array.mean()) if problem is None and array.size else None
         return Check(upload.key, track.output_key, tuple(array.shape), str(array.dtype), fraction, problem)

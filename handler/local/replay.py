@@ -48,7 +48,7 @@ from handler.local.paths import SAMPLE_RASTER
 from handler.local.results import find_result
 from handler.objects import ObjectRef
 from handler.runtime import get_runtime, reload_runtime, runtime_is_built
-from handler.settings import Settings
+from handler.settings import ENV_OUTPUTS, Settings, parse_outputs
 from model.errors import ConfigError
 
 _ETAG_FIELDS = ("eTag", "etag", "ETag")
@@ -72,7 +72,13 @@ def run_replay(args: argparse.Namespace, out: TextIO | None = None) -> int:
     event, headers = load_event_file(path)
     refs = parse_event(event, headers)
     endpoint = args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
-    with _endpoint(args.endpoint_url, embedded=args.seed and not endpoint, out=out) as endpoint_url:
+    outputs = getattr(args, "outputs", None)
+    # --outputs is OUTPUTS for the handler, as a deployment's environment sets it (validated first).
+    wanted = {ENV_OUTPUTS: ",".join(parse_outputs(outputs))} if outputs else {}
+    with (
+        patched_environ(wanted),
+        _endpoint(args.endpoint_url, embedded=args.seed and not endpoint, out=out) as endpoint_url,
+    ):
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
         s3 = client("s3", endpoint_url, region)
         print(f"event {path}: {len(refs)} object(s)", file=out)
@@ -228,10 +234,14 @@ def _describe_result(s3: Any, ref: ObjectRef, settings: Any, since: datetime) ->
             output_bucket=settings.output_bucket,
             output_prefix=settings.output_prefix,
             since=since,
+            formats=settings.outputs,
+            output_mode=settings.output_mode,
         )
     except (ClientError, BotoCoreError) as exc:
         return f"unknown  s3://{ref.bucket}/{ref.key}: could not check its output ({exc})"
     if result.status == "none":
         return f"nothing  s3://{ref.bucket}/{ref.key}: no new output (missing, replaced or already done)"
     detail = f" ({result.detail})" if result.detail else ""
-    return f"{result.status:<8} s3://{result.bucket}/{result.key} {result.size} bytes{detail}"
+    lines = [f"{result.status:<8} s3://{result.bucket}/{result.key} {result.size} bytes{detail}"]
+    lines += [f"  {'':<8} s3://{result.bucket}/{key} {size} bytes" for key, size in result.others]
+    return "\n".join(lines)

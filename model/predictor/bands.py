@@ -21,6 +21,7 @@ from model.predictor.predict import (
     DEFAULT_OPTIONS,
     PERCENTILE,
     Counts,
+    RowSink,
     TilePass,
     accumulate_bands,
     resolve_tiling,
@@ -70,11 +71,12 @@ def predict_band(
     p90s: Sequence[float],
     write: Callable[[np.ndarray], object],
     options: PredictOptions = DEFAULT_OPTIONS,
+    sink: RowSink | None = None,
 ) -> BandResult:
     """Pass 2 over ``band`` with the whole raster's ``p90s``: ``write`` gets the band's output rows, top to bottom.
 
     Their bytes are exactly those :func:`model.predictor.predict.predict_file` writes for rows
-    ``band.row_start..band.row_stop-1``.
+    ``band.row_start..band.row_stop-1``; ``sink`` (a COG part) gets the same rows' scores and validity first.
     """
     card = model.card
     tiling = resolve_tiling(model, options)
@@ -90,5 +92,7 @@ def predict_band(
             if top < band.row_start:
                 continue  # an overlap tile row's own rows: another band emits them
             counts.add(scores, valid, card.threshold)
+            if sink is not None:  # before to_output, which may reuse the rows' memory
+                sink.write_rows(scores, valid)
             write(to_output(scores, valid, card.threshold, options.output))
     return BandResult(row - band.row_start, counts.valid, counts.positive)

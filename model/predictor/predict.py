@@ -31,12 +31,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from rasterio.windows import Window
@@ -60,6 +62,17 @@ READ_GROUP_WIDTH = 8192  # pass 2 reads at most this many columns (plus one tile
 LUT_MAX_BITS = 16
 
 
+class RowSink(Protocol):
+    """Another output fed the same rows as the ``.npy``: (scores, validity or None), top to bottom, each once."""
+
+    def write_rows(self, scores: np.ndarray, valid: np.ndarray | None) -> None: ...
+
+
+# Opened once the header is checked (a COG needs the raster's shape and georeferencing), closed after the last
+# row: a clean exit finishes the output, an exception discards it.
+SinkFactory = Callable[[RasterHeader], contextlib.AbstractContextManager[RowSink]]
+
+
 @dataclass(frozen=True)
 class PredictionResult:
     out_path: Path
@@ -81,8 +94,12 @@ def predict_file(
     options: PredictOptions = DEFAULT_OPTIONS,
     *,
     interrupt: Callable[[], None] | None = None,
+    sinks: Sequence[SinkFactory] = (),
 ) -> PredictionResult:
     """Segment raster ``src`` into ``dst`` (.npy, H x W), written atomically; see the module docstring.
+
+    Each of ``sinks`` is opened with the checked header and gets every (scores, validity) row block before it
+    is written to the ``.npy`` (another output: a COG); on an error each is exited with it and keeps nothing.
 
     Raises :class:`InputError` subclasses for rasters that cannot be processed (nothing is left at ``dst``)
     and :class:`ConfigError` for invalid options. ``interrupt`` is called between strips and tiles; whatever
@@ -99,9 +116,14 @@ def predict_file(
         p90s = compute_percentiles(ds, header, card.bands, PERCENTILE, interrupt=check)
         run = TilePass.prepare(model, header, tiling, p90s, options)
         counts = Counts()
-        with NpyWriter(dst, (header.height, header.width), OUTPUT_DTYPES[options.output]) as writer:
+        with contextlib.ExitStack() as outputs:
+            writer = outputs.enter_context(NpyWriter(dst, (header.height, header.width), OUTPUT_DTYPES[options.output]))
+            # Entered after the .npy, so they finish first: one that fails to finish discards the .npy too.
+            extra = [outputs.enter_context(open_sink(header)) for open_sink in sinks]
             for rows, valid in run.rows(ds, _checked(run.runner, check)):
                 counts.add(rows, valid, card.threshold)
+                for sink in extra:  # before to_output, which may reuse the rows' memory
+                    sink.write_rows(rows, valid)
                 writer.write_rows(to_output(rows, valid, card.threshold, options.output))
 
     return PredictionResult(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -160,6 +162,105 @@ def test_another_output_mode_reprocesses(make_runtime, bucket, upload_raster):
     put = upload_raster(bucket, "o.tif")
     assert process_object(ref_for(bucket, "o.tif", put), make_runtime()).status == "written"
     assert process_object(ref_for(bucket, "o.tif", put), make_runtime(output_mode="score")).status == "written"
+
+
+# --- every output (OUTPUTS=npy,cog,stac)
+
+ALL_OUTPUTS = ("npy", "cog", "stac")
+PRODUCTS = {"npy": "a/s.npy", "cog": "a/s.mask.TIF", "thumbnail": "a/s.thumb.png", "stac": "a/s.stac.json"}
+
+
+def test_every_output_is_written_beside_the_input_the_item_last(make_runtime, bucket, s3_client, upload_raster):
+    # GIVEN a deployment that writes every output
+    runtime = make_runtime(outputs=ALL_OUTPUTS)
+    put = upload_raster(bucket, "a/s.tif")
+    writes = count_calls(runtime.storage.client, "PutObject")
+    # WHEN an upload is processed
+    outcome = process_object(ref_for(bucket, "a/s.tif", put), runtime)
+    # THEN each output is beside it, in order, the STAC Item last, and the .npy is still the outcome's output
+    assert (outcome.status, outcome.output_key) == ("written", "a/s.npy")
+    assert keys_in(s3_client, bucket) == {"a/s.tif", *PRODUCTS.values()}
+    assert [unquote(url.split(f"/{bucket}/", 1)[1].split("?")[0]) for url in writes] == list(PRODUCTS.values())
+    # AND every one records the same upload and model, with its media type
+    etag = put["ETag"].strip('"')
+    types = {}
+    for kind, key in PRODUCTS.items():
+        head = s3_client.head_object(Bucket=bucket, Key=key)
+        assert (head["Metadata"]["source-etag"], head["Metadata"]["model-sha256"]) == (etag, runtime.model.sha256)
+        types[kind] = head["ContentType"]
+    assert types == {
+        "npy": "application/octet-stream",
+        "cog": "image/tiff; application=geotiff; profile=cloud-optimized",
+        "thumbnail": "image/png",
+        "stac": "application/geo+json",
+    }
+    # AND the Item points at the objects as they are in S3 (relative hrefs, their sha256) and at the source
+    item = json.loads(s3_client.get_object(Bucket=bucket, Key="a/s.stac.json")["Body"].read())
+    for name, key in (("npy", "a/s.npy"), ("mask", "a/s.mask.TIF"), ("thumbnail", "a/s.thumb.png")):
+        body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        assert item["assets"][name]["href"] == "./" + key.split("/")[-1]
+        assert item["assets"][name]["file:checksum"] == "1220" + hashlib.sha256(body).hexdigest()
+    assert [link["href"] for link in item["links"] if link["rel"] == "derived_from"] == ["./s.tif"]
+    assert item["id"] == "s"
+
+
+def test_the_item_links_a_source_in_another_bucket_by_its_uri(make_runtime, make_bucket, s3_client, upload_raster):
+    runtime = make_runtime(outputs=("cog", "stac"), output_bucket=(out := make_bucket()), output_prefix="m/")
+    source = make_bucket()
+    put = upload_raster(source, "s.tif")
+    assert process_object(ref_for(source, "s.tif", put), runtime).output_key == "m/s.mask.TIF"
+    assert keys_in(s3_client, out) == {"m/s.mask.TIF", "m/s.thumb.png", "m/s.stac.json"}
+    item = json.loads(s3_client.get_object(Bucket=out, Key="m/s.stac.json")["Body"].read())
+    assert [link["href"] for link in item["links"] if link["rel"] == "derived_from"] == [f"s3://{source}/s.tif"]
+    assert "npy" not in item["assets"]
+
+
+def test_every_output_of_a_second_delivery_is_a_duplicate(make_runtime, bucket, upload_raster):
+    runtime = make_runtime(outputs=ALL_OUTPUTS)
+    ref = ref_for(bucket, "a/s.tif", upload_raster(bucket, "a/s.tif"))
+    assert process_object(ref, runtime).status == "written"
+    writes = count_calls(runtime.storage.client, "PutObject")
+    assert process_object(ref, runtime).status == "duplicate"
+    assert writes == []
+
+
+def test_a_crash_between_two_outputs_redoes_them_all_for_one_version(
+    make_runtime, bucket, s3_client, upload_raster, inject_s3_fault
+):
+    # GIVEN a first upload fully processed, then a second upload whose job fails writing the COG
+    runtime = make_runtime(outputs=ALL_OUTPUTS)
+    first = upload_raster(bucket, "a/s.tif", seed=1)
+    assert process_object(ref_for(bucket, "a/s.tif", first), runtime).status == "written"
+    second = upload_raster(bucket, "a/s.tif", seed=2)
+    ref = ref_for(bucket, "a/s.tif", second)
+    inject_s3_fault(runtime.storage.client, "PutObject", times=1, key_contains="s.mask.TIF")
+    with pytest.raises(TransientError):
+        process_object(ref, runtime)
+    # (the .npy is the second upload's, the rest still the first's: the Item, written last, still describes
+    # the first version's files)
+    etag = {k: s3_client.head_object(Bucket=bucket, Key=v)["Metadata"]["source-etag"] for k, v in PRODUCTS.items()}
+    assert etag["npy"] == second["ETag"].strip('"') and etag["stac"] == first["ETag"].strip('"')
+    # WHEN the event is redelivered THEN it is no duplicate: every output is written again, all of one version
+    assert process_object(ref, runtime).status == "written"
+    for key in PRODUCTS.values():
+        meta = s3_client.head_object(Bucket=bucket, Key=key)["Metadata"]
+        assert meta["source-etag"] == second["ETag"].strip('"'), key
+
+
+def test_an_output_of_another_input_with_the_same_stem_is_not_replaced(make_runtime, bucket, s3_client, upload_raster):
+    runtime = make_runtime(outputs=ALL_OUTPUTS)
+    assert process_object(ref_for(bucket, "a/s.tif", upload_raster(bucket, "a/s.tif")), runtime).status == "written"
+    before = s3_client.head_object(Bucket=bucket, Key="a/s.mask.TIF")["ETag"]
+    outcome = process_object(ref_for(bucket, "a/s.TIFF", upload_raster(bucket, "a/s.TIFF")), runtime)
+    assert outcome.status == "rejected" and "another input" in outcome.detail
+    assert s3_client.head_object(Bucket=bucket, Key="a/s.mask.TIF")["ETag"] == before
+
+
+def test_a_rejected_input_writes_its_marker_and_no_output(make_runtime, bucket, s3_client, upload_raster):
+    runtime = make_runtime(outputs=ALL_OUTPUTS)
+    upload_raster(bucket, "a/s.tif", body=b"junk")
+    assert process_object(ref_for(bucket, "a/s.tif"), runtime).status == "rejected"
+    assert keys_in(s3_client, bucket) == {"a/s.tif", "a/s.error.json"}
 
 
 # --- rejections

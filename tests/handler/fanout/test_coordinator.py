@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import threading
-from collections import deque
 
 import numpy as np
 import pytest
@@ -23,43 +22,6 @@ from model.errors import RemoteReadError
 from model.options import PredictOptions
 from model.predictor.predict import predict_file
 from tests.fixtures.hostile_tiffs import giant_strip_file, huge_tile_file, sparse_file
-
-
-class Queue:
-    """The function's queue, in order, with what each delivery answered."""
-
-    def __init__(self) -> None:
-        self.messages: deque[str] = deque()
-        self.log: list[dict] = []
-
-    def send(self, message: ShardMessage) -> None:
-        self.messages.append(message.to_json())
-
-    def drain(self, runtime, *, twice: bool = False) -> None:
-        while self.messages:
-            body = self.messages.popleft()
-            for _ in range(2 if twice else 1):
-                try:
-                    self.log.append(run_shard(parse_shard_message(body), runtime, self.send).as_dict())
-                except TransientError as exc:  # the queue delivers it again after the visibility timeout
-                    self.log.append({"status": "retried", "error": str(exc)})
-                    self.messages.append(body)
-                    break
-
-
-@pytest.fixture
-def queue(monkeypatch) -> Queue:
-    q = Queue()
-    monkeypatch.setattr(coordinator, "sender_from_settings", lambda settings, queues=None: q.send)
-    return q
-
-
-@pytest.fixture
-def fan_runtime(make_runtime):
-    def make(**settings):
-        return make_runtime(fanout_threshold_seconds=0, fanout_max_shards=3, **settings)
-
-    return make
 
 
 def expected_npy(runtime, make_raster, tmp_path, body: bytes, output: str = "mask") -> bytes:
