@@ -1,0 +1,229 @@
+"""The COG of the mask: valid per rio-cogeo, georeferenced as the input, exact classes, nearest overviews,
+colour map, 512 tiles, ZSTD; streamed from rows or assembled from parts; nothing left behind on error."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.enums import Compression
+from rio_cogeo.cogeo import cog_validate
+
+from model.io.cog import (
+    COG_BLOCK,
+    MASK_NODATA,
+    CogWriter,
+    RowRasterWriter,
+    assemble_cog,
+    cog_values,
+    part_transform,
+)
+from model.io.raster import open_raster, read_header
+
+UTM = ("EPSG:32633", Affine(10.0, 0.0, 399_960.0, 0.0, -10.0, 5_300_040.0))
+GEOGRAPHIC = ("EPSG:4326", Affine(0.0001, 0.0, 12.0, 0.0, -0.0001, 46.0))
+
+
+def input_header(make_raster, height, width, crs, transform):
+    """The header our reader gives for a generated input raster: the CRS and transform a COG must carry."""
+    path = make_raster(height, width, bands=1, crs=crs, transform=transform)
+    with open_raster(path) as src:
+        return read_header(src, path)
+
+
+def random_scores(shape, seed=0):
+    """Scores whose mask is salt and pepper: any averaging overview would differ from a decimation."""
+    return np.random.default_rng(seed).random(shape, dtype=np.float32)
+
+
+def invalid_pixels(shape):
+    valid = np.ones(shape, bool)
+    valid[:37, :] = False  # a nodata stripe along the top
+    valid[200:260, 100:180] = False  # and a hole
+    return valid
+
+
+def write_cog(path, scores, valid, header, kind="mask", rows_per_write=300, **kwargs):
+    shape = scores.shape
+    with CogWriter(path, shape, kind, header.crs, header.transform, 0.5, **kwargs) as out:
+        for top in range(0, shape[0], rows_per_write):
+            out.write_rows(
+                scores[top : top + rows_per_write], None if valid is None else valid[top : top + rows_per_write]
+            )
+
+
+def assert_valid_cog(path):
+    is_valid, errors, _warnings = cog_validate(str(path), quiet=True)
+    assert is_valid and errors == []
+
+
+def assert_mask_cog(path, expected, header):
+    assert_valid_cog(path)
+    with rasterio.open(path) as cog:
+        assert cog.crs == rasterio.crs.CRS.from_user_input(header.crs)
+        assert tuple(cog.transform)[:6] == pytest.approx(header.transform, abs=1e-12)
+        assert cog.dtypes == ("uint8",) and cog.nodata == MASK_NODATA
+        assert cog.block_shapes == [(COG_BLOCK, COG_BLOCK)]
+        assert cog.compression == Compression.zstd
+        colours = cog.colormap(1)
+        assert colours[1][1] > 150 and colours[1][3] == 255  # green, opaque
+        assert colours[MASK_NODATA][3] == 0  # transparent
+        np.testing.assert_array_equal(cog.read(1), expected)
+        if max(expected.shape) > COG_BLOCK:
+            assert cog.overviews(1)
+    if max(expected.shape) > COG_BLOCK:
+        with rasterio.open(path, OVERVIEW_LEVEL=0) as overview:
+            coarse = overview.read(1)
+        assert set(np.unique(coarse)) <= {0, 1, MASK_NODATA}
+        if expected.shape[0] % 2 == 0 and expected.shape[1] % 2 == 0:
+            # Nearest-neighbour decimation, exactly: an averaged or moded overview of salt and pepper would differ.
+            # (An odd size makes GDAL's sampling ratio slightly more than 2, so its picks drift.)
+            np.testing.assert_array_equal(coarse, expected[::2, ::2])
+
+
+def test_cog_values_mask_and_score():
+    scores = np.array([[0.1, 0.5, 0.9], [0.7, 0.2, 0.6]], np.float32)
+    valid = np.array([[True, True, True], [False, True, True]])
+    assert cog_values(scores, valid, 0.5, "mask").tolist() == [[0, 0, 1], [MASK_NODATA, 0, 1]]
+    assert cog_values(scores, None, 0.5, "mask").dtype == np.uint8
+    score = cog_values(scores, valid, 0.5, "score")
+    assert score.dtype == np.float32 and math.isnan(score[1, 0]) and score[0, 2] == pytest.approx(0.9)
+    assert not np.isnan(scores).any()  # pure: the caller's rows are untouched
+    with pytest.raises(ValueError, match="kind"):
+        cog_values(scores, valid, 0.5, "probability")
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "georef", "with_invalid"),
+    [
+        pytest.param(1300, 1100, UTM, True, id="utm-with-invalid"),
+        pytest.param(700, 600, GEOGRAPHIC, False, id="geographic"),
+        pytest.param(1000, 777, UTM, True, id="odd-non-square"),
+        pytest.param(300, 200, UTM, False, id="smaller-than-a-tile"),
+    ],
+)
+def test_cog_of_a_scene(tmp_path, make_raster, height, width, georef, with_invalid):
+    header = input_header(make_raster, height, width, *georef)
+    scores = random_scores((height, width))
+    valid = invalid_pixels((height, width)) if with_invalid else None
+    dst = tmp_path / "out" / "mask.tif"
+    dst.parent.mkdir()
+    write_cog(dst, scores, valid, header)
+    expected = (scores > 0.5).astype(np.uint8)
+    if valid is not None:
+        expected[~valid] = MASK_NODATA
+    assert_mask_cog(dst, expected, header)
+    assert [p.name for p in dst.parent.iterdir()] == ["mask.tif"]
+
+
+def test_assembled_from_three_parts_equals_the_streamed_cog(tmp_path, make_raster):
+    height, width = 1300, 1100
+    header = input_header(make_raster, height, width, *UTM)
+    scores, valid = random_scores((height, width), seed=1), invalid_pixels((height, width))
+    values = cog_values(scores, valid, 0.5, "mask")
+    parts = []
+    for i, (top, bottom) in enumerate([(0, 448), (448, 896), (896, height)]):
+        part = tmp_path / f"part-{i}.tif"
+        with RowRasterWriter(
+            part, (bottom - top, width), "mask", header.crs, part_transform(header.transform, top)
+        ) as w:
+            w.write_values(values[top:bottom])
+        parts.append(part)
+    dst = tmp_path / "assembled.tif"
+    assemble_cog(parts, dst, (height, width), "mask", header.crs, header.transform)
+    assert_mask_cog(dst, values, header)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "assembled.tif",
+        "part-0.tif",
+        "part-1.tif",
+        "part-2.tif",
+        "r.tif",
+    ]
+
+
+def test_score_cog_is_float32_with_nan_nodata(tmp_path, make_raster):
+    header = input_header(make_raster, 1024, 1024, *UTM)
+    scores, valid = random_scores((1024, 1024)), invalid_pixels((1024, 1024))
+    dst = tmp_path / "scores.tif"
+    write_cog(dst, scores, valid, header, kind="score")
+    assert_valid_cog(dst)
+    with rasterio.open(dst) as cog:
+        assert cog.dtypes == ("float32",) and math.isnan(cog.nodata)
+        data = cog.read(1)
+        np.testing.assert_array_equal(np.isnan(data), ~valid)
+        np.testing.assert_array_equal(data[valid], scores[valid])
+    with rasterio.open(dst, OVERVIEW_LEVEL=0) as overview:
+        # Averaged: a 2 x 2 block of uniform random scores averages near 0.5, never a corner's raw value.
+        coarse = overview.read(1)
+        block = scores[512:514, 512:514].mean()
+        assert coarse[256, 256] == pytest.approx(block, abs=1e-6)
+
+
+def test_staging_goes_to_tmp_dir_and_is_removed(tmp_path, make_raster):
+    header = input_header(make_raster, 600, 600, *UTM)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    write_cog(tmp_path / "m.tif", random_scores((600, 600)), None, header, tmp_dir=scratch)
+    assert list(scratch.iterdir()) == []
+    assert_valid_cog(tmp_path / "m.tif")
+
+
+def test_an_error_leaves_no_file_and_keeps_an_existing_one(tmp_path):
+    target = tmp_path / "m.tif"
+    target.write_bytes(b"previous")
+    with pytest.raises(RuntimeError), CogWriter(target, (600, 600), "mask", *UTM[0:1], UTM[1], 0.5) as out:
+        out.write_rows(random_scores((300, 600)), None)
+        raise RuntimeError("inference failed")
+    assert target.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.tif"]
+
+
+def test_too_few_rows_is_an_error_and_leaves_nothing(tmp_path):
+    with (
+        pytest.raises(ValueError, match="only 512 of 600"),
+        CogWriter(tmp_path / "m.tif", (600, 600), "mask", *UTM, 0.5) as out,
+    ):
+        out.write_rows(random_scores((512, 600)), None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_wrong_rows_are_refused_and_leave_nothing(tmp_path):
+    with (
+        pytest.raises(ValueError, match="do not fit"),
+        CogWriter(tmp_path / "m.tif", (600, 600), "mask", *UTM, 0.5) as out,
+    ):
+        out.write_rows(random_scores((10, 601)), None)
+    with (
+        pytest.raises(ValueError, match="more than 600"),
+        CogWriter(tmp_path / "m.tif", (600, 600), "mask", *UTM, 0.5) as out,
+    ):
+        out.write_rows(random_scores((601, 600)), None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_part_that_does_not_fit_is_refused_and_leaves_nothing(tmp_path):
+    crs, transform = UTM
+    part = tmp_path / "parts" / "p.tif"
+    part.parent.mkdir()
+    with RowRasterWriter(part, (600, 600), "mask", crs, tuple(transform)) as w:
+        w.write_values(np.zeros((600, 600), np.uint8))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ValueError, match=r"part p\.tif does not fit"):
+        assemble_cog([part], out / "m.tif", (600, 500), "mask", crs, tuple(transform))
+    with pytest.raises(ValueError, match="only 600 of 1200"):
+        assemble_cog([part], out / "m.tif", (1200, 600), "mask", crs, tuple(transform))
+    with pytest.raises(ValueError, match="transform"):
+        assemble_cog([part, part], out / "m.tif", (1200, 600), "mask", crs, tuple(transform))
+    assert list(out.iterdir()) == []
+
+
+def test_no_crs_gives_a_cog_without_one(tmp_path):
+    dst = tmp_path / "m.tif"
+    write_cog(dst, random_scores((600, 600)), None, type("H", (), {"crs": None, "transform": (1, 0, 0, 0, -1, 600)}))
+    assert_valid_cog(dst)
+    with rasterio.open(dst) as cog:
+        assert cog.crs is None
