@@ -36,11 +36,11 @@ from handler.fanout import ShardMessage, fail_shard_job, run_shard
 from handler.objects import ObjectRef
 from handler.outputs import reject_object
 from handler.process import process_object
+from handler.products import cog_sink
 from handler.runtime import build_runtime
 from handler.settings import Settings
 from model.errors import ConfigError, InputError, RasterfnError
 from model.predictor.predict import predict_file
-from handler.products import cog_sink
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from handler.remote import remote_source, url_lifetime_s
 from handler.runtime import Runtime
 from handler.storage import s3_uri
 from model.card import ModelCard
-from model.io.cog import RowRasterWriter, assemble_cog, cog_values, part_transform
+from model.io.cog import RowRasterWriter, assemble_cog, cog_values
 from model.io.quicklook import true_colour_bands, write_quicklook
 
 log = logging.getLogger(__name__)
@@ -139,4 +139,3 @@ def _put(
         if current is None or current.etag != info.etag or current.version_id != info.version_id:
             raise ObjectMissingError(f"{info.uri} was replaced by a newer upload; its result stands") from exc
         raise TransientError(f"{s3_uri(bucket, key)} changed while the job of {info.uri} finished") from exc
-

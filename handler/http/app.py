@@ -70,9 +70,9 @@ from handler.http.workers import backend_of
 from handler.isolation import PredictJob, ProcessJob, ShardJob
 from handler.objects import COG_SUFFIXES, ObjectRef
 from handler.outcome import Outcome, summarise
+from handler.products import COG_MEDIA_TYPE
 from handler.settings import OUTPUT_MODES, Settings
 from model.errors import ConfigError, InputError, RasterTooLargeError
-from handler.products import COG_MEDIA_TYPE
 from model.predictor.predict import PredictionResult
 
 logger = logging.getLogger(__name__)
