@@ -30,13 +30,13 @@ locals {
   model_uri_match = var.model_uri == null ? null : regex("^s3://([^/]+)/(.*)$", var.model_uri)
 
   # Only what differs from the code's defaults (handler/settings.py), plus the suffixes the bucket
-  # notifications filter on, so the function and the notifications cannot disagree.
+  # notifications filter on, so the function and the notifications cannot disagree, and OUTPUTS, always: the
+  # role's write permissions are derived from the same variable (iam.tf), so the two cannot disagree either.
   lambda_settings = {
-    INPUT_SUFFIXES = join(",", var.input_suffixes)
-    PRECISION      = var.precision
-    ENGINE         = var.engine
-    OUTPUT_MODE    = var.output_mode
-    # Always set, from the variable the role's write permissions are derived from (iam.tf): the two agree.
+    INPUT_SUFFIXES   = join(",", var.input_suffixes)
+    PRECISION        = var.precision
+    ENGINE           = var.engine
+    OUTPUT_MODE      = var.output_mode
     OUTPUTS          = join(",", var.outputs)
     MAX_PIXELS       = var.max_pixels == null ? null : tostring(var.max_pixels)
     MAX_INPUT_BYTES  = var.max_input_bytes == null ? null : tostring(var.max_input_bytes)
