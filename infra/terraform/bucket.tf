@@ -1,4 +1,4 @@
-# The input bucket: users upload rasters here, the function writes each mask beside its raster.
+# The input bucket: users upload rasters here, the function writes its outputs beside each raster.
 
 resource "aws_s3_bucket" "input" {
   #checkov:skip=CKV_AWS_144:Cross-region replication needs a second bucket in another region: an account-level DR choice; versioning protects uploads here.
@@ -84,7 +84,7 @@ resource "aws_s3_bucket_lifecycle_configuration" "input" {
     }
   }
 
-  # Also sharded .npy uploads whose job failed or was abandoned (the function aborts them when it can).
+  # Also sharded .npy / COG uploads whose job failed or was abandoned (the function aborts them when it can).
   rule {
     id     = "abort-incomplete-multipart-uploads"
     status = "Enabled"
@@ -148,8 +148,10 @@ data "aws_iam_policy_document" "input_bucket" {
   }
 }
 
-# Object-created events for the raster suffixes go to the queue. The function's own outputs (.npy,
-# .error.json) never match, so it cannot trigger itself.
+# Object-created events for the raster suffixes go to the queue. The function's own outputs (<stem>.npy,
+# .mask.TIF / .score.TIF, .thumb.png, .stac.json and .error.json) never match: S3's suffix filter is
+# case-sensitive, the COG's upper-case .TIF is not .tif, and var.input_suffixes refuses any suffix that would
+# match one of them (variables.tf), so the function cannot trigger itself.
 resource "aws_s3_bucket_notification" "input" {
   bucket = aws_s3_bucket.input.id
 

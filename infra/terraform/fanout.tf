@@ -51,6 +51,9 @@ variable "fanout_job_expiration_days" {
 
 locals {
   fanout_job_prefix = ".rasterfn-jobs/"
+  # The outputs a sharded job assembles from parts (iam.tf's table): the .npy and the COG, as var.outputs has them.
+  sharded_suffixes = distinct(flatten([for format in var.outputs : local.product_suffixes[format] if format != "stac"]))
+  sharded_objects  = [for suffix in local.sharded_suffixes : "${local.output_bucket_arn}/${local.output_key_prefix}*${suffix}"]
   fanout_settings = {
     FANOUT_QUEUE_URL         = var.fanout_enabled ? aws_sqs_queue.uploads.url : null
     FANOUT_SECONDS_PER_TILE  = var.fanout_seconds_per_tile == null ? null : tostring(var.fanout_seconds_per_tile)
@@ -68,11 +71,12 @@ resource "aws_iam_role_policy" "fanout" {
 }
 
 data "aws_iam_policy_document" "fanout" {
-  # The .npy is one multipart upload: created by the coordinator, a part per shard, completed by the last.
+  # The .npy (and the COG, when var.outputs has cog) is one multipart upload: created by the coordinator, a
+  # part per shard, completed by the last. The quicklook and STAC Item are single puts (iam.tf's statements).
   statement {
-    sid       = "AssembleShardedMasks"
+    sid       = "AssembleShardedOutputs"
     actions   = ["s3:PutObject", "s3:AbortMultipartUpload"]
-    resources = ["${local.output_bucket_arn}/${local.output_key_prefix}*.npy"]
+    resources = local.sharded_objects
   }
 
   # Job state: small objects under the reserved prefix (conditional puts, reads, listing per job).

@@ -26,6 +26,24 @@ resource "aws_iam_role_policy" "lambda" {
   policy = data.aws_iam_policy_document.lambda.json
 }
 
+# What the function writes beside each input, by OUTPUTS format (handler/objects.py's product_keys; the COG's
+# name follows OUTPUT_MODE). The role may write exactly what var.outputs and var.output_mode make it write, not
+# every output suffix: the Lambda's OUTPUTS and OUTPUT_MODE come from the same variables in the same apply, so
+# they cannot disagree, and a deployment without cog or stac gets no write access to *.TIF, *.png or *.stac.json.
+locals {
+  cog_suffixes = { mask = ".mask.TIF", "mask-uint8" = ".mask.TIF", score = ".score.TIF" }
+  cog_suffix   = local.cog_suffixes[lower(coalesce(var.output_mode, "mask"))]
+  product_suffixes = {
+    npy  = [".npy"]
+    cog  = [local.cog_suffix]
+    stac = [".thumb.png", ".stac.json"]
+  }
+  written_suffixes = distinct(flatten([for format in var.outputs : local.product_suffixes[format]]))
+  # The objects the function writes (conditional PutObject, multipart above 64 MB), HEADs and may abort.
+  product_objects = [for suffix in local.written_suffixes : "${local.output_bucket_arn}/${local.output_key_prefix}*${suffix}"]
+  error_markers   = "${local.output_bucket_arn}/${local.output_key_prefix}*.error.json"
+}
+
 data "aws_iam_policy_document" "lambda" {
   statement {
     sid       = "ReadUploads"
@@ -41,39 +59,35 @@ data "aws_iam_policy_document" "lambda" {
     resources = [aws_s3_bucket.input.arn, local.output_bucket_arn] # the same ARN twice is fine for IAM
   }
 
+  # Only the outputs var.outputs names (locals above) and the error markers: never an upload, nor an output
+  # this deployment does not produce.
   statement {
-    sid     = "WriteMasksAndErrorMarkers"
-    actions = ["s3:PutObject"]
-    resources = [
-      "${local.output_bucket_arn}/${local.output_key_prefix}*.npy",
-      "${local.output_bucket_arn}/${local.output_key_prefix}*.error.json",
-    ]
+    sid       = "WriteOutputsAndErrorMarkers"
+    actions   = ["s3:PutObject"]
+    resources = concat(local.product_objects, [local.error_markers])
   }
 
-  # HeadObject on an existing mask or error marker: a redelivered event whose result is already there is a
-  # duplicate, and nothing is downloaded again.
+  # HeadObject on an existing output or error marker: a redelivered event whose result is already there is a
+  # duplicate, and nothing is downloaded again; its ETag is what a conditional overwrite (If-Match) names.
   statement {
-    sid     = "SeeEarlierResults"
-    actions = ["s3:GetObject"]
-    resources = [
-      "${local.output_bucket_arn}/${local.output_key_prefix}*.npy",
-      "${local.output_bucket_arn}/${local.output_key_prefix}*.error.json",
-    ]
+    sid       = "SeeEarlierResults"
+    actions   = ["s3:GetObject"]
+    resources = concat(local.product_objects, [local.error_markers])
   }
 
-  # Masks above 64 MB go up in parts; a failed upload is aborted instead of waiting for the lifecycle rule.
+  # Outputs above 64 MB go up in parts; a failed upload is aborted instead of waiting for the lifecycle rule.
   statement {
-    sid       = "AbortFailedMaskUploads"
+    sid       = "AbortFailedOutputUploads"
     actions   = ["s3:AbortMultipartUpload"]
-    resources = ["${local.output_bucket_arn}/${local.output_key_prefix}*.npy"]
+    resources = local.product_objects
   }
 
   # A stale error marker is removed once its raster succeeds (exactly the version seen, hence
-  # DeleteObjectVersion in the versioned bucket); masks and uploads are never deleted.
+  # DeleteObjectVersion in the versioned bucket); outputs and uploads are never deleted.
   statement {
     sid       = "RemoveStaleErrorMarkers"
     actions   = ["s3:DeleteObject", "s3:DeleteObjectVersion"]
-    resources = ["${local.output_bucket_arn}/${local.output_key_prefix}*.error.json"]
+    resources = [local.error_markers]
   }
 
   statement {

@@ -15,8 +15,8 @@ locals {
   output_bucket_arn  = "arn:${local.partition}:s3:::${local.output_bucket_name}"
   separate_output    = local.output_bucket_name != local.bucket_name
 
-  # Output keys are OUTPUT_PREFIX + the input key with .npy / .error.json (handler/objects.py), so they live
-  # under output_prefix + input_prefix.
+  # Output keys are OUTPUT_PREFIX + the input key with its suffix replaced by an output's (.npy, .error.json,
+  # .mask.TIF, ...: handler/objects.py), so they live under output_prefix + input_prefix.
   output_key_prefix = "${var.output_prefix}${var.input_prefix}"
 
   image_uri = "${aws_ecr_repository.this.repository_url}:${var.image_tag}"
@@ -30,12 +30,14 @@ locals {
   model_uri_match = var.model_uri == null ? null : regex("^s3://([^/]+)/(.*)$", var.model_uri)
 
   # Only what differs from the code's defaults (handler/settings.py), plus the suffixes the bucket
-  # notifications filter on, so the function and the notifications cannot disagree.
+  # notifications filter on, so the function and the notifications cannot disagree, and OUTPUTS, always: the
+  # role's write permissions are derived from the same variable (iam.tf), so the two cannot disagree either.
   lambda_settings = {
     INPUT_SUFFIXES   = join(",", var.input_suffixes)
     PRECISION        = var.precision
     ENGINE           = var.engine
     OUTPUT_MODE      = var.output_mode
+    OUTPUTS          = join(",", var.outputs)
     MAX_PIXELS       = var.max_pixels == null ? null : tostring(var.max_pixels)
     MAX_INPUT_BYTES  = var.max_input_bytes == null ? null : tostring(var.max_input_bytes)
     OUTPUT_BUCKET    = local.separate_output ? local.output_bucket_name : null

@@ -89,13 +89,38 @@ variable "input_suffixes" {
   default     = [".tif", ".tiff"]
 
   validation {
-    condition     = length(var.input_suffixes) > 0 && alltrue([for s in var.input_suffixes : startswith(s, ".") && s != ".npy"])
-    error_message = "input_suffixes must be a non-empty list of suffixes starting with a dot, never .npy (the outputs)."
+    condition     = length(var.input_suffixes) > 0 && alltrue([for s in var.input_suffixes : startswith(s, ".")])
+    error_message = "input_suffixes must be a non-empty list of suffixes starting with a dot."
+  }
+
+  # No notification may match a key the function writes, whatever var.outputs says now (it can change later):
+  # S3's filter is a case-sensitive "ends with", so a suffix matches <stem><own> when it ends <own> (".TIF" ends
+  # ".mask.TIF") or <own> ends with it (".x.npy": the output of "a.x.tif"). The list is handler/objects.py's
+  # names, as written (tests/infra/test_output_suffixes.py checks that); a validation cannot read locals
+  # before Terraform 1.9.
+  validation {
+    condition = alltrue([
+      for s in var.input_suffixes : !anytrue([
+        for own in [".npy", ".error.json", ".mask.TIF", ".score.TIF", ".stac.json", ".thumb.png"] :
+        endswith(own, s) || endswith(s, own)
+      ])
+    ])
+    error_message = "input_suffixes must not match the function's own outputs (.npy, .error.json, .mask.TIF, .score.TIF, .stac.json, .thumb.png; S3 compares case-sensitively): not .npy, .json, .png or .TIF. Upload .tif/.tiff (or .TIFF)."
+  }
+
+  # The function's own check of INPUT_SUFFIXES (handler/settings.py), which compares lower-case: without it,
+  # ".JSON" would pass the rule above and deploy a function that refuses to start.
+  validation {
+    condition = alltrue([
+      for s in var.input_suffixes :
+      !contains([".npy", ".json", ".png", ".error.json", ".mask.tif", ".score.tif", ".stac.json", ".thumb.png"], lower(s))
+    ])
+    error_message = "input_suffixes must not be an output's suffix or extension in any case (.npy, .json, .png, .error.json, .mask.tif, .score.tif, .stac.json, .thumb.png): the function refuses them."
   }
 }
 
 variable "output_bucket_name" {
-  description = "Existing bucket for the .npy outputs; null writes them beside the inputs."
+  description = "Existing bucket for the outputs (see outputs); null writes them beside the inputs."
   type        = string
   default     = null
 }
@@ -203,9 +228,26 @@ variable "engine" {
 }
 
 variable "output_mode" {
-  description = "OUTPUT_MODE: mask, mask-uint8 or score."
+  description = "OUTPUT_MODE: mask, mask-uint8 or score (the COG is <stem>.score.TIF with score, else <stem>.mask.TIF)."
   type        = string
   default     = null
+
+  # The function's role may write the COG under the one name this mode gives it (iam.tf).
+  validation {
+    condition     = contains(["mask", "mask-uint8", "score"], lower(coalesce(var.output_mode, "mask")))
+    error_message = "output_mode must be null (the code's default, mask), mask, mask-uint8 or score."
+  }
+}
+
+variable "outputs" {
+  description = "OUTPUTS: what is written beside each input: npy (<stem>.npy), cog (<stem>.mask.TIF, or .score.TIF with output_mode score), stac (<stem>.stac.json and its quicklook <stem>.thumb.png). The function's role may write exactly these (and <stem>.error.json)."
+  type        = list(string)
+  default     = ["npy"]
+
+  validation {
+    condition     = alltrue([for o in var.outputs : contains(["npy", "cog", "stac"], o)]) && anytrue([for o in var.outputs : o != "stac"])
+    error_message = "outputs must list some of \"npy\", \"cog\", \"stac\" (lower case); stac describes the other outputs, so list npy or cog with it."
+  }
 }
 
 variable "max_pixels" {

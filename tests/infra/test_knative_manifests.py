@@ -7,6 +7,7 @@ tags, health paths, secrets, the MinIO webhook target and the bucket are the sam
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import shlex
@@ -27,11 +28,12 @@ from handler.http import replies
 from handler.http.relay import EVENT_TYPE as RELAY_EVENT_TYPE
 from handler.http.relay import create_relay_app
 from handler.http.uploads import DEFAULT_STEM
-from handler.objects import JOB_PREFIX
-from handler.settings import RelaySettings, Settings, env_var_names
+from handler.objects import ERROR_SUFFIX, JOB_PREFIX, error_key, product_keys
+from handler.settings import OUTPUT_FORMATS, OUTPUT_MODES, RelaySettings, Settings, env_var_names
 from model.options import OUTPUT_DTYPES
 from tests.fixtures.oidc import relay_settings, trigger_subject
 from tests.fixtures.paths import REPO_ROOT
+from tests.infra.test_terraform import OWN_OUTPUT_NAMES
 
 REPO = REPO_ROOT
 KNATIVE_DIR = REPO / "infra" / "knative"
@@ -163,6 +165,7 @@ def test_literal_env_values_are_valid_settings(container, func):
     for env in (literal_env(container["env"]), literal_env(func["run"]["envs"])):
         settings = Settings.from_env(env)  # raises ConfigError on any bad value
         assert settings.input_suffixes == (".tif", ".tiff")
+        assert "npy" in settings.outputs  # what smoke.sh and fanout-smoke.sh wait for
         assert settings.max_concurrent_inferences >= 1
 
 
@@ -258,18 +261,30 @@ def test_the_function_s_minio_policy_covers_storage_s_calls_and_no_more(manifest
         for action in statement["Action"]:
             allowed.setdefault(action, set()).update(statement["Resource"])
     # THEN it may read the bucket's objects (HEAD/GET, versions; ListBucket so a missing key is a 404, not 403),
-    # write only the function's outputs, markers and fan-out job state (JOB_PREFIX), and delete only its own markers
+    # write only the function's outputs (every one OUTPUTS may name: it can change without the Job running again),
+    # markers and fan-out job state (JOB_PREFIX), and delete only its own markers
     bucket, objects = "arn:aws:s3:::rasterfn", "arn:aws:s3:::rasterfn/"
+    outputs = {objects + "*" + suffix for suffix in (*OWN_OUTPUT_NAMES, ERROR_SUFFIX)}
     assert allowed == {
         "s3:ListBucket": {bucket},
         "s3:GetBucketLocation": {bucket},
         "s3:GetObject": {objects + "*"},
         "s3:GetObjectVersion": {objects + "*"},
-        "s3:PutObject": {objects + "*.npy", objects + "*.error.json", objects + JOB_PREFIX + "*"},
-        "s3:AbortMultipartUpload": {objects + "*.npy", objects + "*.error.json"},
-        "s3:DeleteObject": {objects + "*.error.json"},
-        "s3:DeleteObjectVersion": {objects + "*.error.json"},
+        "s3:PutObject": outputs | {objects + JOB_PREFIX + "*"},
+        "s3:AbortMultipartUpload": outputs,
+        "s3:DeleteObject": {objects + "*" + ERROR_SUFFIX},
+        "s3:DeleteObjectVersion": {objects + "*" + ERROR_SUFFIX},
     }
+
+
+def test_the_function_s_minio_user_may_write_every_output_of_every_setting(manifests):
+    # GIVEN every OUTPUTS and OUTPUT_MODE the function accepts WHEN it names the files of an upload
+    put = [r for st in minio_policy(manifests) if "s3:PutObject" in st["Action"] for r in st["Resource"]]
+    for mode in OUTPUT_MODES:
+        keys = product_keys("scenes/a.tif", OUTPUT_FORMATS, mode).values()
+        # THEN MinIO's policy (a glob, case-sensitive) lets the function's user write each one
+        for key in (*keys, error_key("scenes/a.tif")):
+            assert any(fnmatch.fnmatchcase("arn:aws:s3:::rasterfn/" + key, r) for r in put), key
 
 
 # --- ports, health, image -----------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import hcl2
 import pytest
 from hcl2 import SerializationOptions
 
-from handler import settings
+from handler import objects, settings
 from tests.fixtures.paths import REPO_ROOT
 
 ROOT = REPO_ROOT
@@ -109,6 +109,43 @@ def policy_statements(document: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
+
+
+# `[for suffix in local.SUFFIXES : "<prefix>${suffix}"]`: the object ARNs of a suffix list (iam.tf, fanout.tf).
+_OBJECTS_OF_SUFFIXES = re.compile(r'^\$\{\[for (\w+) in local\.(\w+) : "(?P<prefix>[^"]*)\$\{\1\}"\]\}$')
+# What may surround local references in a list-valued resources expression: concat() of lists, nothing else.
+_ONLY_LIST_GLUE = re.compile(r"^[\s,\[\]()]*(concat[\s,\[\]()]*)*$")
+
+
+def product_suffixes(config: Config) -> dict[str, list[str]]:
+    """iam.tf's table of what each OUTPUTS format writes, the COG under every name OUTPUT_MODE can give it."""
+    cogs = list(dict.fromkeys(config.locals["cog_suffixes"].values()))
+    return {
+        name: [s for value in values for s in (cogs if value == "${local.cog_suffix}" else [value])]
+        for name, values in config.locals["product_suffixes"].items()
+    }
+
+
+def resource_patterns(resource: str, config: Config) -> set[str]:
+    """Every ARN pattern a ``resources`` entry can stand for, whatever the variables (a superset: pure).
+
+    A literal or template is itself; ``${local.X}`` and ``concat()`` of locals are followed; a local built from
+    the output table (``local.product_suffixes[...]``) may hold any of its suffixes. Anything else is a test error.
+    """
+    if not (resource.startswith("${") and resource.endswith("}")) or resource.count("${") > 1:
+        match = _OBJECTS_OF_SUFFIXES.match(resource)
+        if match is None:
+            return {resource}  # a literal ARN or a "${a}/${b}*.npy" template
+        source = config.locals[match.group(2)]
+        assert "local.product_suffixes[" in source, f"local.{match.group(2)} is not built from the output table"
+        return {match["prefix"] + suffix for suffixes in product_suffixes(config).values() for suffix in suffixes}
+    expression = resource[2:-1]
+    if re.fullmatch(r"(aws_\w+\.\w+\.arn|local\.output_bucket_arn)", expression):
+        return {resource}  # one of this configuration's own resources
+    names = re.findall(r"\blocal\.(\w+)", expression)
+    glue = re.sub(r"\blocal\.\w+", "", expression)
+    assert names and _ONLY_LIST_GLUE.match(glue), f"cannot follow {resource!r}"
+    return set().union(*(resource_patterns(value, config) for n in names for value in as_list(config.locals[n])))
 
 
 def powertools_env_var_names() -> set[str]:
@@ -307,38 +344,61 @@ def test_function_policy_names_every_action(lambda_policy):
     assert all(statement.get("effect", "Allow") == "Allow" for statement in lambda_policy)
 
 
-def test_function_policy_resources_are_scoped(lambda_policy):
+def test_function_policy_resources_are_scoped(tf, lambda_policy):
     unscoped = []
     for statement in lambda_policy:
         for resource in as_list(statement["resources"]):
-            if resource == "*":
-                if not set(statement["actions"]) <= _UNSCOPABLE_ACTIONS:
-                    unscoped.append((statement.get("sid"), resource))
-            elif (statement.get("sid"), resource) == _EXTRA_KEYS:
-                continue
-            elif not any(part in resource for part in _SCOPED_RESOURCES):
-                unscoped.append((statement.get("sid"), resource))
+            if (statement.get("sid"), resource) == _EXTRA_KEYS or "statement.value" in resource:
+                patterns = {resource}  # dynamic content: checked as written
+            else:
+                patterns = resource_patterns(resource, tf)
+            for pattern in patterns:
+                unscoped += _unscoped(statement, pattern)
     assert unscoped == []
+
+
+def _unscoped(statement: dict[str, Any], resource: str) -> list[tuple[str | None, str]]:
+    """``[(sid, resource)]`` if ``resource`` is neither one of this configuration's nor ``*`` where only ``*`` works."""
+    if resource == "*":
+        scoped = set(statement["actions"]) <= _UNSCOPABLE_ACTIONS
+    else:
+        scoped = (statement.get("sid"), resource) == _EXTRA_KEYS or any(p in resource for p in _SCOPED_RESOURCES)
+    return [] if scoped else [(statement.get("sid"), resource)]
+
+
+# Every output the function can write (handler/objects.py), as S3 compares them: case-sensitively.
+OWN_OUTPUT_NAMES = (
+    objects.OUTPUT_SUFFIX,
+    *objects.COG_SUFFIXES.values(),
+    objects.STAC_SUFFIX,
+    objects.THUMBNAIL_SUFFIX,
+)
 
 
 @pytest.mark.parametrize(
     ("action", "allowed_suffixes"),
     [
-        ("s3:PutObject", ("*.npy", "*.error.json")),  # masks and error markers only: never a user's upload
-        ("s3:DeleteObject", ("*.error.json",)),  # stale error markers only
-        ("s3:DeleteObjectVersion", ("*.error.json",)),
+        # outputs and error markers only: never a user's upload (any output var.outputs may name: see
+        # infra/terraform/tests/outputs.tftest.hcl for exactly which ones each setting grants)
+        ("s3:PutObject", (*OWN_OUTPUT_NAMES, objects.ERROR_SUFFIX)),
+        ("s3:AbortMultipartUpload", OWN_OUTPUT_NAMES),  # outputs may go up in parts; markers never do
+        ("s3:DeleteObject", (objects.ERROR_SUFFIX,)),  # stale error markers only
+        ("s3:DeleteObjectVersion", (objects.ERROR_SUFFIX,)),
     ],
 )
-def test_function_writes_only_its_own_outputs(lambda_policy, action, allowed_suffixes):
-    resources = [
-        resource
+def test_function_writes_only_its_own_outputs(tf, lambda_policy, action, allowed_suffixes):
+    patterns = {
+        pattern
         for statement in lambda_policy
         if action in statement["actions"]
         for resource in as_list(statement["resources"])
-    ]
-    assert resources
-    assert [r for r in resources if not r.endswith(allowed_suffixes)] == []
-    assert all("${local.output_bucket_arn}/${local.output_key_prefix}" in r for r in resources)
+        for pattern in resource_patterns(resource, tf)
+    }
+    own_objects = "${local.output_bucket_arn}/${local.output_key_prefix}*"
+    assert patterns
+    assert {
+        p for p in patterns if not (p.startswith(own_objects) and p.removeprefix(own_objects) in allowed_suffixes)
+    } == set()
 
 
 # What each S3 call of handler/storage.py needs (AWS's "Actions defined by Amazon S3" table); a call not

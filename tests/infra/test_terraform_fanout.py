@@ -9,7 +9,14 @@ import pytest
 from handler.objects import JOB_PREFIX
 from handler.settings import env_var_names
 from tests.fixtures.paths import REPO_ROOT
-from tests.infra.test_terraform import TF_DIR, as_list, load_config, policy_statements
+from tests.infra.test_terraform import (
+    OWN_OUTPUT_NAMES,
+    TF_DIR,
+    as_list,
+    load_config,
+    policy_statements,
+    resource_patterns,
+)
 
 # What each call of handler/fanout makes needs (AWS's "Actions defined by Amazon S3 / SQS" tables).
 _ACTIONS_BY_CALL = {
@@ -80,13 +87,17 @@ def test_role_allows_every_call_the_fanout_makes(tf, fanout_policy):
     assert set().union(*(_ACTIONS_BY_CALL[c] for c in calls)) - granted - lambda_granted == set()
 
 
-def test_fanout_writes_only_masks_and_job_objects(fanout_policy):
+def test_fanout_writes_only_outputs_and_job_objects(tf, fanout_policy):
     job_prefix = "${local.output_bucket_arn}/${local.fanout_job_prefix}*"
+    own_objects = "${local.output_bucket_arn}/${local.output_key_prefix}*"
     for statement in fanout_policy:
         for resource in as_list(statement["resources"]):
-            if "s3:PutObject" in statement["actions"]:
-                assert resource.endswith("*.npy") or resource == job_prefix, resource
-            assert resource != "*"
+            for pattern in resource_patterns(resource, tf):
+                if "s3:PutObject" in statement["actions"]:
+                    # any output the table holds; exactly which per var.outputs: tests/outputs.tftest.hcl
+                    output = pattern.startswith(own_objects) and pattern.removeprefix(own_objects) in OWN_OUTPUT_NAMES
+                    assert output or pattern == job_prefix, pattern
+                assert pattern != "*"
     sqs = [s for s in fanout_policy if any(a.startswith("sqs:") for a in s["actions"])]
     assert [(s["actions"], s["resources"]) for s in sqs] == [(["sqs:SendMessage"], ["${aws_sqs_queue.uploads.arn}"])]
     listing = [s for s in fanout_policy if "s3:ListBucket" in s["actions"]]
