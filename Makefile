@@ -81,6 +81,7 @@ fuzz: install  ## fuzz the pre-pixel path (signature, header, layout, decode lim
 
 bench: install  ## speed and memory ratios, measured side by side in one run
 	$(PY) scripts/bench.py
+	$(PY) scripts/bench_outputs.py
 
 predict: install  ## segment data/test-1.tif into output.npy
 	$(VENV)/bin/rasterfn predict data/test-1.tif -o output.npy

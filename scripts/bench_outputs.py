@@ -1,86 +1,130 @@
-"""Time and size of the GIS outputs (issue 20) on an 8192 x 8192 raster: the mask COG, the score COG, the quicklook.
+"""``make bench``'s outputs section: ``OUTPUTS=npy,cog,stac`` against ``npy`` alone, side by side in one run.
 
-    .venv/bin/python scripts/bench_outputs.py [--size 8192]
+Each run is a child process that loads the serving model (as a container does, once) and makes one scene's
+outputs with :func:`handler.products.make_products` (and, for ``stac``, the Item with :func:`describe`), in a
+private temp dir; it reports its wall time from the first pixel read to the last file written, and its peak RSS
+(VmHWM). The two kinds alternate (npy, all, npy, all, ...) so a machine that drifts hits both alike; the
+figures are medians, the ratio is of medians. The scene is ``scripts/bench.py``'s: N x N x 10 uint16, tiled
+512, pixel-interleaved, mirroring data/test-1.tif, no overviews (the quicklook's worst case: every block of its
+bands decoded), generated once into .bench/ (gitignored).
 
-The scores are smooth blobs (like a network's canopy scores) with a nodata stripe; the quicklook's input is an
-N x N x 10 uint16 DEFLATE scene mirroring data/test-1.tif (tiled 512, pixel-interleaved, no overviews: the
-worst case, every block decoded), generated once into .bench/ (gitignored).
+    .venv/bin/python scripts/bench_outputs.py [--size 8192] [--rounds 2]
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
+import json
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
-
-import numpy as np
-import rasterio
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from model.io.cog import CogWriter  # noqa: E402
-from model.io.quicklook import write_quicklook  # noqa: E402
-
 CACHE = ROOT / ".bench"
-SCENE = ROOT / "data" / "test-1.tif"
-TRANSFORM = (10.0, 0.0, 399_960.0, 0.0, -10.0, 5_300_040.0)
-
-
-def smooth_scores(size: int) -> np.ndarray:
-    rng = np.random.default_rng(3)
-    yy, xx = np.linspace(0, 1, size // 8)[:, None], np.linspace(0, 1, size // 8)[None, :]
-    coarse = np.zeros((size // 8, size // 8))
-    for scale in (1.5, 4.0, 11.0):
-        fy, fx, py, px = rng.uniform(0.5, 1.5, 2).tolist() + rng.uniform(0, 6.3, 2).tolist()
-        coarse += np.sin(scale * fy * 6.3 * yy + py) * np.cos(scale * fx * 6.3 * xx + px) / scale
-    coarse = (coarse - coarse.min()) / np.ptp(coarse)
-    return np.kron(coarse, np.ones((8, 8))).astype(np.float32)
-
-
-def deflate_scene(size: int) -> Path:
-    path = CACHE / f"deflate-{size}.tif"
-    if path.exists():
-        return path
-    CACHE.mkdir(exist_ok=True)
-    with rasterio.open(SCENE) as src:
-        scene, profile = src.read(), src.profile
-    row = np.concatenate([scene if i % 2 == 0 else scene[:, :, ::-1] for i in range(size // 512)], 2)
-    profile.update(width=size, height=size, tiled=True, blockxsize=512, blockysize=512, compress="deflate",
-                   predictor=2, interleave="pixel", BIGTIFF="IF_SAFER")  # fmt: skip
-    tmp = path.with_suffix(".tmp")
-    with rasterio.open(tmp, "w", **profile) as dst:
-        for i in range(size // 512):
-            strip = row if i % 2 == 0 else row[:, ::-1, :]
-            dst.write(np.ascontiguousarray(strip), window=((i * 512, (i + 1) * 512), (0, size)))
-    tmp.rename(path)
-    return path
+TARGETS = {"ratio": 1.15, "rss_gb": 1.2}
+KINDS = {"npy": ("npy",), "all": ("npy", "cog", "stac")}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=8192)
-    size = parser.parse_args().size
-    scores = smooth_scores(size)
-    valid = np.ones(scores.shape, bool)
-    valid[:300] = False
-    threshold = float(np.percentile(scores, 60))
-    with tempfile.TemporaryDirectory(dir=ROOT) as work:
-        for kind in ("mask", "score"):
-            out = Path(work) / f"{kind}.tif"
-            start = time.perf_counter()
-            with CogWriter(out, scores.shape, kind, "EPSG:32633", TRANSFORM, threshold) as cog:
-                for top in range(0, size, 448):  # the predictor's strips: tile 512 less the 64-pixel overlap
-                    cog.write_rows(scores[top : top + 448], valid[top : top + 448])
-            print(f"{kind} COG {size}^2: {time.perf_counter() - start:.2f} s, {out.stat().st_size / 1e6:.2f} MB")
-        scene = deflate_scene(size)
-        start = time.perf_counter()
-        write_quicklook(Path(work) / "mask.tif", scene, (3, 2, 1), Path(work) / "q.png")
-        print(f"quicklook from {size}^2 x 10 uint16 DEFLATE (no overviews): {time.perf_counter() - start:.2f} s")
-    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB (scores array included)")
+    parser.add_argument("--size", type=int, default=8192, help="the scene's side in pixels (a multiple of 512)")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each kind, alternating")
+    parser.add_argument("--child", nargs=2, metavar=("SCENE", "KIND"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(Path(args.child[0]), args.child[1])
+
+    from scripts.bench import cpu_flags, make_big  # the main benchmark's scene (torch: the parent only)
+
+    CACHE.mkdir(exist_ok=True)
+    scene = make_big(args.size)
+    print(f"\n[outputs] {args.size} x {args.size} x 10 uint16 (make bench's scene), OUTPUTS=npy,cog,stac vs npy "
+          f"({args.rounds} runs each, alternating, one child process each)")  # fmt: skip
+    print(f"  CPU flags: {' '.join(cpu_flags()) or 'none of avx2/avx512*/amx'}")
+    runs: dict[str, list[dict]] = {kind: [] for kind in KINDS}
+    for _ in range(args.rounds):
+        for kind in KINDS:
+            runs[kind].append(run_child(scene, kind))
+    wall = {kind: statistics.median(r["seconds"] for r in runs[kind]) for kind in KINDS}
+    rss = {kind: max(r["hwm_kb"] for r in runs[kind]) / 1024**2 for kind in KINDS}
+    ratio = wall["all"] / wall["npy"]
+    row("npy alone", f"{wall['npy']:.1f} s, peak RSS {rss['npy']:.2f} GB")
+    last = runs["all"][-1]
+    row("npy,cog,stac", f"{wall['all']:.1f} s, peak RSS {rss['all']:.2f} GB")
+    row("  of which the quicklook, the Item (last run)", f"{last['quicklook_s']:.1f} s, {last['item_s']:.1f} s")
+    row(
+        "  COG / quicklook / Item sizes",
+        f"{last['cog_mb']:.2f} MB / {last['png_kb']:.0f} KB / {last['item_kb']:.0f} KB",
+    )
+    row(f"wall ratio (target <= {TARGETS['ratio']}x)", verdict(ratio, ratio <= TARGETS["ratio"], "x"))
+    row(f"peak RSS (target <= {TARGETS['rss_gb']} GB)", verdict(rss["all"], rss["all"] <= TARGETS["rss_gb"], " GB"))
+
+
+def run_child(scene: Path, kind: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", str(scene), kind], capture_output=True, text=True, check=False
+    )
+    if proc.returncode:
+        sys.exit(f"bench child ({kind}) failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def child(scene: Path, kind: str) -> None:
+    from handler.model_source import load_runtime_model
+    from handler.products import Published, describe, make_products
+    from handler.runtime import FUNCTION_VERSION, options_from_settings
+    from handler.settings import Settings
+
+    settings = Settings.from_env()
+    model = load_runtime_model(settings)
+    options = options_from_settings(settings)
+    formats = KINDS[kind]
+    with tempfile.TemporaryDirectory(prefix="rasterfn-bench-", dir=CACHE) as workdir:
+        work = Path(workdir)
+        started = time.perf_counter()
+        products = make_products(model, scene, work, options, formats)
+        made = time.perf_counter()
+        report = {"quicklook_s": 0.0, "item_s": 0.0, "cog_mb": 0.0, "png_kb": 0.0, "item_kb": 0.0}
+        if "stac" in formats:
+            published = [Published(k, f"./s.{k}", path) for k, path in products.files.items()]
+            item = describe(model, products.result, "s", published, "./s.tif", datetime.now(UTC), FUNCTION_VERSION,
+                            work / "item.json")  # fmt: skip
+            report.update(
+                item_s=time.perf_counter() - made,
+                cog_mb=products.files["cog"].stat().st_size / 1e6,
+                png_kb=products.files["thumbnail"].stat().st_size / 1e3,
+                item_kb=item.stat().st_size / 1e3,
+            )
+            # The quicklook, timed again alone (make_products ran it last): what it adds to the run.
+            again = time.perf_counter()
+            from model.io.quicklook import true_colour_bands, write_quicklook
+
+            write_quicklook(products.files["cog"], scene, true_colour_bands(model.card), work / "again.png")
+            report["quicklook_s"] = time.perf_counter() - again
+        report["seconds"] = time.perf_counter() - started - report["quicklook_s"]
+        report["hwm_kb"] = vm_kb("VmHWM")
+    print(json.dumps(report))
+
+
+def vm_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def verdict(value: float, met: bool, unit: str) -> str:
+    return f"{value:.2f}{unit}  {'met' if met else 'NOT MET'}"
+
+
+def row(label: str, value: str) -> None:
+    print(f"  {label:<46} {value}")
 
 
 if __name__ == "__main__":
