@@ -2,9 +2,9 @@
 
     .venv/bin/python scripts/bench_outputs.py [--size 8192]
 
-The scores are smooth blobs (like a network's canopy scores) with a nodata stripe; the quicklook's input is an
-N x N x 10 uint16 DEFLATE scene mirroring data/test-1.tif (tiled 512, pixel-interleaved, no overviews: the
-worst case, every block decoded), generated once into .bench/ (gitignored).
+The scores are smooth blobs with a little noise (like a network's canopy scores) and a nodata stripe; the
+quicklook's input is an N x N x 10 uint16 DEFLATE scene mirroring data/test-1.tif (tiled 512,
+pixel-interleaved, no overviews: the worst case, every block decoded), generated once into .bench/.
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ def smooth_scores(size: int) -> np.ndarray:
         fy, fx, py, px = rng.uniform(0.5, 1.5, 2).tolist() + rng.uniform(0, 6.3, 2).tolist()
         coarse += np.sin(scale * fy * 6.3 * yy + py) * np.cos(scale * fx * 6.3 * xx + px) / scale
     coarse = (coarse - coarse.min()) / np.ptp(coarse)
-    return np.kron(coarse, np.ones((8, 8))).astype(np.float32)
+    # A network's scores are never piecewise constant: a little noise in the low bits, as a sigmoid gives.
+    noise = rng.normal(0, 0.002, (size, size)).astype(np.float32)
+    return np.kron(coarse, np.ones((8, 8))).astype(np.float32) + noise
 
 
 def deflate_scene(size: int) -> Path:

@@ -27,7 +27,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.warp import transform_geom
 
-from model.io.cog import MASK_NODATA
+from model.io.cog import MASK_NODATA, SCORE_NODATA, SCORE_STEPS
 
 STAC_VERSION = "1.1.0"
 PROJECTION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
@@ -226,7 +226,9 @@ def _asset(facts: AssetFacts, class_name: str) -> pystac.Asset:
         extra["classification:classes"] = mask_classes(class_name)
         extra["raster:bands"] = [{"data_type": "uint8", "nodata": MASK_NODATA, "sampling": "area"}]
     elif facts.kind == "score":
-        extra["raster:bands"] = [{"data_type": "float32", "nodata": "nan", "sampling": "area"}]
+        extra["raster:bands"] = [
+            {"data_type": "uint8", "nodata": SCORE_NODATA, "scale": 1 / SCORE_STEPS, "offset": 0.0, "sampling": "area"}
+        ]
     elif facts.kind is not None:
         raise ValueError(f"asset kind must be 'mask', 'score' or None, not {facts.kind!r}")
     return pystac.Asset(

@@ -3,8 +3,6 @@ colour map, 512 tiles, ZSTD; streamed from rows or assembled from parts; nothing
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import rasterio
@@ -15,11 +13,13 @@ from rio_cogeo.cogeo import cog_validate
 from model.io.cog import (
     COG_BLOCK,
     MASK_NODATA,
+    SCORE_NODATA,
     CogWriter,
     RowRasterWriter,
     assemble_cog,
     cog_values,
     part_transform,
+    score_of,
 )
 from model.io.raster import open_raster, read_header
 
@@ -90,8 +90,8 @@ def test_cog_values_mask_and_score():
     assert cog_values(scores, valid, 0.5, "mask").tolist() == [[0, 0, 1], [MASK_NODATA, 0, 1]]
     assert cog_values(scores, None, 0.5, "mask").dtype == np.uint8
     score = cog_values(scores, valid, 0.5, "score")
-    assert score.dtype == np.float32 and math.isnan(score[1, 0]) and score[0, 2] == pytest.approx(0.9)
-    assert not np.isnan(scores).any()  # pure: the caller's rows are untouched
+    assert score.dtype == np.uint8 and score[1, 0] == SCORE_NODATA and score[0, 2] == round(0.9 * 254)
+    assert scores[1, 0] == np.float32(0.7)  # pure: the caller's rows are untouched
     with pytest.raises(ValueError, match="kind"):
         cog_values(scores, valid, 0.5, "probability")
 
@@ -144,22 +144,31 @@ def test_assembled_from_three_parts_equals_the_streamed_cog(tmp_path, make_raste
     ]
 
 
-def test_score_cog_is_float32_with_nan_nodata(tmp_path, make_raster):
+def test_score_cog_is_scaled_uint8_with_nodata_and_averaged_overviews(tmp_path, make_raster):
     header = input_header(make_raster, 1024, 1024, *UTM)
     scores, valid = random_scores((1024, 1024)), invalid_pixels((1024, 1024))
     dst = tmp_path / "scores.tif"
     write_cog(dst, scores, valid, header, kind="score")
     assert_valid_cog(dst)
     with rasterio.open(dst) as cog:
-        assert cog.dtypes == ("float32",) and math.isnan(cog.nodata)
-        data = cog.read(1)
-        np.testing.assert_array_equal(np.isnan(data), ~valid)
-        np.testing.assert_array_equal(data[valid], scores[valid])
+        assert cog.dtypes == ("uint8",) and cog.nodata == SCORE_NODATA
+        assert cog.scales == (pytest.approx(1 / 254),) and cog.offsets == (0.0,)  # readers see probabilities
+        assert cog.compression == Compression.zstd
+        stored = cog.read(1)
+        np.testing.assert_array_equal(stored == SCORE_NODATA, ~valid)
+        np.testing.assert_allclose(score_of(stored)[valid], scores[valid], atol=0.5 / 254 + 1e-6)
     with rasterio.open(dst, OVERVIEW_LEVEL=0) as overview:
-        # Averaged: a 2 x 2 block of uniform random scores averages near 0.5, never a corner's raw value.
-        coarse = overview.read(1)
-        block = scores[512:514, 512:514].mean()
-        assert coarse[256, 256] == pytest.approx(block, abs=1e-6)
+        # Averaged: a coarse pixel is the mean of its 2 x 2 block (nearest would give one of its values).
+        coarse = overview.read(1).astype(float)
+    blocks = stored[512:, 512:].reshape(256, 2, 256, 2).mean(axis=(1, 3))
+    assert np.abs(coarse[256:, 256:] - blocks).max() <= 0.5 + 1e-9
+
+
+def test_score_values_clip_round_and_mark_nodata():
+    scores = np.array([[-0.2, 0.0, 0.5, 1.0, 1.7, np.nan]], np.float32)
+    values = cog_values(scores, None, 0.5, "score")
+    assert values.tolist() == [[0, 0, 127, 254, 254, SCORE_NODATA]]
+    assert np.isnan(score_of(values)[0, 5]) and score_of(values)[0, 3] == 1.0
 
 
 def test_staging_goes_to_tmp_dir_and_is_removed(tmp_path, make_raster):

@@ -124,11 +124,13 @@ def test_mask_asset_declares_classes_nodata_and_checksums():
     assert "file:size" not in item["assets"]["thumbnail"] and item["assets"]["thumbnail"]["roles"] == ["thumbnail"]
 
 
-def test_score_asset_declares_nan_nodata():
+def test_score_asset_declares_its_scale_and_nodata():
     score = AssetFacts("s.tif", "image/tiff; application=geotiff", ("data",), kind="score")
     item = build_item(facts(assets={"score": score}))
     validate_item(item)
-    assert item["assets"]["score"]["raster:bands"] == [{"data_type": "float32", "nodata": "nan", "sampling": "area"}]
+    (band,) = item["assets"]["score"]["raster:bands"]
+    assert band["data_type"] == "uint8" and band["nodata"] == 255
+    assert band["scale"] == pytest.approx(1 / 254) and band["offset"] == 0.0
 
 
 def test_model_is_described_with_mlm_fields_and_a_model_asset():
