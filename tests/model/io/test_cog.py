@@ -3,6 +3,8 @@ colour map, 512 tiles, ZSTD; streamed from rows or assembled from parts; nothing
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import rasterio
@@ -236,3 +238,48 @@ def test_no_crs_gives_a_cog_without_one(tmp_path):
     assert_valid_cog(dst)
     with rasterio.open(dst) as cog:
         assert cog.crs is None
+
+
+def test_a_failed_cog_build_leaves_nothing(tmp_path, monkeypatch):
+    # GIVEN the COG driver fails half-way, after writing part of its output and a temporary overview file
+    def failing_copy(src, dst, **options):
+        Path(dst).write_bytes(b"half a COG")
+        Path(f"{dst}.ovr.tmp").write_bytes(b"overviews")
+        raise rasterio.errors.RasterioIOError("disk full")
+
+    monkeypatch.setattr("model.io.cog.rasterio.shutil.copy", failing_copy)
+    target = tmp_path / "m.tif"
+    target.write_bytes(b"previous")
+    # WHEN the writer closes, THEN the error reaches the caller and nothing is left but the previous file
+    with pytest.raises(rasterio.errors.RasterioIOError), CogWriter(target, (600, 600), "mask", *UTM, 0.5) as out:
+        out.write_rows(random_scores((600, 600)), None)
+    assert target.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.tif"]
+
+
+def test_assemble_stages_in_tmp_dir_and_leaves_nothing_there(tmp_path):
+    crs, transform = UTM
+    values = cog_values(random_scores((700, 600)), None, 0.5, "mask")
+    parts = []
+    for top, bottom in [(0, 300), (300, 700)]:
+        part = tmp_path / f"p{top}.tif"
+        with RowRasterWriter(part, (bottom - top, 600), "mask", crs, part_transform(transform, top)) as w:
+            w.write_values(values[top:bottom])
+        parts.append(part)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    assemble_cog(parts, tmp_path / "m.tif", (700, 600), "mask", crs, transform, tmp_dir=scratch)
+    assert list(scratch.iterdir()) == []
+    assert_valid_cog(tmp_path / "m.tif")
+    with rasterio.open(tmp_path / "m.tif") as cog:
+        np.testing.assert_array_equal(cog.read(1), values)
+
+
+def test_a_part_is_a_georeferenced_geotiff_of_its_rows(tmp_path):
+    crs, transform = UTM
+    with RowRasterWriter(tmp_path / "p.tif", (100, 600), "mask", crs, part_transform(transform, 512)) as w:
+        w.write_values(np.ones((100, 600), np.uint8))
+    with rasterio.open(tmp_path / "p.tif") as part:
+        assert part.crs == rasterio.crs.CRS.from_user_input(crs) and part.nodata == MASK_NODATA
+        assert part.transform.f == transform.f - 512 * 10.0 and part.block_shapes == [(COG_BLOCK, COG_BLOCK)]
+        assert part.colormap(1)[1][1] > 150
