@@ -75,7 +75,7 @@ class ItemFacts:
     crs: str | None
     transform: tuple[float, ...]
     datetime: datetime
-    source_href: str  # the input raster: a derived_from link
+    source_href: str  # the input raster: a derived_from link (not an asset: assets are this Item's own data)
     assets: Mapping[str, AssetFacts]  # e.g. "mask" (COG), "npy", "thumbnail"
     model_name: str
     model_version: str
