@@ -58,8 +58,8 @@ def write_cog(path, scores, valid, header, kind="mask", rows_per_write=300, **kw
 
 
 def assert_valid_cog(path):
-    is_valid, errors, _warnings = cog_validate(str(path), quiet=True)
-    assert is_valid and errors == []
+    is_valid, errors, warnings = cog_validate(str(path), quiet=True)
+    assert is_valid and errors == [] and warnings == []
 
 
 def assert_mask_cog(path, expected, header):
