@@ -164,6 +164,7 @@ def test_score_cog_is_scaled_uint8_with_nodata_and_averaged_overviews(tmp_path, 
         coarse = overview.read(1).astype(float)
     blocks = stored[512:, 512:].reshape(256, 2, 256, 2).mean(axis=(1, 3))
     assert np.abs(coarse[256:, 256:] - blocks).max() <= 0.5 + 1e-9
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.tif", "scores.tif"]  # no sidecar, no temp file
 
 
 def test_score_values_clip_round_and_mark_nodata():
