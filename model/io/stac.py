@@ -141,12 +141,15 @@ def footprint(shape: tuple[int, int], crs: str | None, transform: tuple[float, .
 
 def bounding_box(geometry: Mapping[str, Any]) -> list[float]:
     """[west, south, east, north] of a GeoJSON geometry's coordinates, rounded outwards (so it still holds the
-    rounded geometry)."""
+    rounded geometry). A footprint cut at the antimeridian has west > east (RFC 7946, section 5.2)."""
     points = list(_points(geometry["coordinates"]))
     lons, lats = [p[0] for p in points], [p[1] for p in points]
+    west, east = min(lons), max(lons)
+    if east - west > 180:  # the two halves of a cut footprint: from the eastern one's west to the western one's east
+        west, east = min(lon for lon in lons if lon > 0), max(lon for lon in lons if lon < 0)
     scale = 10**DEGREE_DIGITS
     down, up = (lambda v: math.floor(v * scale) / scale), (lambda v: math.ceil(v * scale) / scale)
-    return [down(min(lons)), down(min(lats)), up(max(lons)), up(max(lats))]
+    return [down(west), down(min(lats)), up(east), up(max(lats))]
 
 
 def projection_fields(shape: tuple[int, int], crs: str | None, transform: tuple[float, ...]) -> dict[str, Any]:
