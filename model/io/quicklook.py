@@ -29,6 +29,7 @@ from model.card import ModelCard
 from model.errors import RasterBandsError
 from model.io.cog import MASK_NODATA
 from model.io.raster import READ_THREADS, RasterSource, open_raster
+from model.io.remote import RemoteRaster
 
 TRUE_COLOUR_NAMES = (("b4", "red"), ("b3", "green"), ("b2", "blue"))  # Sentinel-2's names, or plain ones
 STRETCH_PERCENTILES = (2.0, 98.0)
@@ -64,7 +65,7 @@ def write_quicklook(
         mask = cog.read(1, out_shape=out_shape, resampling=Resampling.nearest)
     with open_raster(source, GDAL_NUM_THREADS=READ_THREADS) as src:
         if max(rgb_bands) > src.count or min(rgb_bands) < 1:
-            raise RasterBandsError(f"{Path(str(src.name)).name}: true-colour bands {rgb_bands} but {src.count} bands")
+            raise RasterBandsError(f"{_shown_name(source)}: true-colour bands {rgb_bands} but {src.count} bands")
         rgb = read_decimated(src, rgb_bands, out_shape)
     _write_png(dst, quicklook_pixels(rgb, mask))
 
@@ -110,6 +111,11 @@ def stretch(band: np.ndarray, valid: np.ndarray) -> np.ndarray:
     low, high = np.percentile(values[usable], STRETCH_PERCENTILES)
     scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
     return np.rint(np.clip(np.nan_to_num(scaled), 0, 1) * 255).astype(np.uint8)
+
+
+def _shown_name(source: RasterSource) -> str:
+    # A remote raster's GDAL path is a presigned URL: its user-facing name only, never the URL.
+    return source.name if isinstance(source, RemoteRaster) else Path(source).name
 
 
 def _write_png(dst: Path, pixels: np.ndarray) -> None:

@@ -27,7 +27,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.warp import transform_geom
 
-from model.io.cog import MASK_NODATA
+from model.io.cog import MASK_NODATA, SCORE_NODATA, SCORE_STEPS
 
 STAC_VERSION = "1.1.0"
 PROJECTION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
@@ -75,7 +75,7 @@ class ItemFacts:
     crs: str | None
     transform: tuple[float, ...]
     datetime: datetime
-    source_href: str  # the input raster: a derived_from link
+    source_href: str  # the input raster: a derived_from link (not an asset: assets are this Item's own data)
     assets: Mapping[str, AssetFacts]  # e.g. "mask" (COG), "npy", "thumbnail"
     model_name: str
     model_version: str
@@ -141,12 +141,15 @@ def footprint(shape: tuple[int, int], crs: str | None, transform: tuple[float, .
 
 def bounding_box(geometry: Mapping[str, Any]) -> list[float]:
     """[west, south, east, north] of a GeoJSON geometry's coordinates, rounded outwards (so it still holds the
-    rounded geometry)."""
+    rounded geometry). A footprint cut at the antimeridian has west > east (RFC 7946, section 5.2)."""
     points = list(_points(geometry["coordinates"]))
     lons, lats = [p[0] for p in points], [p[1] for p in points]
+    west, east = min(lons), max(lons)
+    if east - west > 180:  # the two halves of a cut footprint: from the eastern one's west to the western one's east
+        west, east = min(lon for lon in lons if lon > 0), max(lon for lon in lons if lon < 0)
     scale = 10**DEGREE_DIGITS
     down, up = (lambda v: math.floor(v * scale) / scale), (lambda v: math.ceil(v * scale) / scale)
-    return [down(min(lons)), down(min(lats)), up(max(lons)), up(max(lats))]
+    return [down(west), down(min(lats)), up(east), up(max(lats))]
 
 
 def projection_fields(shape: tuple[int, int], crs: str | None, transform: tuple[float, ...]) -> dict[str, Any]:
@@ -226,7 +229,9 @@ def _asset(facts: AssetFacts, class_name: str) -> pystac.Asset:
         extra["classification:classes"] = mask_classes(class_name)
         extra["raster:bands"] = [{"data_type": "uint8", "nodata": MASK_NODATA, "sampling": "area"}]
     elif facts.kind == "score":
-        extra["raster:bands"] = [{"data_type": "float32", "nodata": "nan", "sampling": "area"}]
+        extra["raster:bands"] = [
+            {"data_type": "uint8", "nodata": SCORE_NODATA, "scale": 1 / SCORE_STEPS, "offset": 0.0, "sampling": "area"}
+        ]
     elif facts.kind is not None:
         raise ValueError(f"asset kind must be 'mask', 'score' or None, not {facts.kind!r}")
     return pystac.Asset(

@@ -3,7 +3,7 @@ colour map, 512 tiles, ZSTD; streamed from rows or assembled from parts; nothing
 
 from __future__ import annotations
 
-import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,11 +15,13 @@ from rio_cogeo.cogeo import cog_validate
 from model.io.cog import (
     COG_BLOCK,
     MASK_NODATA,
+    SCORE_NODATA,
     CogWriter,
     RowRasterWriter,
     assemble_cog,
     cog_values,
     part_transform,
+    score_of,
 )
 from model.io.raster import open_raster, read_header
 
@@ -56,8 +58,8 @@ def write_cog(path, scores, valid, header, kind="mask", rows_per_write=300, **kw
 
 
 def assert_valid_cog(path):
-    is_valid, errors, _warnings = cog_validate(str(path), quiet=True)
-    assert is_valid and errors == []
+    is_valid, errors, warnings = cog_validate(str(path), quiet=True)
+    assert is_valid and errors == [] and warnings == []
 
 
 def assert_mask_cog(path, expected, header):
@@ -90,8 +92,8 @@ def test_cog_values_mask_and_score():
     assert cog_values(scores, valid, 0.5, "mask").tolist() == [[0, 0, 1], [MASK_NODATA, 0, 1]]
     assert cog_values(scores, None, 0.5, "mask").dtype == np.uint8
     score = cog_values(scores, valid, 0.5, "score")
-    assert score.dtype == np.float32 and math.isnan(score[1, 0]) and score[0, 2] == pytest.approx(0.9)
-    assert not np.isnan(scores).any()  # pure: the caller's rows are untouched
+    assert score.dtype == np.uint8 and score[1, 0] == SCORE_NODATA and score[0, 2] == round(0.9 * 254)
+    assert scores[1, 0] == np.float32(0.7)  # pure: the caller's rows are untouched
     with pytest.raises(ValueError, match="kind"):
         cog_values(scores, valid, 0.5, "probability")
 
@@ -144,22 +146,32 @@ def test_assembled_from_three_parts_equals_the_streamed_cog(tmp_path, make_raste
     ]
 
 
-def test_score_cog_is_float32_with_nan_nodata(tmp_path, make_raster):
+def test_score_cog_is_scaled_uint8_with_nodata_and_averaged_overviews(tmp_path, make_raster):
     header = input_header(make_raster, 1024, 1024, *UTM)
     scores, valid = random_scores((1024, 1024)), invalid_pixels((1024, 1024))
     dst = tmp_path / "scores.tif"
     write_cog(dst, scores, valid, header, kind="score")
     assert_valid_cog(dst)
     with rasterio.open(dst) as cog:
-        assert cog.dtypes == ("float32",) and math.isnan(cog.nodata)
-        data = cog.read(1)
-        np.testing.assert_array_equal(np.isnan(data), ~valid)
-        np.testing.assert_array_equal(data[valid], scores[valid])
+        assert cog.dtypes == ("uint8",) and cog.nodata == SCORE_NODATA
+        assert cog.scales == (pytest.approx(1 / 254),) and cog.offsets == (0.0,)  # readers see probabilities
+        assert cog.compression == Compression.zstd
+        stored = cog.read(1)
+        np.testing.assert_array_equal(stored == SCORE_NODATA, ~valid)
+        np.testing.assert_allclose(score_of(stored)[valid], scores[valid], atol=0.5 / 254 + 1e-6)
     with rasterio.open(dst, OVERVIEW_LEVEL=0) as overview:
-        # Averaged: a 2 x 2 block of uniform random scores averages near 0.5, never a corner's raw value.
-        coarse = overview.read(1)
-        block = scores[512:514, 512:514].mean()
-        assert coarse[256, 256] == pytest.approx(block, abs=1e-6)
+        # Averaged: a coarse pixel is the mean of its 2 x 2 block (nearest would give one of its values).
+        coarse = overview.read(1).astype(float)
+    blocks = stored[512:, 512:].reshape(256, 2, 256, 2).mean(axis=(1, 3))
+    assert np.abs(coarse[256:, 256:] - blocks).max() <= 0.5 + 1e-9
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.tif", "scores.tif"]  # no sidecar, no temp file
+
+
+def test_score_values_clip_round_and_mark_nodata():
+    scores = np.array([[-0.2, 0.0, 0.5, 1.0, 1.7, np.nan]], np.float32)
+    values = cog_values(scores, None, 0.5, "score")
+    assert values.tolist() == [[0, 0, 127, 254, 254, SCORE_NODATA]]
+    assert np.isnan(score_of(values)[0, 5]) and score_of(values)[0, 3] == 1.0
 
 
 def test_staging_goes_to_tmp_dir_and_is_removed(tmp_path, make_raster):
@@ -227,3 +239,48 @@ def test_no_crs_gives_a_cog_without_one(tmp_path):
     assert_valid_cog(dst)
     with rasterio.open(dst) as cog:
         assert cog.crs is None
+
+
+def test_a_failed_cog_build_leaves_nothing(tmp_path, monkeypatch):
+    # GIVEN the COG driver fails half-way, after writing part of its output and a temporary overview file
+    def failing_copy(src, dst, **options):
+        Path(dst).write_bytes(b"half a COG")
+        Path(f"{dst}.ovr.tmp").write_bytes(b"overviews")
+        raise rasterio.errors.RasterioIOError("disk full")
+
+    monkeypatch.setattr("model.io.cog.rasterio.shutil.copy", failing_copy)
+    target = tmp_path / "m.tif"
+    target.write_bytes(b"previous")
+    # WHEN the writer closes, THEN the error reaches the caller and nothing is left but the previous file
+    with pytest.raises(rasterio.errors.RasterioIOError), CogWriter(target, (600, 600), "mask", *UTM, 0.5) as out:
+        out.write_rows(random_scores((600, 600)), None)
+    assert target.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.tif"]
+
+
+def test_assemble_stages_in_tmp_dir_and_leaves_nothing_there(tmp_path):
+    crs, transform = UTM
+    values = cog_values(random_scores((700, 600)), None, 0.5, "mask")
+    parts = []
+    for top, bottom in [(0, 300), (300, 700)]:
+        part = tmp_path / f"p{top}.tif"
+        with RowRasterWriter(part, (bottom - top, 600), "mask", crs, part_transform(transform, top)) as w:
+            w.write_values(values[top:bottom])
+        parts.append(part)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    assemble_cog(parts, tmp_path / "m.tif", (700, 600), "mask", crs, transform, tmp_dir=scratch)
+    assert list(scratch.iterdir()) == []
+    assert_valid_cog(tmp_path / "m.tif")
+    with rasterio.open(tmp_path / "m.tif") as cog:
+        np.testing.assert_array_equal(cog.read(1), values)
+
+
+def test_a_part_is_a_georeferenced_geotiff_of_its_rows(tmp_path):
+    crs, transform = UTM
+    with RowRasterWriter(tmp_path / "p.tif", (100, 600), "mask", crs, part_transform(transform, 512)) as w:
+        w.write_values(np.ones((100, 600), np.uint8))
+    with rasterio.open(tmp_path / "p.tif") as part:
+        assert part.crs == rasterio.crs.CRS.from_user_input(crs) and part.nodata == MASK_NODATA
+        assert part.transform.f == transform.f - 512 * 10.0 and part.block_shapes == [(COG_BLOCK, COG_BLOCK)]
+        assert part.colormap(1)[1][1] > 150

@@ -94,6 +94,17 @@ def test_geographic_crs_passes_through():
     assert item["properties"]["proj:code"] == "EPSG:4326"
 
 
+def test_a_footprint_across_the_antimeridian_is_cut_and_its_bbox_wraps():
+    # UTM zone 60 at 63 N, 200 km from the central meridian (177 E) eastwards: about 177 E to 179 W.
+    item = build_item(
+        facts(crs="EPSG:32660", shape=(20_000, 20_000), transform=(10.0, 0.0, 500_000.0, 0.0, -10.0, 7_100_000.0))
+    )
+    validate_item(item)
+    assert item["geometry"]["type"] == "MultiPolygon"
+    west, south, east, north = item["bbox"]
+    assert 176.9 < west < 177.1 and -179.5 < east < -178 and west > east and 62 < south < north < 64.1
+
+
 def test_no_crs_gives_null_geometry_and_no_bbox():
     item = build_item(facts(crs=None, transform=(1.0, 0.0, 0.0, 0.0, -1.0, 1300.0)))
     validate_item(item)
@@ -124,11 +135,13 @@ def test_mask_asset_declares_classes_nodata_and_checksums():
     assert "file:size" not in item["assets"]["thumbnail"] and item["assets"]["thumbnail"]["roles"] == ["thumbnail"]
 
 
-def test_score_asset_declares_nan_nodata():
+def test_score_asset_declares_its_scale_and_nodata():
     score = AssetFacts("s.tif", "image/tiff; application=geotiff", ("data",), kind="score")
     item = build_item(facts(assets={"score": score}))
     validate_item(item)
-    assert item["assets"]["score"]["raster:bands"] == [{"data_type": "float32", "nodata": "nan", "sampling": "area"}]
+    (band,) = item["assets"]["score"]["raster:bands"]
+    assert band["data_type"] == "uint8" and band["nodata"] == 255
+    assert band["scale"] == pytest.approx(1 / 254) and band["offset"] == 0.0
 
 
 def test_model_is_described_with_mlm_fields_and_a_model_asset():
