@@ -94,7 +94,9 @@ serve: install  ## run the Knative function locally on 127.0.0.1:8080
 
 # --- Deployment: one image for Lambda and Knative, Terraform for AWS (infra/terraform/README.md).
 # Immutable ECR tags: the commit, marked -dirty for uncommitted trees (push-image refuses those).
-VERSION ?= $(shell git describe --always --dirty --abbrev=12 2>/dev/null || echo dev)
+# Read once (:=), so a commit while `make image-test` runs cannot make its tests look for another tag.
+VERSION ?= $(VERSION_NOW)
+VERSION_NOW := $(shell git describe --always --dirty --abbrev=12 2>/dev/null || echo dev)
 IMAGE ?= rasterfn
 # Extra `docker build` flags for docker/build.sh, which picks the builder (buildx, else the engine's BuildKit),
 # the base (the official one, else an offline one built from Debian's packages) and where torch comes from.

@@ -20,7 +20,7 @@ from handler.products import (
     make_products,
     relative_href,
 )
-from model.io.cog import MASK_NODATA
+from model.io.cog import MASK_NODATA, SCORE_STEPS, score_of
 from model.options import PredictOptions
 from model.predictor.predict import predict_file
 from tests.fixtures.stac_schemas import validate_item
@@ -83,13 +83,15 @@ def test_npy_alone_makes_no_cog(make_runtime, make_raster, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [LOCAL_NAMES["npy"], "r.tif"]
 
 
-def test_score_mode_gives_a_float_cog_with_the_scores(make_runtime, make_raster, tmp_path):
+def test_score_mode_gives_a_cog_of_the_scores(make_runtime, make_raster, tmp_path):
     runtime = make_runtime()
     options = PredictOptions(output="score")
     products = make_products(runtime.model, make_raster(64, 64), tmp_path, options, ("cog",))
     with rasterio.open(products.files["cog"]) as out:
-        assert out.dtypes[0] == "float32"
-        np.testing.assert_array_equal(out.read(1), np.load(products.files["npy"]))
+        scores = score_of(out.read(1))
+    # scaled to 254 steps of [0, 1]: each within half a step of the .npy's score (clipped to [0, 1])
+    expected = np.clip(np.load(products.files["npy"]), 0, 1)
+    assert np.abs(scores - expected).max() <= 0.5 / SCORE_STEPS + 1e-6
 
 
 @pytest.mark.parametrize("scene", list(SCENES))
