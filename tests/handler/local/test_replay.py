@@ -140,6 +140,26 @@ def test_missing_event_file_is_a_clear_error(capsys):
     assert "event file not found" in capsys.readouterr().err
 
 
+def test_outputs_are_the_handlers_outputs_for_the_call_alone(fake_handler, moto_server, monkeypatch):
+    # GIVEN no OUTPUTS in the environment
+    monkeypatch.delenv("OUTPUTS", raising=False)
+    args = argparse.Namespace(
+        event=str(REPO / "events" / "s3-put.json"), seed=True, endpoint_url=moto_server, outputs="STAC,cog"
+    )
+    # WHEN an event is replayed with --outputs
+    assert run_replay(args) == 0
+    # THEN the handler saw them as OUTPUTS (parsed), and they are gone afterwards
+    assert fake_handler.calls[0]["environ"]["OUTPUTS"] == "cog,stac"
+    assert "OUTPUTS" not in os.environ
+
+
+def test_unknown_outputs_are_refused_before_anything_runs(fake_handler, capsys):
+    code = main(["replay", "events/s3-put.json", "--seed", "--outputs", "npy,bogus"])
+    err = capsys.readouterr().err
+    assert code == 2 and "OUTPUTS must list some of npy, cog, stac" in err and err.count("\n") == 1
+    assert fake_handler.calls == [] and "OUTPUTS" not in os.environ
+
+
 # --- every sample through the real handler ----------------------------------------------------------------
 
 DRIVER = """
