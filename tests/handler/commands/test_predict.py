@@ -182,11 +182,12 @@ def test_score_outputs_name_the_score_cog(card, make_raster, tmp_path, capsys):
     assert not (tmp_path / "scene.mask.TIF").exists()
 
 
-def test_unknown_outputs_exit_2_with_one_line(card, make_raster, tmp_path, capsys):
+@pytest.mark.parametrize(("outputs", "message"), [("bogus", "bogus"), ("stac", "OUTPUTS=stac")])
+def test_unknown_outputs_exit_2_with_one_line(card, make_raster, tmp_path, capsys, outputs, message):
     src = make_raster(16, 16, name="scene.tif")
-    code, _, err = _run(["predict", str(src), "--outputs", "bogus", "--model", str(card)], capsys)
+    code, _, err = _run(["predict", str(src), "--outputs", outputs, "--model", str(card)], capsys)
     assert code == 2
-    assert err.count("\n") == 1 and "bogus" in err and "Traceback" not in err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
     assert _files(tmp_path) == ["scene.tif"]
 
 
