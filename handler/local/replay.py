@@ -212,10 +212,12 @@ def _invoke(event: Any, refs: list[ObjectRef], s3: Any, *, out: TextIO) -> int:
 
 
 def _refresh_stale_runtime(out: TextIO) -> None:
-    """Rebuild the handler's runtime when its S3 client targets another endpoint than this replay.
+    """Rebuild the handler's runtime when its S3 client targets another endpoint than this replay, or it
+    writes other outputs than this replay's ``OUTPUTS``.
 
     Only when the handler was imported earlier in this process (several replays in one process): its
-    runtime would still talk to the previous replay's endpoint, possibly a moto server that is gone.
+    runtime would still talk to the previous replay's endpoint, possibly a moto server that is gone, and
+    write the previous replay's ``--outputs``.
     """
     if not runtime_is_built():
         return
@@ -223,6 +225,9 @@ def _refresh_stale_runtime(out: TextIO) -> None:
     if get_runtime().storage.client.meta.endpoint_url != wanted:
         reload_runtime()
         print(f"  runtime rebuilt for {wanted} (the handler was imported for another endpoint)", file=out)
+    elif get_runtime().settings.outputs != (outputs := Settings.from_env().outputs):
+        reload_runtime()
+        print(f"  runtime rebuilt for OUTPUTS={','.join(outputs)} (it was built for other outputs)", file=out)
 
 
 def _describe_result(s3: Any, ref: ObjectRef, settings: Any, since: datetime) -> str:

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-import handler.process as process
+import handler.products as products
 from handler.errors import (
     BusyError,
     CancelledError,
@@ -43,7 +43,7 @@ def test_what_the_input_caused_writes_a_marker_and_is_not_retried(
     # GIVEN an upload whose processing raises an error the input caused
     runtime = make_runtime()
     put = upload_raster(bucket, "a.tif")
-    monkeypatch.setattr(process, "predict_file", predictor_raising(error))
+    monkeypatch.setattr(products, "predict_file", predictor_raising(error))
     # WHEN processed THEN it is rejected with <stem>.error.json naming the error; nothing raises to the source
     outcome = process_object(ref_for(bucket, "a.tif", put), runtime)
     assert outcome.status is OutcomeStatus.REJECTED and outcome.error_type == type(error).__name__
@@ -57,7 +57,7 @@ def test_what_may_pass_is_raised_to_the_event_source_and_writes_nothing(
 ):
     runtime = make_runtime()
     put = upload_raster(bucket, "a.tif")
-    monkeypatch.setattr(process, "predict_file", predictor_raising(error))
+    monkeypatch.setattr(products, "predict_file", predictor_raising(error))
     # one clause catches everything of ours
     with pytest.raises(RasterfnError) as raised:
         process_object(ref_for(bucket, "a.tif", put), runtime)
@@ -68,7 +68,7 @@ def test_what_may_pass_is_raised_to_the_event_source_and_writes_nothing(
 def test_an_object_gone_meanwhile_is_skipped_not_retried(make_runtime, bucket, upload_raster, s3_client, monkeypatch):
     runtime = make_runtime()
     put = upload_raster(bucket, "a.tif")
-    monkeypatch.setattr(process, "predict_file", predictor_raising(ObjectMissingError("deleted meanwhile")))
+    monkeypatch.setattr(products, "predict_file", predictor_raising(ObjectMissingError("deleted meanwhile")))
     outcome = process_object(ref_for(bucket, "a.tif", put), runtime)
     assert outcome.status is OutcomeStatus.MISSING
     assert keys_in(s3_client, bucket) == {"a.tif"}

@@ -109,3 +109,41 @@ def test_suffixes_are_configurable(suffixes, key, processed):
     reason = skip_reason(ref(key), suffixes)
     # THEN the key is processed exactly when it ends in one of them, case-insensitively
     assert (reason is None) == processed
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "scenes/a.mask.TIF",
+        "scenes/a.MASK.tif",
+        "scenes/a.mask.tif",
+        "scenes/a.score.TIF",
+        "scenes/a.Score.Tif",
+        "scenes/a.stac.json",
+        "scenes/a.STAC.JSON",
+        "scenes/a.thumb.png",
+        "scenes/a.THUMB.PNG",
+    ],
+)
+@pytest.mark.parametrize("suffixes", [(".tif", ".tiff"), (".TIF",), (".tif", ".json", ".png")])
+def test_the_cog_quicklook_and_item_are_always_skipped(key, suffixes):
+    # GIVEN one of the outputs OUTPUTS adds, in any case, even with suffixes that would match it
+    # WHEN filtered
+    reason = skip_reason(ref(key), suffixes)
+    # THEN it is skipped as our own output: a COG beside a .tif input never starts the function again
+    assert reason is not None and reason.startswith("the function's own output")
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "scenes/a.tif",
+        "scenes/a.TIF",
+        "scenes/scene_mask.tif",
+        "scenes/amask.tif",
+        "scenes/mask.tif",
+        "scenes/a.mask.tiff",
+    ],
+)
+def test_inputs_that_only_look_like_outputs_are_processed(key):
+    assert skip_reason(ref(key)) is None

@@ -8,6 +8,8 @@ import time
 
 import numpy as np
 import pytest
+import rasterio
+from rio_cogeo.cogeo import cog_validate
 
 import handler.isolation as isolation
 from handler.errors import CancelledError, DeadlineError, WorkerCrashedError
@@ -117,3 +119,18 @@ def test_predict_file_stops_between_tiles_and_leaves_no_output(tiny_model_card, 
     with pytest.raises(DeadlineError):
         predict_file(model, scene, tmp_path / "out.npy", PredictOptions(), interrupt=interrupt)
     assert len(calls) == 3 and not (tmp_path / "out.npy").exists()
+
+
+def test_a_worker_writes_the_cog_when_the_job_asks(worker, tiny_model_card, make_raster, tmp_path):
+    # GIVEN a job that also asks for the COG (POST /inference with Accept: image/tiff)
+    scene = make_raster(64, 80, seed=4)
+    cog = tmp_path / "out.tif"
+    # WHEN a worker process runs it
+    worker.run(job_for(scene, tmp_path, cog=cog))
+    # THEN the COG is valid, on the input's grid, and holds the .npy's classes
+    valid, errors, _ = cog_validate(str(cog))
+    assert valid and not errors, errors
+    with rasterio.open(scene) as source, rasterio.open(cog) as out:
+        assert (out.crs, out.transform, out.shape) == (source.crs, source.transform, source.shape)
+        classes = out.read(1)
+    np.testing.assert_array_equal(classes, np.load(tmp_path / "out.npy").astype(np.uint8))

@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 
 from handler.objects import (
+    OWN_OUTPUT_SUFFIXES,
     ObjectRef,
     error_key,
     normalise_suffixes,
     normalize_etag,
     output_key,
+    product_keys,
     s3_uri,
     stem_key,
 )
@@ -45,3 +47,44 @@ def test_normalize_etag(raw, expected):
 )
 def test_normalise_suffixes(raw, expected):
     assert normalise_suffixes(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("formats", "mode", "prefix", "expected"),
+    [
+        (("npy",), "mask", "", {"npy": "a/s.npy"}),
+        (("cog",), "mask", "", {"cog": "a/s.mask.TIF"}),
+        (("cog",), "mask-uint8", "", {"cog": "a/s.mask.TIF"}),
+        (("cog",), "score", "", {"cog": "a/s.score.TIF"}),
+        (("npy", "stac"), "mask", "", {"npy": "a/s.npy", "thumbnail": "a/s.thumb.png", "stac": "a/s.stac.json"}),
+        (
+            ("stac", "cog", "npy"),  # the order given does not matter: the Item is always last
+            "score",
+            "out/",
+            {
+                "npy": "out/a/s.npy",
+                "cog": "out/a/s.score.TIF",
+                "thumbnail": "out/a/s.thumb.png",
+                "stac": "out/a/s.stac.json",
+            },
+        ),
+    ],
+)
+def test_product_keys_name_every_output_in_writing_order(formats, mode, prefix, expected):
+    keys = product_keys("a/s.tif", formats, mode, prefix)
+    assert keys == expected
+    assert list(keys.items()) == list(expected.items())  # in order: the Item, which describes the others, last
+
+
+def test_product_keys_share_the_npy_name_and_the_stem():
+    keys = product_keys("a/b.c/scene.TIFF", ("npy", "cog", "stac"), "mask")
+    assert keys["npy"] == output_key("a/b.c/scene.TIFF")
+    assert all(key.startswith("a/b.c/scene.") for key in keys.values())
+
+
+def test_every_output_name_is_an_own_output_suffix():
+    for mode in ("mask", "mask-uint8", "score"):
+        for key in product_keys("s.tif", ("npy", "cog", "stac"), mode).values():
+            assert key.lower().endswith(OWN_OUTPUT_SUFFIXES), key
+    assert error_key("s.tif").endswith(OWN_OUTPUT_SUFFIXES)
+    assert all(suffix == suffix.lower() for suffix in OWN_OUTPUT_SUFFIXES)

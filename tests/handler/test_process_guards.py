@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-import handler.process as process
+import handler.products as products
 from handler.errors import ForbiddenObjectError, TransientError, WorkerCrashedError
 from handler.outcome import OutcomeStatus
 from handler.outputs import META_SOURCE_ETAG, META_SOURCE_KEY, key_digest, reject_object
@@ -54,7 +54,7 @@ def test_out_of_disk_or_memory_is_transient_and_writes_no_marker(
     def full(*_args, **_kwargs):
         raise OSError(code, "resource")
 
-    monkeypatch.setattr(process, "predict_file", full)
+    monkeypatch.setattr(products, "predict_file", full)
     with pytest.raises(TransientError, match="retry later"):
         process_object(ref_for(bucket, "a.tif", put), runtime)
     assert keys_in(s3_client, bucket) == {"a.tif"}
@@ -63,7 +63,7 @@ def test_out_of_disk_or_memory_is_transient_and_writes_no_marker(
 def test_a_memory_error_is_transient(make_runtime, bucket, upload_raster, monkeypatch):
     runtime = make_runtime()
     put = upload_raster(bucket, "a.tif")
-    monkeypatch.setattr(process, "predict_file", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
+    monkeypatch.setattr(products, "predict_file", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
     with pytest.raises(TransientError, match="out of memory"):
         process_object(ref_for(bucket, "a.tif", put), runtime)
 
@@ -104,17 +104,17 @@ def test_a_slow_job_on_an_old_version_never_overwrites_the_newer_versions_result
     runtime = make_runtime()
     bucket = make_bucket(versioned=True)
     v1 = upload_raster(bucket, "a.tif", seed=1)
-    real_predict = process.predict_file
+    real_predict = products.predict_file
     seen: dict[str, object] = {}
 
     def slow_predict(*args, **kwargs):
         if "v2" not in seen:
             seen["v2"] = v2 = upload_raster(bucket, "a.tif", seed=2)
-            monkeypatch.setattr(process, "predict_file", real_predict)
+            monkeypatch.setattr(products, "predict_file", real_predict)
             seen["v2_outcome"] = process_object(ref_for(bucket, "a.tif", v2), runtime)
         return real_predict(*args, **kwargs)
 
-    monkeypatch.setattr(process, "predict_file", slow_predict)
+    monkeypatch.setattr(products, "predict_file", slow_predict)
     # WHEN version 1's job finishes last
     outcome = process_object(ref_for(bucket, "a.tif", v1), runtime)
     # THEN its conditional write failed, it reports the object replaced, and a.npy is version 2's

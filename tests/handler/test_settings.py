@@ -14,6 +14,7 @@ from handler.settings import (
     RelaySettings,
     Settings,
     env_var_names,
+    parse_outputs,
     parse_suffixes,
     specs,
 )
@@ -245,3 +246,52 @@ def test_the_readmes_defaults_are_the_declared_ones():
 def test_every_setting_is_declared_with_one_line_of_help():
     for spec in specs().values():
         assert spec.help and "\n" not in spec.help and spec.env.isupper()
+
+
+# --- OUTPUTS, and INPUT_SUFFIXES against the outputs ---------------------------------------------------------
+
+
+def test_outputs_default_to_the_npy_alone():
+    assert Settings.from_env({}).outputs == ("npy",)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("npy", ("npy",)),
+        ("cog", ("cog",)),
+        ("stac,cog", ("cog", "stac")),  # a fixed order, whatever the order given
+        ("STAC, Cog ,NPY", ("npy", "cog", "stac")),
+        ("cog,cog,npy,cog", ("npy", "cog")),  # duplicates once
+        (" npy , , stac ", ("npy", "stac")),  # empty entries dropped
+    ],
+)
+def test_parse_outputs(value, expected):
+    assert parse_outputs(value) == expected
+    assert Settings.from_env({"OUTPUTS": value}).outputs == expected
+
+
+@pytest.mark.parametrize("value", ["bogus", "npy,png", "npy,tif", " , "])
+def test_unknown_or_no_outputs_are_refused_naming_the_choices(value):
+    with pytest.raises(ConfigError, match=r"OUTPUTS must list some of npy, cog, stac") as info:
+        parse_outputs(value)
+    assert repr(value) in str(info.value)
+    with pytest.raises(ConfigError, match="OUTPUTS"):
+        Settings.from_env({"OUTPUTS": value})
+
+
+@pytest.mark.parametrize("value", ["stac", "STAC", "stac,stac"])
+def test_stac_alone_is_refused(value):
+    with pytest.raises(ConfigError, match="OUTPUTS=stac describes the other outputs: list npy or cog too"):
+        Settings.from_env({"OUTPUTS": value})
+
+
+@pytest.mark.parametrize("value", [".json", "json", ".png", ".npy", ".PNG", ".stac.json", ".mask.tif", ".error.json"])
+def test_input_suffixes_refuse_the_outputs_extensions(value):
+    with pytest.raises(ConfigError, match=r"INPUT_SUFFIXES must not include .*the function's own outputs"):
+        Settings.from_env({"INPUT_SUFFIXES": f".tif,{value}"})
+
+
+@pytest.mark.parametrize("value", [".tif", ".TIF,.tiff", ".jp2", ".mask"])
+def test_input_suffixes_accept_rasters(value):
+    assert Settings.from_env({"INPUT_SUFFIXES": value}).input_suffixes

@@ -18,6 +18,8 @@ from urllib.parse import quote_plus, unquote
 import httpx
 import numpy as np
 import pytest
+import rasterio
+from rio_cogeo.cogeo import cog_validate
 from starlette.testclient import TestClient
 
 import handler.http.app as http_app
@@ -36,6 +38,7 @@ from model.errors import ConfigError, InputError, RasterReadError, RasterTooLarg
 from model.network.checkpoint import build_model
 from model.predictor.predict import predict_file
 from tests.fixtures.hostile_tiffs import complex_file
+from tests.fixtures.stac_schemas import validate_item
 
 TOKEN = "s3cret-webhook-token"
 
@@ -678,3 +681,139 @@ def test_test_events_get_an_empty_summary(client):
 )
 def test_map_error(exc, status):
     assert map_error(exc).status == status
+
+
+# --- the COG answer of POST /inference, and OUTPUTS on the event route ----------------------------------------
+
+COG_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
+
+
+@pytest.fixture
+def holey_scene(make_raster) -> Path:
+    """A scene whose top-left corner is nodata in every band: those pixels are invalid."""
+    path = make_raster(64, 80, name="holey.tif", seed=5, nodata=0)
+    with rasterio.open(path, "r+") as ds:
+        data = ds.read()
+        data[:, :10, :12] = 0
+        ds.write(data)
+    return path
+
+
+def _cog_of(response: httpx.Response, tmp_path: Path, name: str = "answer.tif") -> Path:
+    path = tmp_path / name
+    path.write_bytes(response.content)
+    valid, errors, _ = cog_validate(str(path))
+    assert valid and not errors, errors
+    return path
+
+
+@pytest.mark.parametrize("accept", [None, "*/*", "application/octet-stream"])
+def test_inference_without_asking_for_a_cog_still_answers_the_npy(client, scene, tiny_model, tmp_path, accept):
+    headers = {} if accept is None else {"accept": accept}
+    with client() as c:
+        response = c.post("/inference", files={"file": ("scene.tif", scene.read_bytes())}, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert response.headers["content-disposition"] == 'attachment; filename="scene.npy"'
+    np.testing.assert_array_equal(np.load(io.BytesIO(response.content)), expected(tiny_model, scene, tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("query", "accept"),
+    [
+        ("", "image/tiff"),
+        ("", "image/tiff; application=geotiff, */*;q=0.1"),
+        ("?format=cog", None),
+        ("?format=TIF", None),
+    ],
+)
+def test_inference_answers_a_cog_when_asked(client, holey_scene, tiny_model, tmp_path, tmp_dir, query, accept):
+    # GIVEN a scene with invalid pixels, and a client asking for the COG (Accept or ?format)
+    headers = {} if accept is None else {"accept": accept}
+    with client() as c:
+        # WHEN it is posted
+        response = c.post(
+            f"/inference{query}", files={"file": ("holey.tif", holey_scene.read_bytes())}, headers=headers
+        )
+    # THEN the answer is a valid COG named after the upload
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == COG_TYPE
+    assert response.headers["content-disposition"] == 'attachment; filename="holey.mask.TIF"'
+    cog = _cog_of(response, tmp_path)
+    # AND it is on the input's grid, with the .npy's classes and nodata 255 where the input is invalid
+    npy = expected(tiny_model, holey_scene, tmp_path)
+    with rasterio.open(holey_scene) as source, rasterio.open(cog) as out:
+        assert (out.crs, out.transform, out.shape) == (source.crs, source.transform, source.shape)
+        assert out.nodata == 255 and out.dtypes[0] == "uint8"
+        classes = out.read(1)
+        invalid = (source.read_masks() == 0).any(axis=0)
+    assert invalid.any() and np.array_equal(classes == 255, invalid)
+    assert np.array_equal(classes[~invalid], npy[~invalid].astype(np.uint8))
+    # AND no temp file is left behind
+    assert list(tmp_dir.iterdir()) == []
+
+
+def test_inference_format_npy_wins_over_accept(client, scene, tiny_model, tmp_path):
+    with client() as c:
+        response = c.post(
+            "/inference?format=npy", files={"file": ("scene.tif", scene.read_bytes())}, headers={"accept": "image/tiff"}
+        )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-disposition"] == 'attachment; filename="scene.npy"'
+    np.testing.assert_array_equal(np.load(io.BytesIO(response.content)), expected(tiny_model, scene, tmp_path))
+
+
+def test_inference_unknown_format_is_400(client, scene, tmp_dir):
+    with client() as c:
+        response = c.post("/inference?format=bogus", files={"file": ("s.tif", scene.read_bytes())})
+    assert_error(response, 400, "bad request", "format must be npy or cog, got 'bogus'")
+    assert list(tmp_dir.iterdir()) == []
+
+
+def test_inference_score_cog_holds_the_float_scores(client, scene, tiny_model, tmp_path, tmp_dir):
+    with client() as c:
+        response = c.post("/inference?output=score&format=cog", files={"file": ("scene.tif", scene.read_bytes())})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-disposition"] == 'attachment; filename="scene.score.TIF"'
+    with rasterio.open(_cog_of(response, tmp_path)) as out:
+        assert out.dtypes[0] == "float32"
+        np.testing.assert_array_equal(out.read(1), expected(tiny_model, scene, tmp_path, "score"))
+    assert list(tmp_dir.iterdir()) == []
+
+
+def test_inference_cog_of_an_unreadable_raster_is_422_and_leaves_nothing(client, tmp_dir):
+    with client() as c:
+        response = c.post("/inference?format=cog", files={"file": ("bad.tif", b"II*\x00garbage")})
+    assert_error(response, 422, "unreadable raster", "bad.tif")
+    assert list(tmp_dir.iterdir()) == []
+
+
+def test_minio_webhook_with_outputs_writes_every_object(
+    client, bucket_with_scene, s3_client, scene, tiny_model, tmp_path
+):
+    # GIVEN OUTPUTS=npy,cog,stac and a scene in the bucket
+    bucket, key, etag, size = bucket_with_scene
+    with client(outputs=("npy", "cog", "stac")) as c:
+        # WHEN MinIO's webhook for it arrives
+        response = c.post("/", json=minio_event(bucket, key, etag, size))
+    assert response.status_code == 200, response.text
+    assert [o["status"] for o in response.json()["outcomes"]] == ["written"]
+    # THEN the four objects are beside the input
+    listed = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket, Prefix="scenes/a b/")["Contents"]}
+    stem = "scenes/a b/scene"
+    assert listed == {key, f"{stem}.npy", f"{stem}.mask.TIF", f"{stem}.thumb.png", f"{stem}.stac.json"}
+    body = s3_client.get_object(Bucket=bucket, Key=f"{stem}.npy")["Body"].read()
+    np.testing.assert_array_equal(np.load(io.BytesIO(body)), expected(tiny_model, scene, tmp_path))
+    cog = tmp_path / "event.tif"
+    s3_client.download_file(bucket, f"{stem}.mask.TIF", str(cog))
+    assert cog_validate(str(cog))[0]
+    thumb = s3_client.get_object(Bucket=bucket, Key=f"{stem}.thumb.png")["Body"].read()
+    assert thumb[:8] == b"\x89PNG\r\n\x1a\n"
+    item = json.loads(s3_client.get_object(Bucket=bucket, Key=f"{stem}.stac.json")["Body"].read())
+    validate_item(item)
+    assert {name: a["href"] for name, a in item["assets"].items() if name != "model"} == {
+        "npy": "./scene.npy",
+        "mask": "./scene.mask.TIF",
+        "thumbnail": "./scene.thumb.png",
+    }
+    assert [link["href"] for link in item["links"] if link["rel"] == "derived_from"] == ["./scene.tif"]

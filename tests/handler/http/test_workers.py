@@ -10,6 +10,8 @@ import time
 
 import numpy as np
 import pytest
+import rasterio
+from rio_cogeo.cogeo import cog_validate
 from starlette.testclient import TestClient
 
 from handler.http.app import create_app
@@ -93,3 +95,25 @@ def test_an_object_that_crashes_its_worker_gets_an_error_marker(pool_app, make_b
     # AND MinIO's retry of the same event is a duplicate for both
     again = client.post("/", json=event, headers=AUTH)
     assert again.json()["counts"] == {"duplicate": 2}
+
+
+def test_a_worker_answers_the_cog_of_an_upload(pool_app, make_raster, tiny_model_card, tmp_path):
+    # GIVEN the app over a worker process, and a client asking for the COG
+    client, pool = pool_app
+    pool.wait()
+    scene = make_raster(64, 64, seed=8)
+    # WHEN the upload is predicted in the worker
+    response = client.post(
+        "/inference", files={"file": ("s.tif", scene.read_bytes())}, headers={"accept": "image/tiff"}
+    )
+    # THEN the answer is the COG the worker wrote: valid, with the .npy's classes
+    assert response.status_code == 200, response.text
+    assert response.headers["content-disposition"] == 'attachment; filename="s.mask.TIF"'
+    cog = tmp_path / "answer.tif"
+    cog.write_bytes(response.content)
+    assert cog_validate(str(cog))[0]
+    expected = tmp_path / "expected.npy"
+    predict_file(build_model(load_card(tiny_model_card)), scene, expected, PredictOptions())
+    with rasterio.open(cog) as out:
+        np.testing.assert_array_equal(out.read(1), np.load(expected).astype(np.uint8))
+    assert list((tmp_path / "work").iterdir()) == []

@@ -296,3 +296,131 @@ def test_serve_keeps_the_stack_up_for_the_users_own_uploads(make_raster, quick_m
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# --- --outputs: every object the handler writes, with stand-in handlers and the real pipeline --------------
+
+
+def mask_tif(height: int, width: int, classes: Any = None) -> bytes:
+    """A uint8 class-mask GeoTIFF (nodata 255), as the COG holds it: zeros unless ``classes`` is given."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    data = np.zeros((height, width), np.uint8) if classes is None else classes
+    profile = dict(driver="GTiff", height=height, width=width, count=1, dtype="uint8", nodata=255)
+    profile |= dict(crs="EPSG:32633", transform=from_origin(0, 0, 10, 10))
+    with rasterio.MemoryFile() as mem:
+        with mem.open(**profile) as ds:
+            ds.write(data, 1)
+        return mem.read()
+
+
+def products_writer(kinds: tuple[str, ...], cog_for: Any = mask_tif):
+    """A stand-in ``lambda_handler`` loader writing, for each input, the objects of ``kinds`` (suffixes beside
+    its stem: ``.npy`` a zero mask, ``.mask.TIF`` ``cog_for(height, width)``, the others a few bytes)."""
+
+    def load(endpoint_url: str):
+        import rasterio
+
+        s3 = boto3.client("s3")
+
+        def handler(event: dict, context: Any) -> dict:
+            for record in event["Records"]:
+                for ref in parse_sqs_body(record["body"]):
+                    body = s3.get_object(Bucket=ref.bucket, Key=ref.key)["Body"].read()
+                    with rasterio.MemoryFile(body) as mem, mem.open() as src:
+                        shape = (src.height, src.width)
+                    buffer = io.BytesIO()
+                    np.save(buffer, np.zeros(shape, np.float32))
+                    objects = {".npy": buffer.getvalue(), ".mask.TIF": None, ".thumb.png": b"png", ".stac.json": b"{}"}
+                    for suffix in kinds:
+                        data = cog_for(*shape) if suffix == ".mask.TIF" else objects[suffix]
+                        s3.put_object(Bucket=ref.bucket, Key=ref.key.rsplit(".", 1)[0] + suffix, Body=data)
+            return {"batchItemFailures": []}
+
+        return handler
+
+    return load
+
+
+def run_demo_with(uploads, load_handler, outputs, timeout=30.0) -> tuple[int, str]:
+    out = io.StringIO()
+    code = Demo(uploads, out=out, spec=unique_spec(), load_handler=load_handler, outputs=outputs).run(timeout=timeout)
+    return code, out.getvalue()
+
+
+ALL_SUFFIXES = (".npy", ".mask.TIF", ".thumb.png", ".stac.json")
+
+
+def test_outputs_print_every_object_and_check_the_npy(small_rasters, monkeypatch):
+    # GIVEN OUTPUTS=npy,cog,stac, and a handler writing all four objects
+    monkeypatch.delenv("OUTPUTS", raising=False)
+    uploads = plan_uploads(small_rasters(1))
+    # WHEN the demo runs
+    code, out = run_demo_with(uploads, products_writer(ALL_SUFFIXES), ("npy", "cog", "stac"))
+    # THEN a line names each object written, in order, the summary checks the .npy, and the demo passes
+    assert code == 0, out
+    for upload in uploads:
+        stem = upload.key.rsplit(".", 1)[0]
+        written = re.findall(rf"{re.escape(upload.key)}\s+written\s+(\S+)", out)
+        assert written == [stem + suffix for suffix in ALL_SUFFIXES], out
+        assert re.search(rf"^\s+{re.escape(upload.key)}\s+{re.escape(stem)}\.npy\s+\d+x\d+\s+float32.*\bok$", out, re.M)
+    assert out.rstrip().endswith("demo OK")
+    assert "OUTPUTS" not in os.environ
+
+
+def test_a_missing_output_fails_the_demo(small_rasters, monkeypatch):
+    # GIVEN OUTPUTS=npy,cog,stac, and a handler that writes the .npy alone
+    monkeypatch.delenv("OUTPUTS", raising=False)
+    code, out = run_demo_with(plan_uploads(small_rasters(1)), products_writer((".npy",)), ("npy", "cog", "stac"))
+    # THEN no upload counts as written, and the demo fails
+    assert code == 1
+    assert "FAIL: nothing written" in out and "demo FAILED" in out
+
+
+def test_cog_alone_checks_the_cog_mask(small_rasters, monkeypatch):
+    # GIVEN OUTPUTS=cog, and a handler writing a class mask with nodata where the input was invalid
+    monkeypatch.delenv("OUTPUTS", raising=False)
+
+    def holey(height, width):
+        classes = np.zeros((height, width), np.uint8)
+        classes[:4, :4] = 255
+        classes[10:20, 10:20] = 1
+        return mask_tif(height, width, classes)
+
+    uploads = plan_uploads(small_rasters(1))
+    code, out = run_demo_with(uploads, products_writer((".mask.TIF",), holey), ("cog",))
+    # THEN the COG is what the summary checks: a float32 0/1 mask of the raster's shape
+    assert code == 0, out
+    assert re.search(r"^\s+uploads/small-0\.tif\s+uploads/small-0\.mask\.TIF\s+64x48\s+float32\s+.*\bok$", out, re.M)
+
+
+def test_cog_alone_with_a_bad_cog_fails_the_demo(small_rasters, monkeypatch):
+    monkeypatch.delenv("OUTPUTS", raising=False)
+    uploads = plan_uploads(small_rasters(1))
+    code, out = run_demo_with(uploads, products_writer((".mask.TIF",), lambda h, w: b"not a tiff"), ("cog",))
+    assert code == 1
+    assert "FAIL: not a loadable mask" in out and "demo FAILED" in out
+
+
+@pytest.mark.slow
+def test_rasterfn_demo_with_outputs_writes_and_checks_every_object(quick_model_card):
+    # WHEN `rasterfn demo --outputs npy,cog,stac` runs the real pipeline
+    proc, seconds = run_cli("demo", "--outputs", "npy,cog,stac", env={"MODEL_CARD": str(quick_model_card)})
+    print(f"\n`rasterfn demo --outputs npy,cog,stac` wall time: {seconds:.1f} s")
+    # THEN it prints each object written, and the summary's check of the mask passes
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    written = re.findall(r"scenes/test-1\.tif\s+written\s+(\S+)", out)
+    assert written == [f"scenes/test-1{suffix}" for suffix in ALL_SUFFIXES], out
+    assert re.search(r"scenes/test-1\.tif\s+scenes/test-1\.npy\s+512x512\s+float32\s+[\d.]+%.*\bok$", out, re.M), out
+    assert "1/1 outputs valid | DLQ depth: 0" in out and out.rstrip().endswith("demo OK")
+
+
+@pytest.mark.slow
+def test_rasterfn_demo_with_the_cog_alone_checks_the_cog(quick_model_card):
+    proc, _ = run_cli("demo", "--outputs", "cog", env={"MODEL_CARD": str(quick_model_card)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert re.search(r"scenes/test-1\.tif\s+scenes/test-1\.mask\.TIF\s+512x512\s+float32\s+[\d.]+%.*\bok$", out, re.M)
+    assert "scenes/test-1.npy" not in out

@@ -140,6 +140,26 @@ def test_missing_event_file_is_a_clear_error(capsys):
     assert "event file not found" in capsys.readouterr().err
 
 
+def test_outputs_are_the_handlers_outputs_for_the_call_alone(fake_handler, moto_server, monkeypatch):
+    # GIVEN no OUTPUTS in the environment
+    monkeypatch.delenv("OUTPUTS", raising=False)
+    args = argparse.Namespace(
+        event=str(REPO / "events" / "s3-put.json"), seed=True, endpoint_url=moto_server, outputs="STAC,cog"
+    )
+    # WHEN an event is replayed with --outputs
+    assert run_replay(args) == 0
+    # THEN the handler saw them as OUTPUTS (parsed), and they are gone afterwards
+    assert fake_handler.calls[0]["environ"]["OUTPUTS"] == "cog,stac"
+    assert "OUTPUTS" not in os.environ
+
+
+def test_unknown_outputs_are_refused_before_anything_runs(fake_handler, capsys):
+    code = main(["replay", "events/s3-put.json", "--seed", "--outputs", "npy,bogus"])
+    err = capsys.readouterr().err
+    assert code == 2 and "OUTPUTS must list some of npy, cog, stac" in err and err.count("\n") == 1
+    assert fake_handler.calls == [] and "OUTPUTS" not in os.environ
+
+
 # --- every sample through the real handler ----------------------------------------------------------------
 
 DRIVER = """
@@ -196,3 +216,67 @@ def test_every_sample_replays_with_seed(replayed, path):
             assert f"skipped  s3://{ref.bucket}/{ref.key}: {skip_reason(ref)}" in out
     if not refs:
         assert "nothing to do" in out
+
+
+# --- --outputs through the real handler -------------------------------------------------------------------
+
+OUTPUTS_DRIVER = """
+import contextlib, io, json, os, sys
+from handler.cli import main
+results = []
+for argv in json.loads(sys.argv[2]):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(argv)
+    results.append({"code": code, "out": out.getvalue(), "OUTPUTS": os.environ.get("OUTPUTS")})
+json.dump(results, open(sys.argv[1], "w"))
+"""
+
+
+@pytest.mark.slow
+def test_replay_outputs_prints_every_object_and_does_not_leak(moto_server, tmp_path):
+    # GIVEN three replays in one process against one endpoint: --outputs, none, --outputs again
+    from model.network.checkpoint import save_checkpoint
+    from tests.fixtures.models import build_random_unet
+
+    architecture = {"num_classes": 1, "in_channels": 10, "depth": 2, "start_filts": 4}
+    digest = save_checkpoint(build_random_unet(0, **architecture), tmp_path / "tiny.pt", fp16=False)
+    card = {"name": "tiny", "weights": {"file": "tiny.pt", "sha256": digest}, "architecture": architecture}
+    (tmp_path / "tiny.json").write_text(json.dumps({**card, "tile_size": 512, "tile_overlap": 64}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT_URL") and k != "OUTPUTS"}
+    env |= {"MODEL_CARD": str(tmp_path / "tiny.json"), "TMPDIR": str(tmp_path)}
+    env |= {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    every = ["--outputs", "npy,cog,stac"]
+    runs = [
+        ["replay", "events/s3-put.json", "--seed", "--endpoint-url", moto_server, *every],
+        ["replay", "events/direct-invoke.json", "--seed", "--endpoint-url", moto_server],
+        ["replay", "events/eventbridge-object-created.json", "--seed", "--endpoint-url", moto_server, *every],
+    ]
+    results = tmp_path / "results.json"
+    # WHEN they run
+    proc = subprocess.run(
+        [sys.executable, "-c", OUTPUTS_DRIVER, str(results), json.dumps(runs)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, plain, last = json.loads(results.read_text())
+    # THEN each succeeded, and --outputs did not stay in the environment
+    assert [r["code"] for r in (first, plain, last)] == [0, 0, 0], proc.stderr[-3000:]
+    assert [r["OUTPUTS"] for r in (first, plain, last)] == [None, None, None]
+    # AND with --outputs a line names each object written, the .npy first, then the COG, quicklook and Item
+    s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    for result, stem in ((first, "scenes/test-1"), (last, "scenes/eventbridge/test-1")):
+        keys = [f"{stem}.npy", f"{stem}.mask.TIF", f"{stem}.thumb.png", f"{stem}.stac.json"]
+        lines = [line for line in result["out"].splitlines() if line.endswith(" bytes")]
+        assert [line.split()[-3] for line in lines] == [f"s3://rasterfn-demo/{key}" for key in keys], result["out"]
+        assert lines[0].split()[0] == "written"
+        for key in keys:
+            s3.head_object(Bucket="rasterfn-demo", Key=key)
+    # AND the replay without --outputs wrote the .npy alone
+    assert "written  s3://rasterfn-demo/scenes/direct/test-1.npy " in plain["out"]
+    listed = s3.list_objects_v2(Bucket="rasterfn-demo", Prefix="scenes/direct/test-1.")
+    assert [o["Key"] for o in listed["Contents"]] == ["scenes/direct/test-1.npy", "scenes/direct/test-1.tif"]
