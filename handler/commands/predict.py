@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from handler.model_source import load_runtime_model
-from handler.objects import product_keys
+from handler.objects import STAC_SUFFIX, product_keys
 from handler.products import LOCAL_NAMES, Published, describe, make_products, relative_href
 from handler.runtime import FUNCTION_VERSION, options_from_settings
 from handler.settings import get_settings, parse_outputs
@@ -50,25 +50,25 @@ def run_predict(args: argparse.Namespace) -> int:
     try:
         _check_destination(src, dst.parent, names.values())
         with tempfile.TemporaryDirectory(prefix="rasterfn-predict-", dir=dst.parent) as workdir:
-            products = make_products(model, src, Path(workdir), options, settings.outputs)
-            published = []
-            for kind, name in names.items():
-                if kind == "stac":
-                    item = describe(
-                        model,
-                        products.result,
-                        item_id=Path(name).name.removesuffix(".stac.json"),
-                        published=published,
-                        source_href=os.path.relpath(src.resolve(), dst.parent.resolve()),
-                        when=datetime.fromtimestamp(src.stat().st_mtime, UTC),
-                        software_version=FUNCTION_VERSION,
-                        dst=Path(workdir) / LOCAL_NAMES["stac"],
-                    )
-                    path = item
-                else:
-                    path = products.files[kind]
-                    published.append(Published(kind, relative_href(names.get("stac", name), name), dst.parent / name))
-                os.replace(path, dst.parent / name)
+            work = Path(workdir)
+            products = make_products(model, src, work, options, settings.outputs)
+            files = {kind: products.files[kind] for kind in names if kind != "stac"}
+            if "stac" in names:
+                published = [Published(k, relative_href(names["stac"], names[k]), path) for k, path in files.items()]
+                source = os.path.relpath(src.resolve(), dst.parent.resolve())
+                files["stac"] = describe(
+                    model,
+                    products.result,
+                    item_id=names["stac"].removesuffix(STAC_SUFFIX),
+                    published=published,
+                    source_href=source if source.startswith("..") else "./" + source,
+                    when=datetime.fromtimestamp(src.stat().st_mtime, UTC),
+                    software_version=FUNCTION_VERSION,
+                    dst=work / LOCAL_NAMES["stac"],
+                )
+            # Every file made before any is moved: a failure leaves none of them beside the input.
+            for kind, path in files.items():
+                os.replace(path, dst.parent / names[kind])
     except InputError as exc:
         print(f"rasterfn predict: {exc}", file=sys.stderr)  # the message names the file, once
         return EXIT_INPUT_ERROR

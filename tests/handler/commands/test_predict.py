@@ -12,7 +12,7 @@ from rio_cogeo.cogeo import cog_validate
 from handler.cli import main
 from handler.products import file_sha256
 from handler.settings import get_settings
-from model.io.cog import MASK_NODATA
+from model.io.cog import MASK_NODATA, SCORE_STEPS, score_of
 from tests.fixtures.hostile_tiffs import complex_file
 from tests.fixtures.stac_schemas import validate_item
 
@@ -177,8 +177,9 @@ def test_score_outputs_name_the_score_cog(card, make_raster, tmp_path, capsys):
     code, _, _ = _run(["predict", str(src), "--output", "score", "--outputs", "npy,cog", "--model", str(card)], capsys)
     assert code == 0
     with rasterio.open(tmp_path / "scene.score.TIF") as cog:
-        assert cog.dtypes[0] == "float32"
-        np.testing.assert_array_equal(cog.read(1), np.load(tmp_path / "scene.npy"))
+        scores = score_of(cog.read(1))  # scaled to 254 steps of [0, 1]
+    expected = np.clip(np.load(tmp_path / "scene.npy"), 0, 1)
+    assert np.abs(scores - expected).max() <= 0.5 / SCORE_STEPS + 1e-6
     assert not (tmp_path / "scene.mask.TIF").exists()
 
 

@@ -35,6 +35,7 @@ from handler.settings import Settings
 from handler.storage import Storage
 from model.card import load_card
 from model.errors import ConfigError, InputError, RasterReadError, RasterTooLargeError
+from model.io.cog import SCORE_STEPS, score_of
 from model.network.checkpoint import build_model
 from model.predictor.predict import predict_file
 from tests.fixtures.hostile_tiffs import complex_file
@@ -770,14 +771,15 @@ def test_inference_unknown_format_is_400(client, scene, tmp_dir):
     assert list(tmp_dir.iterdir()) == []
 
 
-def test_inference_score_cog_holds_the_float_scores(client, scene, tiny_model, tmp_path, tmp_dir):
+def test_inference_score_cog_holds_the_scores(client, scene, tiny_model, tmp_path, tmp_dir):
     with client() as c:
         response = c.post("/inference?output=score&format=cog", files={"file": ("scene.tif", scene.read_bytes())})
     assert response.status_code == 200, response.text
     assert response.headers["content-disposition"] == 'attachment; filename="scene.score.TIF"'
     with rasterio.open(_cog_of(response, tmp_path)) as out:
-        assert out.dtypes[0] == "float32"
-        np.testing.assert_array_equal(out.read(1), expected(tiny_model, scene, tmp_path, "score"))
+        scores = score_of(out.read(1))  # scaled to 254 steps of [0, 1]
+    want = np.clip(expected(tiny_model, scene, tmp_path, "score"), 0, 1)
+    assert np.abs(scores - want).max() <= 0.5 / SCORE_STEPS + 1e-6
     assert list(tmp_dir.iterdir()) == []
 
 
