@@ -46,7 +46,7 @@ from handler.products import (
     source_href,
 )
 from handler.remote import remote_source, url_lifetime_s
-from handler.runtime import Runtime
+from handler.runtime import PACKAGE_VERSION, Runtime
 from handler.storage import s3_uri
 from model.errors import InputError
 
@@ -213,7 +213,7 @@ def _publish(
             published=published,
             source_href=source_href(info, target.bucket, stac_key),
             when=info.last_modified or datetime.now(UTC),
-            software_version=runtime.function_version,
+            software_version=PACKAGE_VERSION,
             dst=workdir / LOCAL_NAMES["stac"],
         )
         written += _write_output(runtime, info, target, stac_key, item, "stac", metadata, existing.get("stac"))

@@ -36,6 +36,7 @@ MEDIA_TYPES = {"npy": NPY_MEDIA_TYPE, "cog": COG_MEDIA_TYPE, "thumbnail": PNG_ME
 LOCAL_NAMES = {"npy": "output.npy", "cog": "output.tif", "thumbnail": "thumbnail.png", "stac": "item.json"}
 COG_KIND = {"mask": "mask", "mask-uint8": "mask", "score": "score"}
 HASH_CHUNK = 4 * 1024**2
+DEFAULT_CLASS_NAME = "positive"  # a card without "class_name": the mask's class 1 is what scores above the threshold
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def describe(
         model_name=card.name,
         model_version=str(card.extra.get("version", "")),
         model_sha256=model.sha256,
-        class_name=str(card.extra.get("class_name", card.extra.get("description", card.name))),
+        class_name=str(card.extra.get("class_name", DEFAULT_CLASS_NAME)),
         threshold=card.threshold,
         bands=tuple(card.extra.get("band_names") or (f"band{b}" for b in card.bands)),
         tile_size=card.tile_size,

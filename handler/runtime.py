@@ -35,7 +35,8 @@ def _package_version() -> str:
         return "0+unknown"
 
 
-FUNCTION_VERSION = f"rasterfn {_package_version()}"
+PACKAGE_VERSION = _package_version()
+FUNCTION_VERSION = f"rasterfn {PACKAGE_VERSION}"
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from handler.objects import ObjectInfo, stem_key
 from handler.outputs import PlannedArray, identity, matches, output_metadata
 from handler.products import COG_KIND, LOCAL_NAMES, MEDIA_TYPES, Published, describe, relative_href, source_href
 from handler.remote import remote_source, url_lifetime_s
-from handler.runtime import Runtime
+from handler.runtime import PACKAGE_VERSION, Runtime
 from handler.storage import s3_uri
 from model.card import ModelCard
 from model.io.cog import RowRasterWriter, assemble_cog, cog_values
@@ -94,7 +94,7 @@ def finish_products(runtime: Runtime, store: JobStore, job: Job) -> None:
                 published=published,
                 source_href=source_href(info, bucket, item_key),
                 when=info.last_modified or datetime.now(UTC),
-                software_version=runtime.function_version,
+                software_version=PACKAGE_VERSION,
                 dst=work / LOCAL_NAMES["stac"],
             )
             _put(runtime, info, bucket, products["stac"], item, "stac", metadata, expected)

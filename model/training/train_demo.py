@@ -235,6 +235,7 @@ def build_card(
         "name": "rasterfn-demo-canopy",
         "version": "1.0.0",
         "description": "Tree-canopy mask from 10 Sentinel-2 bands; trained on synthetic scenes, for demos only.",
+        "class_name": "tree canopy",  # the mask's class 1, as the STAC Item and the COG's legend name it
         "architecture": dict(DEFAULT_ARCHITECTURE),
         "bands": list(range(1, len(BANDS) + 1)),
         "band_names": list(BANDS),
