@@ -176,12 +176,12 @@ def test_inference_past_its_deadline_is_504_and_frees_the_slot(make_app, make_ra
     app, _ = make_app(inference_timeout_s=1)
     real = isolation.predict_file
 
-    def slow(model, src, dst, options, *, interrupt):
+    def slow(model, src, dst, options, *, interrupt, sinks=()):
         def late():
             time.sleep(1.5)
             interrupt()
 
-        return real(model, src, dst, options, interrupt=late)
+        return real(model, src, dst, options, interrupt=late, sinks=sinks)
 
     monkeypatch.setattr(isolation, "predict_file", slow)
     scene = make_raster(32, 32)
@@ -220,7 +220,7 @@ def test_a_client_that_goes_away_stops_its_inference_and_frees_the_slot(make_app
     real = isolation.predict_file
     stopped: list[str] = []
 
-    def watched(model, src, dst, options, *, interrupt):
+    def watched(model, src, dst, options, *, interrupt, sinks=()):
         def check():
             try:
                 interrupt()
@@ -231,7 +231,7 @@ def test_a_client_that_goes_away_stops_its_inference_and_frees_the_slot(make_app
 
         for _ in range(200):  # ~10 s of "tiles" unless stopped
             check()
-        return real(model, src, dst, options, interrupt=interrupt)
+        return real(model, src, dst, options, interrupt=interrupt, sinks=sinks)
 
     monkeypatch.setattr(isolation, "predict_file", watched)
     scene = make_raster(32, 32).read_bytes()
