@@ -16,6 +16,8 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
+import rasterio
+from rio_cogeo.cogeo import cog_validate
 
 from tests.fixtures.aws import FAKE_CREDENTIALS
 from tests.fixtures.paths import REPO_ROOT
@@ -97,6 +99,21 @@ def test_the_old_readme_curl_gives_the_mask(knative, tmp_path):
     mask = np.load(tmp_path / "output.npy", allow_pickle=False)
     assert mask.shape == (512, 512) and mask.dtype == np.float32, container.log_tail()
     assert set(np.unique(mask)) == {0.0, 1.0}
+
+
+def test_inference_answers_the_cog_when_asked_for_a_tiff(knative, tmp_path):
+    container, url = knative
+    # GIVEN the old README's curl, asking for a TIFF
+    command = OLD_README_CURL.format(port=url.rsplit(":", 1)[1]).replace("'output.npy'", "'out.tif'")
+    assert "out.tif" in command
+    (tmp_path / "data").mkdir()
+    shutil.copy(REPO_ROOT / "data" / "test-1.tif", tmp_path / "data" / "test-1.tif")
+    subprocess.run(command + " -H 'Accept: image/tiff'", shell=True, cwd=tmp_path, check=True, timeout=120)
+    # THEN the answer is a valid COG of the mask, on the input's grid
+    valid, errors, _ = cog_validate(str(tmp_path / "out.tif"))
+    assert valid and not errors, (errors, container.log_tail())
+    with rasterio.open(tmp_path / "out.tif") as cog, rasterio.open(tmp_path / "data" / "test-1.tif") as src:
+        assert (cog.crs, cog.transform, cog.shape) == (src.crs, src.transform, src.shape)
 
 
 def test_a_minio_webhook_with_the_token_writes_the_mask_beside_the_upload(knative, s3, bucket):

@@ -12,10 +12,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from rio_cogeo.cogeo import cog_validate
 
 from tests.fixtures.aws import FAKE_CREDENTIALS
 from tests.fixtures.paths import REPO_ROOT
 from tests.fixtures.runtime_api import STOP, RuntimeApiState, runtime_api_handler, serve
+from tests.fixtures.stac_schemas import validate_item
 from tests.image.conftest import RunningContainer, record_figure, run_container
 
 LAMBDA_UID = "993:990"  # Lambda's sandbox user: no entry in the image's /etc/passwd
@@ -31,6 +33,19 @@ def bucket(new_bucket) -> str:
 @pytest.fixture(scope="module")
 def lambda_container(
     image, moto_server, bucket, tmp_path_factory
+) -> Iterator[tuple[RunningContainer, RuntimeApiState]]:
+    yield from _lambda_container(image, moto_server, bucket, tmp_path_factory, {})
+
+
+@pytest.fixture(scope="module")
+def lambda_container_every_output(
+    image, moto_server, bucket, tmp_path_factory
+) -> Iterator[tuple[RunningContainer, RuntimeApiState]]:
+    yield from _lambda_container(image, moto_server, bucket, tmp_path_factory, {"OUTPUTS": "npy,cog,stac"})
+
+
+def _lambda_container(
+    image, moto_server, bucket, tmp_path_factory, extra_env: dict[str, str]
 ) -> Iterator[tuple[RunningContainer, RuntimeApiState]]:
     state = RuntimeApiState()
     tmp = tmp_path_factory.mktemp("lambda-container")
@@ -48,6 +63,7 @@ def lambda_container(
             "ALLOWED_BUCKETS": bucket,
             "POWERTOOLS_SERVICE_NAME": "rasterfn",
             "POWERTOOLS_METRICS_NAMESPACE": "rasterfn",
+            **extra_env,
         }
         with run_container(image, tmp, env, user=LAMBDA_UID, tmpfs_mb=512, memory="3g") as container:
             try:
@@ -111,3 +127,26 @@ def test_a_batch_with_a_good_and_a_corrupt_tiff(lambda_container, s3, bucket, ma
     # AND the container is warm again, polling for the next event
     state.wait_for(lambda: state.polls >= 2, 30, "the next poll")
     assert container.alive()
+
+
+def test_every_output_is_written_from_the_image(lambda_container_every_output, s3, bucket, make_upload_batch, tmp_path):
+    container, state = lambda_container_every_output
+    state.wait_for(lambda: state.polls >= 1 or state.init_errors, RESULT_TIMEOUT_S, "the first poll")
+    assert not state.init_errors, state.init_errors
+    # GIVEN a deployment with OUTPUTS=npy,cog,stac and an upload
+    good = put(s3, bucket, "gis/good.tif", TEST_TIF.read_bytes())
+    # WHEN Lambda hands the container its event
+    started = time.monotonic()
+    kind, body = invoke(container, state, make_upload_batch(bucket, good))
+    record_figure("Lambda, OUTPUTS=npy,cog,stac (one 512 x 512 scene)", f"{time.monotonic() - started:.2f} s")
+    assert (kind, body) == ("response", {"batchItemFailures": []}), container.log_tail()
+    # THEN the .npy, a valid COG, the quicklook and a valid STAC Item naming them lie beside it
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="gis/")["Contents"]}
+    assert keys == {"gis/good.tif", "gis/good.npy", "gis/good.mask.TIF", "gis/good.thumb.png", "gis/good.stac.json"}
+    cog = tmp_path / "good.mask.TIF"
+    cog.write_bytes(s3.get_object(Bucket=bucket, Key="gis/good.mask.TIF")["Body"].read())
+    valid, errors, _ = cog_validate(str(cog))
+    assert valid and not errors, errors
+    item = json.loads(s3.get_object(Bucket=bucket, Key="gis/good.stac.json")["Body"].read())
+    validate_item(item)
+    assert item["assets"]["mask"]["href"] == "./good.mask.TIF"
