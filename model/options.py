@@ -33,4 +33,6 @@ class PredictOptions:
     tile_size: int | None = None  # None: the card's
     tile_overlap: int | None = None
     progress: bool = False
+    fit_tiles: bool = True  # the tile grid fitted per raster (model.predictor.tiling.fit_tile); False: the card's
+    decode_once: bool = True  # pass 1 keeps its decoded samples for pass 2 where that pays (model.predictor.decoded)
     limits: DecodeLimits = field(default_factory=DecodeLimits)

@@ -31,8 +31,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -48,8 +51,9 @@ from model.io.npy_writer import NpyWriter
 from model.io.raster import RasterHeader, open_checked, read_window
 from model.network.engines.base import InferenceModel, TileEngine
 from model.options import OUTPUT_DTYPES, PRECISIONS, PredictOptions
+from model.predictor.decoded import DecodedRaster, decoded_bytes, keep_decoded
 from model.predictor.stats import DEFAULT_EXACT_BUDGET_BYTES, PercentileAccumulator, split_budget
-from model.predictor.tiling import DEFAULT_SEAM, Span, TilePlan, axis_weights, pad_tile, plan_tiles
+from model.predictor.tiling import DEFAULT_SEAM, Span, TilePlan, axis_weights, pad_tile, plan_fitted
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,10 @@ DEFAULT_OPTIONS = PredictOptions()
 STATS_STRIP_PIXELS = 4 * 1024 * 1024  # pixels per band read at once in pass 1
 READ_GROUP_WIDTH = 8192  # pass 2 reads at most this many columns (plus one tile) at once
 LUT_MAX_BITS = 16
+LUT_CHUNK_ROWS = 16  # rows gathered at once: numpy widens the indexes to intp, and a small chunk stays in cache
+# Fitted grids (model.predictor.tiling.fit_tile) may grow the card's tile up to this factor per axis: 512 -> 1152,
+# about 5x the pixels of a card tile in flight (the serving engine's fp32 peak RSS: ~0.75 GB at 1088 x 1088).
+FITTED_TILE_FACTOR = 2.25
 
 
 @dataclass(frozen=True)
@@ -96,13 +104,17 @@ def predict_file(
     _check_destination(src, dst)
 
     with open_checked(src, card.bands, options.max_pixels, options.limits) as (ds, header):
-        p90s = compute_percentiles(ds, header, card.bands, PERCENTILE, interrupt=check)
-        run = TilePass.prepare(model, header, tiling, p90s, options)
-        counts = Counts()
-        with NpyWriter(dst, (header.height, header.width), OUTPUT_DTYPES[options.output]) as writer:
-            for rows, valid in run.rows(ds, _checked(run.runner, check)):
-                counts.add(rows, valid, card.threshold)
-                writer.write_rows(to_output(rows, valid, card.threshold, options.output))
+        plan = plan_grid(header, tiling, card.size_multiple)
+        with _decoded_copy(header, card.bands, plan, options) as copy:
+            keep = copy.write if copy is not None else None
+            p90s = compute_percentiles(ds, header, card.bands, PERCENTILE, interrupt=check, keep=keep)
+            run = TilePass.prepare(model, header, tiling, p90s, options)
+            counts = Counts()
+            source = copy if copy is not None else ds
+            with NpyWriter(dst, (header.height, header.width), OUTPUT_DTYPES[options.output]) as writer:
+                for rows, valid in run.rows(source, _checked(run.runner, check)):
+                    counts.add(rows, valid, card.threshold)
+                    writer.write_rows(to_output(rows, valid, card.threshold, options.output))
 
     return PredictionResult(
         out_path=dst,
@@ -128,12 +140,16 @@ def compute_percentiles(
     q: float = PERCENTILE,
     *,
     interrupt: Callable[[], None] | None = None,
+    keep: Callable[[Window, np.ndarray, np.ndarray | None], None] | None = None,
 ) -> list[float]:
-    """Each band's ``q``-th percentile over the valid pixels of the whole raster, reading strip by strip."""
+    """Each band's ``q``-th percentile over the valid pixels of the whole raster, reading strip by strip.
+
+    ``keep`` (e.g. :meth:`DecodedRaster.write`) gets every window's decoded samples and validity.
+    """
     dtype = np.dtype(header.dtypes[bands[0] - 1])
     budget = split_budget(DEFAULT_EXACT_BUDGET_BYTES, len(bands))
     accumulators = [PercentileAccumulator(dtype, q, budget) for _ in bands]
-    accumulate_bands(ds, header, bands, accumulators, interrupt=interrupt)
+    accumulate_bands(ds, header, bands, accumulators, interrupt=interrupt, keep=keep)
     return [acc.result() for acc in accumulators]
 
 
@@ -146,12 +162,15 @@ def accumulate_bands(
     stop: int | None = None,
     *,
     interrupt: Callable[[], None] | None = None,
+    keep: Callable[[Window, np.ndarray, np.ndarray | None], None] | None = None,
 ) -> None:
     """Add each band's valid pixels of rows ``start..stop-1`` (default: all) to its accumulator, strip by strip."""
     for window in _stat_windows(ds, header, start, stop):
         if interrupt is not None:
             interrupt()
         data, valid = read_window(ds, bands, window, header.all_valid)
+        if keep is not None:
+            keep(window, data, valid)
         for acc, values in zip(accumulators, data, strict=True):
             acc.add(values if valid is None else values[valid])
 
@@ -191,7 +210,10 @@ def make_normaliser(dtype: np.dtype, p90s: Sequence[float]) -> Callable[[np.ndar
         def by_table(data: np.ndarray) -> np.ndarray:
             out = np.empty(data.shape, dtype=np.float32)
             for table, band, dest in zip(tables, data, out, strict=True):
-                np.take(table, band.view(unsigned), out=dest, mode="clip")
+                indexes = band.view(unsigned)
+                for row in range(0, band.shape[0], LUT_CHUNK_ROWS):
+                    rows = slice(row, row + LUT_CHUNK_ROWS)
+                    np.take(table, indexes[rows], out=dest[rows], mode="clip")
             return out
 
         return by_table
@@ -210,10 +232,31 @@ def make_normaliser(dtype: np.dtype, p90s: Sequence[float]) -> Callable[[np.ndar
 
 @dataclass(frozen=True)
 class Tiling:
-    """Validated tile size and overlap for one model under one set of options."""
+    """Validated tile size and overlap for one model under one set of options; tiles may grow to ``max_tile``."""
 
     tile: int
     overlap: int
+    max_tile: int  # == tile: the fixed grid of ``tile`` (an explicit TILE_SIZE); larger: a fitted grid
+
+
+def plan_grid(header: RasterHeader, tiling: Tiling, multiple: int) -> TilePlan:
+    """The tile grid of a raster: every caller (whole raster, fan-out bands) must use this one."""
+    return plan_fitted(header.height, header.width, tiling.tile, tiling.overlap, multiple, tiling.max_tile)
+
+
+@contextlib.contextmanager
+def _decoded_copy(header: RasterHeader, bands: Sequence[int], plan: TilePlan, options: PredictOptions):
+    """A :class:`DecodedRaster` when keeping pass 1's samples pays (:func:`keep_decoded`), else None."""
+    needed = decoded_bytes(header, bands)
+    directory = tempfile.gettempdir()
+    free = shutil.disk_usage(directory).free
+    keep, why = keep_decoded(needed, len(plan.rows), header.layout.compression, free)
+    log.info("%s: %s", header.name, why)
+    if not keep or not options.decode_once:
+        yield None
+        return
+    with DecodedRaster(header, bands, directory) as copy:
+        yield copy
 
 
 @dataclass(frozen=True)
@@ -232,7 +275,7 @@ class TilePass:
         cls, model: InferenceModel, header: RasterHeader, tiling: Tiling, p90s: Sequence[float], options: PredictOptions
     ) -> TilePass:
         card = model.card
-        plan = plan_tiles(header.height, header.width, tiling.tile, tiling.overlap, card.size_multiple)
+        plan = plan_grid(header, tiling, card.size_multiple)
         normalise = make_normaliser(np.dtype(header.dtypes[card.bands[0] - 1]), p90s)
         return cls(header, card.bands, plan, normalise, model.tile_engine(options, one_tile=plan.tiles == 1), options)
 
@@ -278,19 +321,11 @@ def predict_rows(
             for group in groups:
                 left, right = group[0].start, group[-1].stop
                 window = Window(left, rspan.start, right - left, rspan.size)
-                data, strip_valid = read_window(ds, bands, window, header.all_valid)
-                inputs = normalise(data)
-                del data
-                if strip_valid is not None:
-                    inputs[:, ~strip_valid] = 0  # invalid pixels are 0 for the network (NaN included)
-                    if valid is not None:
-                        valid[offset : offset + rspan.size, left:right] = strip_valid
-                elif valid is not None:
-                    valid[offset : offset + rspan.size, left:right] = True
+                data, strip_valid = _read(ds, bands, window, header.all_valid)
+                if valid is not None:
+                    valid[offset : offset + rspan.size, left:right] = True if strip_valid is None else strip_valid
                 for batch in _batches(group, runner.batch_size):
-                    tiles = [
-                        pad_tile(inputs[:, :, c.start - left : c.stop - left], rspan.padded, c.padded) for c in batch
-                    ]
+                    tiles = [_tile_input(data, strip_valid, normalise, c, left, rspan) for c in batch]
                     outputs = runner(tiles)
                     for cspan, out in zip(batch, outputs, strict=True):
                         _accumulate(scores, out, offset, rspan, cspan, row_weights[r], col_weights[cspan.index])
@@ -305,6 +340,22 @@ def predict_rows(
             if valid is not None:
                 valid[:keep] = valid[count:].copy()
             top = done
+
+
+def _read(source, bands: Sequence[int], window: Window, all_valid: bool):
+    """A window from the raster, or from pass 1's decoded copy."""
+    if isinstance(source, DecodedRaster):
+        return source.read_window(bands, window, all_valid)
+    return read_window(source, bands, window, all_valid)
+
+
+def _tile_input(data, strip_valid, normalise, cspan: Span, left: int, rspan: Span) -> np.ndarray:
+    """One tile's normalised input, invalid pixels 0, padded: normalised per tile, so a strip stays raw."""
+    columns = slice(cspan.start - left, cspan.stop - left)
+    inputs = normalise(data[:, :, columns])
+    if strip_valid is not None:
+        inputs[:, ~strip_valid[:, columns]] = 0  # invalid pixels are 0 for the network (NaN included)
+    return pad_tile(inputs, rspan.padded, cspan.padded)
 
 
 def _accumulate(scores, out, offset: int, rspan: Span, cspan: Span, wy: np.ndarray, wx: np.ndarray) -> None:
@@ -386,7 +437,10 @@ def resolve_tiling(model: InferenceModel, options: PredictOptions) -> Tiling:
     overlap = card.tile_overlap if options.tile_overlap is None else options.tile_overlap
     if tile % card.size_multiple or not 0 <= overlap < tile // 2:
         raise ConfigError(f"tile {tile} / overlap {overlap} do not fit the network (multiple {card.size_multiple})")
-    return Tiling(tile, overlap)
+    if options.tile_size or not options.fit_tiles:
+        return Tiling(tile, overlap, tile)
+    max_tile = int(tile * FITTED_TILE_FACTOR) // card.size_multiple * card.size_multiple
+    return Tiling(tile, overlap, max(tile, max_tile))
 
 
 def _check_options(options: PredictOptions) -> None:
