@@ -17,6 +17,10 @@ from model.io.decode_limits import DecodeLimits
 OUTPUT_DTYPES = {"mask": "float32", "mask-uint8": "uint8", "score": "float32"}
 OUTPUT_MODES = tuple(OUTPUT_DTYPES)
 PRECISIONS = ("fp32", "bf16", "int8")
+# What PRECISION may say: a precision, or auto, which the runtime resolves once at start-up to the fastest
+# precision this CPU runs natively that the card verified (model.network.engines.precision).
+PRECISION_SETTINGS = ("auto", *PRECISIONS)
+DEFAULT_PRECISION_SETTING = "auto"
 DEVICES = ("cpu", "auto", "cuda")
 # auto: the serving engine (openvino) when it is installed and the card has exported graphs, else torch.
 ENGINES = ("auto", "torch", "openvino")
@@ -27,7 +31,7 @@ DEFAULT_MAX_PIXELS = 150_000_000  # a full Sentinel-2 tile is 10980 x 10980 = 12
 @dataclass(frozen=True)
 class PredictOptions:
     output: str = "mask"  # mask | mask-uint8 | score
-    precision: str = "fp32"  # fp32 | bf16 | int8 (int8: the serving engine only)
+    precision: str = "fp32"  # fp32 | bf16 | int8 (int8: the serving engine only) | auto (what the model was loaded at)
     device: str = "cpu"  # cpu | auto | cuda
     max_pixels: int = DEFAULT_MAX_PIXELS
     tile_size: int | None = None  # None: the card's

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from handler.model_source import load_runtime_model
-from handler.runtime import options_from_settings
+from handler.runtime import options_from_settings, running_precision
 from handler.settings import get_settings
 from model.errors import InputError
 from model.predictor.predict import predict_file
@@ -42,9 +42,10 @@ def run_predict(args: argparse.Namespace) -> int:
         print(f"rasterfn predict: {exc}", file=sys.stderr)  # the message names the file, once
         return EXIT_INPUT_ERROR
     height, width = result.shape
+    precision = running_precision(settings, model)
     print(
         f"{result.out_path}  {height} x {width} {result.dtype} ({result.output}), "
         f"{result.positive_fraction:.1%} of {result.valid_pixels:,} valid pixels above "
-        f"{model.card.threshold}, {result.tiles} tile(s), {result.seconds:.2f} s on {model.engine} {options.precision}"
+        f"{model.card.threshold}, {result.tiles} tile(s), {result.seconds:.2f} s on {model.engine} {precision}"
     )
     return 0

@@ -50,7 +50,7 @@ from model.io.decode_limits import stat_windows
 from model.io.npy_writer import NpyWriter
 from model.io.raster import RasterHeader, open_checked, read_window
 from model.network.engines.base import InferenceModel, TileEngine
-from model.options import OUTPUT_DTYPES, PRECISIONS, PredictOptions
+from model.options import OUTPUT_DTYPES, PRECISION_SETTINGS, PredictOptions
 from model.predictor.decoded import DecodedRaster, decoded_bytes, keep_decoded
 from model.predictor.stats import DEFAULT_EXACT_BUDGET_BYTES, PercentileAccumulator, split_budget
 from model.predictor.tiling import DEFAULT_SEAM, Span, TilePlan, axis_weights, pad_tile, plan_fitted
@@ -446,8 +446,8 @@ def resolve_tiling(model: InferenceModel, options: PredictOptions) -> Tiling:
 def _check_options(options: PredictOptions) -> None:
     if options.output not in OUTPUT_DTYPES:
         raise ConfigError(f"output must be one of {tuple(OUTPUT_DTYPES)}, got {options.output!r}")
-    if options.precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {PRECISIONS}, got {options.precision!r}")
+    if options.precision not in PRECISION_SETTINGS:
+        raise ConfigError(f"precision must be one of {PRECISION_SETTINGS}, got {options.precision!r}")
     if options.max_pixels < 1:
         raise ConfigError(f"max_pixels must be >= 1, got {options.max_pixels}")
 
