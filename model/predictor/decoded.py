@@ -106,7 +106,10 @@ class DecodedRaster:
         width, height = int(window.width), int(window.height)
         data = np.empty((len(self.bands), height, width), dtype=self.dtype)
         for plane in range(len(self.bands)):
-            data[plane] = self._read_plane(plane, self.dtype, top, left, height, width)
+            if width == self.width:  # whole rows: straight into the result
+                self._read_into(data[plane], plane, top)
+            else:
+                data[plane] = self._read_plane(plane, self.dtype, top, left, height, width)
         valid = None
         if self.with_valid:
             valid = self._read_plane(len(self.bands), np.dtype(np.uint8), top, left, height, width).astype(bool)
@@ -114,7 +117,10 @@ class DecodedRaster:
 
     def _read_plane(self, plane: int, dtype: np.dtype, top: int, left: int, height: int, width: int) -> np.ndarray:
         rows = np.empty((height, self.width), dtype=dtype)  # whole rows: one read; memory bounded by the width
-        got = os.preadv(self.fd, [rows.data.cast("B")], self._offset(plane, top, 0, dtype.itemsize))
+        self._read_into(rows, plane, top)
+        return rows[:, left : left + width]
+
+    def _read_into(self, rows: np.ndarray, plane: int, top: int) -> None:
+        got = os.preadv(self.fd, [rows.data.cast("B")], self._offset(plane, top, 0, rows.itemsize))
         if got != rows.nbytes:
             raise OSError(f"short read from the decoded copy: {got} of {rows.nbytes} bytes")
-        return rows[:, left : left + width]

@@ -165,10 +165,15 @@ def accumulate_bands(
     keep: Callable[[Window, np.ndarray, np.ndarray | None], None] | None = None,
 ) -> None:
     """Add each band's valid pixels of rows ``start..stop-1`` (default: all) to its accumulator, strip by strip."""
+    buffers: dict[tuple[int, int], np.ndarray] = {}  # one per window shape: fresh pages cost more than decoding
+    dtype = np.dtype(header.dtypes[bands[0] - 1])
     for window in _stat_windows(ds, header, start, stop):
         if interrupt is not None:
             interrupt()
-        data, valid = read_window(ds, bands, window, header.all_valid)
+        shape = (int(window.height), int(window.width))
+        if shape not in buffers:
+            buffers[shape] = np.empty((len(bands), *shape), dtype=dtype)
+        data, valid = read_window(ds, bands, window, header.all_valid, buffers[shape])
         if keep is not None:
             keep(window, data, valid)
         for acc, values in zip(accumulators, data, strict=True):
@@ -195,8 +200,11 @@ def normalise_values(values: np.ndarray, p90: float) -> np.ndarray:
     return (np.clip(values, 0, p90) / p90).astype(np.float32)
 
 
-def make_normaliser(dtype: np.dtype, p90s: Sequence[float]) -> Callable[[np.ndarray], np.ndarray]:
+def make_normaliser(dtype: np.dtype, p90s: Sequence[float]) -> Callable[..., np.ndarray]:
     """A function (bands, h, w) raw -> (bands, h, w) float32, bit-identical to :func:`normalise_values`.
+
+    It takes an optional ``out`` array to fill (pass 2 reuses one per tile shape: fresh pages cost more than
+    the gather itself on a VM that backs memory lazily, as Lambda's do).
 
     8/16-bit integers go through per-band lookup tables of :func:`normalise_values` over every possible
     value: one gather instead of a float64 convert, clip and divide per pixel, with identical results.
@@ -207,8 +215,8 @@ def make_normaliser(dtype: np.dtype, p90s: Sequence[float]) -> Callable[[np.ndar
         every_value = np.arange(2 ** (8 * dtype.itemsize), dtype=unsigned).view(dtype).astype(np.float64)
         tables = [normalise_values(every_value, p) for p in p90s]
 
-        def by_table(data: np.ndarray) -> np.ndarray:
-            out = np.empty(data.shape, dtype=np.float32)
+        def by_table(data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+            out = np.empty(data.shape, dtype=np.float32) if out is None else out
             for table, band, dest in zip(tables, data, out, strict=True):
                 indexes = band.view(unsigned)
                 for row in range(0, band.shape[0], LUT_CHUNK_ROWS):
@@ -218,8 +226,8 @@ def make_normaliser(dtype: np.dtype, p90s: Sequence[float]) -> Callable[[np.ndar
 
         return by_table
 
-    def by_formula(data: np.ndarray) -> np.ndarray:
-        out = np.empty(data.shape, dtype=np.float32)
+    def by_formula(data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        out = np.empty(data.shape, dtype=np.float32) if out is None else out
         for p90, band, dest in zip(p90s, data, out, strict=True):
             dest[...] = normalise_values(band.astype(np.float64), p90)
         return out
@@ -313,6 +321,7 @@ def predict_rows(
     valid = np.ones((capacity, width), dtype=bool) if header.may_have_invalid else None
     top = plan.rows[tile_rows[0]].start if tile_rows[0] else 0  # raster row held in scores[0]
     groups = _column_groups(plan.cols)
+    inputs = TileBuffers(len(bands))
     total = len(tile_rows) * len(plan.cols)
     with tqdm(total=total, unit="tile", disable=not options.progress, file=sys.stderr, leave=False) as bar:
         for r in tile_rows:
@@ -325,7 +334,10 @@ def predict_rows(
                 if valid is not None:
                     valid[offset : offset + rspan.size, left:right] = True if strip_valid is None else strip_valid
                 for batch in _batches(group, runner.batch_size):
-                    tiles = [_tile_input(data, strip_valid, normalise, c, left, rspan) for c in batch]
+                    tiles = [
+                        _tile_input(data, strip_valid, normalise, c, left, rspan, inputs.get(slot, rspan.size, c.size))
+                        for slot, c in enumerate(batch)
+                    ]
                     outputs = runner(tiles)
                     for cspan, out in zip(batch, outputs, strict=True):
                         _accumulate(scores, out, offset, rspan, cspan, row_weights[r], col_weights[cspan.index])
@@ -349,10 +361,28 @@ def _read(source, bands: Sequence[int], window: Window, all_valid: bool):
     return read_window(source, bands, window, all_valid)
 
 
-def _tile_input(data, strip_valid, normalise, cspan: Span, left: int, rspan: Span) -> np.ndarray:
+class TileBuffers:
+    """One float32 input buffer per slot of a batch and tile shape, reused tile after tile.
+
+    The engine has finished with a batch's tiles when it returns their scores, so the next batch may refill
+    the same buffers.
+    """
+
+    def __init__(self, bands: int) -> None:
+        self.bands = bands
+        self.buffers: dict[tuple[int, int, int], np.ndarray] = {}
+
+    def get(self, slot: int, height: int, width: int) -> np.ndarray:
+        key = (slot, height, width)
+        if key not in self.buffers:
+            self.buffers[key] = np.empty((self.bands, height, width), dtype=np.float32)
+        return self.buffers[key]
+
+
+def _tile_input(data, strip_valid, normalise, cspan: Span, left: int, rspan: Span, out=None) -> np.ndarray:
     """One tile's normalised input, invalid pixels 0, padded: normalised per tile, so a strip stays raw."""
     columns = slice(cspan.start - left, cspan.stop - left)
-    inputs = normalise(data[:, :, columns])
+    inputs = normalise(data[:, :, columns], out)
     if strip_valid is not None:
         inputs[:, ~strip_valid[:, columns]] = 0  # invalid pixels are 0 for the network (NaN included)
     return pad_tile(inputs, rspan.padded, cspan.padded)
