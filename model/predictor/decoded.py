@@ -97,14 +97,17 @@ class DecodedRaster:
             os.pwrite(self.fd, np.ascontiguousarray(row).data, self._offset(plane, top + i, left, values.itemsize))
 
     def read_window(
-        self, bands: Sequence[int], window: Window, all_valid: bool = True
+        self, bands: Sequence[int], window: Window, all_valid: bool = True, out: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """What :func:`model.io.raster.read_window` returns for ``window``, from the copy (validity: all or None)."""
+        """What :func:`model.io.raster.read_window` returns for ``window``, from the copy (validity: all or None).
+
+        ``out``: an array of the result's shape and type to read into.
+        """
         if tuple(bands) != self.bands:
             raise ValueError(f"the copy holds bands {self.bands}, not {tuple(bands)}")
         left, top = int(window.col_off), int(window.row_off)
         width, height = int(window.width), int(window.height)
-        data = np.empty((len(self.bands), height, width), dtype=self.dtype)
+        data = np.empty((len(self.bands), height, width), dtype=self.dtype) if out is None else out
         for plane in range(len(self.bands)):
             if width == self.width:  # whole rows: straight into the result
                 self._read_into(data[plane], plane, top)

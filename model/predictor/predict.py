@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,7 @@ import numpy as np
 from rasterio.windows import Window
 from tqdm import tqdm
 
+from model.cpus import available_cpus
 from model.errors import ConfigError, InputError
 from model.io.decode_limits import stat_windows
 from model.io.npy_writer import NpyWriter
@@ -62,6 +64,7 @@ DEFAULT_OPTIONS = PredictOptions()
 STATS_STRIP_PIXELS = 4 * 1024 * 1024  # pixels per band read at once in pass 1
 READ_GROUP_WIDTH = 8192  # pass 2 reads at most this many columns (plus one tile) at once
 LUT_MAX_BITS = 16
+READ_AHEAD_MIN_CPUS = 2  # read ahead only with more CPUs than this: on 2 the engine keeps both busy
 LUT_CHUNK_ROWS = 16  # rows gathered at once: numpy widens the indexes to intp, and a small chunk stays in cache
 # Fitted grids (model.predictor.tiling.fit_tile) may grow the card's tile up to this factor per axis: 512 -> 1152,
 # about 5x the pixels of a card tile in flight (the serving engine's fp32 peak RSS: ~0.75 GB at 1088 x 1088).
@@ -322,15 +325,22 @@ def predict_rows(
     top = plan.rows[tile_rows[0]].start if tile_rows[0] else 0  # raster row held in scores[0]
     groups = _column_groups(plan.cols)
     inputs = TileBuffers(len(bands))
+    windows = [
+        Window(group[0].start, plan.rows[r].start, group[-1].stop - group[0].start, plan.rows[r].size)
+        for r in tile_rows
+        for group in groups
+    ]
     total = len(tile_rows) * len(plan.cols)
-    with tqdm(total=total, unit="tile", disable=not options.progress, file=sys.stderr, leave=False) as bar:
+    with (
+        contextlib.closing(_strips(ds, bands, header, windows, _reads_ahead(ds, options))) as strips,
+        tqdm(total=total, unit="tile", disable=not options.progress, file=sys.stderr, leave=False) as bar,
+    ):
         for r in tile_rows:
             rspan = plan.rows[r]
             offset = rspan.start - top
             for group in groups:
                 left, right = group[0].start, group[-1].stop
-                window = Window(left, rspan.start, right - left, rspan.size)
-                data, strip_valid = _read(ds, bands, window, header.all_valid)
+                data, strip_valid = next(strips)
                 if valid is not None:
                     valid[offset : offset + rspan.size, left:right] = True if strip_valid is None else strip_valid
                 for batch in _batches(group, runner.batch_size):
@@ -354,11 +364,45 @@ def predict_rows(
             top = done
 
 
-def _read(source, bands: Sequence[int], window: Window, all_valid: bool):
-    """A window from the raster, or from pass 1's decoded copy."""
+def _reads_ahead(source, options: PredictOptions) -> bool:
+    """Whether pass 2 reads the next strip while the engine runs: from the decoded copy (plain ``pread``; GDAL
+    stays on the calling thread), where a core is spare (``read_ahead=None``) or when asked."""
+    if not isinstance(source, DecodedRaster):
+        return False
+    return available_cpus() > READ_AHEAD_MIN_CPUS if options.read_ahead is None else options.read_ahead
+
+
+def _strips(source, bands: Sequence[int], header: RasterHeader, windows: Sequence[Window], ahead: bool):
+    """(data, validity) of each window in turn, read into reused buffers; ``ahead``: the next one read in a
+    background thread meanwhile (two buffers per shape, alternating)."""
+    dtype = np.dtype(header.dtypes[bands[0] - 1])
+    buffers: dict[tuple[int, ...], np.ndarray] = {}
+
+    def read(i: int):
+        window = windows[i]
+        key = (int(window.height), int(window.width), i % 2 if ahead else 0)
+        if key not in buffers:
+            buffers[key] = np.empty((len(bands), *key[:2]), dtype=dtype)
+        return _read(source, bands, window, header.all_valid, buffers[key])
+
+    if not ahead:
+        for i in range(len(windows)):
+            yield read(i)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rasterfn-read-ahead") as pool:
+        pending = pool.submit(read, 0)
+        for i in range(len(windows)):
+            current = pending.result()
+            if i + 1 < len(windows):
+                pending = pool.submit(read, i + 1)
+            yield current
+
+
+def _read(source, bands: Sequence[int], window: Window, all_valid: bool, out: np.ndarray | None = None):
+    """A window from the raster, or from pass 1's decoded copy (into ``out`` when given)."""
     if isinstance(source, DecodedRaster):
-        return source.read_window(bands, window, all_valid)
-    return read_window(source, bands, window, all_valid)
+        return source.read_window(bands, window, all_valid, out)
+    return read_window(source, bands, window, all_valid, out)
 
 
 class TileBuffers:

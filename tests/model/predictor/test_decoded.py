@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import threading
 
 import numpy as np
 import pytest
@@ -72,6 +73,31 @@ def test_decoding_once_changes_no_byte(random_model_card, make_raster, tmp_path,
     # THEN the outputs are the same bytes, and TMPDIR is empty
     assert len(_plan(model, path).rows) > 1  # the copy was used
     assert (tmp_path / "once.npy").read_bytes() == (tmp_path / "twice.npy").read_bytes()
+    assert list(private_tmp.iterdir()) == []
+
+
+def test_reading_ahead_changes_no_byte(random_model_card, make_raster, tmp_path, private_tmp):
+    model = build_model(load_card(random_model_card(depth=3, start_filts=4, tile_size=64, tile_overlap=8)))
+    path = make_raster(400, 300, nodata=0, seed=8, **COMPRESSED)
+    predict_file(model, path, tmp_path / "ahead.npy", PredictOptions(output="score", read_ahead=True))
+    predict_file(model, path, tmp_path / "plain.npy", PredictOptions(output="score", read_ahead=False))
+    assert (tmp_path / "ahead.npy").read_bytes() == (tmp_path / "plain.npy").read_bytes()
+    assert not any(t.name.startswith("rasterfn-read-ahead") for t in threading.enumerate())
+
+
+def test_an_interrupt_while_reading_ahead_stops_the_reader(random_model_card, make_raster, tmp_path, private_tmp):
+    model = build_model(load_card(random_model_card(depth=2, start_filts=2, tile_size=64, tile_overlap=8)))
+    path = make_raster(400, 300, **COMPRESSED)
+    calls = []
+
+    def interrupt():
+        calls.append(1)
+        if len(calls) > 3:
+            raise TimeoutError("deadline")
+
+    with pytest.raises(TimeoutError):
+        predict_file(model, path, tmp_path / "o.npy", PredictOptions(read_ahead=True), interrupt=interrupt)
+    assert not any(t.name.startswith("rasterfn-read-ahead") for t in threading.enumerate())
     assert list(private_tmp.iterdir()) == []
 
 
