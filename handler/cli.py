@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from model.errors import RasterfnError
-from model.options import DEVICES, ENGINES, OUTPUT_MODES, PRECISIONS
+from model.options import DEVICES, ENGINES, OUTPUT_MODES, PRECISION_SETTINGS
 
 # Commands that run only from a checkout, and what they need that the image leaves out (.dockerignore, extras).
 LOCAL_COMMANDS = {
@@ -45,7 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outputs", help="npy, cog, stac: comma list (default: OUTPUTS or npy)")
     p.add_argument("--model", help="model card JSON (default: the demo card, or MODEL_CARD)")
     p.add_argument("--engine", choices=ENGINES, help="default: ENGINE or auto (openvino when installed)")
-    p.add_argument("--precision", choices=PRECISIONS, help="default: PRECISION or fp32 (int8: openvino only)")
+    p.add_argument(
+        "--precision",
+        choices=PRECISION_SETTINGS,
+        help="default: PRECISION or auto (the fastest native precision the card verified; int8: openvino only)",
+    )
     p.add_argument("--device", choices=DEVICES, help="default: DEVICE or cpu (cuda: torch only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -53,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model card JSON (default: the demo card, or MODEL_CARD)")
     p.add_argument("--out-dir", help="write a copy of the card, checkpoint and graphs here (default: in place)")
     p.add_argument("--calibrate", help="calibrate int8 on the GeoTIFFs in this directory (default: the card's)")
+    p.add_argument(
+        "--verify-precision",
+        choices=("bf16",),
+        help="only measure the exported fp32 graph at bf16 against torch and record it in the card (native bf16)",
+    )
 
     p = sub.add_parser("replay", help="run the Lambda handler in-process on a saved event")
     p.add_argument("event", help="event JSON file (see events/)")

@@ -29,7 +29,7 @@ from model.errors import CheckpointError, ConfigError, InputError
 from model.network.digests import sha256_file
 from model.network.engines.artefacts import graph_for
 from model.network.engines.base import InferenceModel
-from model.network.engines.loading import load_inference_model, resolve_engine
+from model.network.engines.loading import load_inference_model, resolve_engine, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,8 @@ def load_runtime_model(settings: Settings, storage: Storage | None = None) -> In
     """The model the settings name on the engine they pick, loaded once per process (``MODEL_URI`` files first)."""
     card = load_card(settings.model_card)
     engine = resolve_engine(settings.engine, card, settings.precision, settings.device)
-    load = {"engine": engine, "precision": settings.precision, "device": settings.device}
+    precision = resolve_precision(settings.precision, card, engine)  # auto: resolved once, here, and logged
+    load = {"engine": engine, "precision": precision, "device": settings.device}
     if settings.model_uri is None:
         return load_inference_model(card.path, **load)
     if storage is None:
@@ -113,7 +114,7 @@ def load_runtime_model(settings: Settings, storage: Storage | None = None) -> In
         return load_inference_model(
             card.path, **load, weights_path=fetch_weights(card, settings.model_uri, settings.model_cache_dir, storage)
         )
-    graph = graph_for(card, settings.precision)
+    graph = graph_for(card, precision)
     assert graph is not None  # resolve_engine picked the serving engine only for a card that has it
     paths = {
         role: fetch_verified(

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from functools import cache
@@ -70,6 +71,13 @@ def options_from_settings(settings: Settings) -> PredictOptions:
     )
 
 
+def running_precision(settings: Settings, model: InferenceModel) -> str:
+    """The precision tiles run at: ``PRECISION``, or what ``auto`` resolved to when the model was loaded."""
+    if settings.precision != "auto":
+        return settings.precision
+    return str(getattr(model, "precision", "fp32"))  # the torch engine runs auto as fp32
+
+
 def build_runtime(settings: Settings, storage: Storage | None = None) -> Runtime:
     """Check the directories, make the S3 (and SQS) clients, load the model and run one warm-up tile.
 
@@ -81,6 +89,8 @@ def build_runtime(settings: Settings, storage: Storage | None = None) -> Runtime
         raise ConfigError(f"TMPDIR {settings.tmp_dir} is not a directory")
     storage = storage if storage is not None else Storage.from_defaults()
     model = load_runtime_model(settings, storage)
+    # PRECISION=auto is resolved once, when the model is loaded: the runtime keeps what tiles really run at.
+    settings = dataclasses.replace(settings, precision=running_precision(settings, model))
     model.warm_up(options_from_settings(settings))
     log.info(
         "runtime ready: model %s (sha256 %s) on %s, output %s, precision %s, device %s, threads from %s",

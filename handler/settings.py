@@ -34,11 +34,12 @@ from model.io.decode_limits import (
 from model.options import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_OUTPUT_FORMATS,
+    DEFAULT_PRECISION_SETTING,
     DEVICES,
     ENGINES,
     OUTPUT_FORMATS,
     OUTPUT_MODES,
-    PRECISIONS,
+    PRECISION_SETTINGS,
 )
 
 DEFAULT_MAX_INPUT_BYTES = 4 * 1024**3
@@ -139,7 +140,13 @@ class Settings:
     model_card: Path = setting("MODEL_CARD", DEFAULT_CARD_PATH, "the model card JSON")
     model_uri: str | None = setting("MODEL_URI", None, "s3://bucket/key of the weights, fetched once per container")
     model_cache_dir: Path = setting("MODEL_CACHE_DIR", DEFAULT_MODEL_CACHE_DIR, "where MODEL_URI files are cached")
-    precision: str = setting("PRECISION", "fp32", "the engine's precision", choices=PRECISIONS, parse=str.lower)
+    precision: str = setting(
+        "PRECISION",
+        DEFAULT_PRECISION_SETTING,
+        "the engine's precision (auto: resolved once at start, logged)",
+        choices=PRECISION_SETTINGS,
+        parse=str.lower,
+    )
     engine: str = setting("ENGINE", "auto", "openvino, torch or auto", choices=ENGINES, parse=str.lower)
     device: str = setting("DEVICE", "cpu", "where the engine runs", choices=DEVICES, parse=str.lower)
     output_mode: str = setting("OUTPUT_MODE", "mask", "what the .npy holds", choices=OUTPUT_MODES, parse=str.lower)

@@ -21,6 +21,10 @@ OUTPUT_MODES = tuple(OUTPUT_DTYPES)
 OUTPUT_FORMATS = ("npy", "cog", "stac")
 DEFAULT_OUTPUT_FORMATS = ("npy",)
 PRECISIONS = ("fp32", "bf16", "int8")
+# What PRECISION may say: a precision, or auto, which the runtime resolves once at start-up to the fastest
+# precision this CPU runs natively that the card verified (model.network.engines.precision).
+PRECISION_SETTINGS = ("auto", *PRECISIONS)
+DEFAULT_PRECISION_SETTING = "auto"
 DEVICES = ("cpu", "auto", "cuda")
 # auto: the serving engine (openvino) when it is installed and the card has exported graphs, else torch.
 ENGINES = ("auto", "torch", "openvino")
@@ -31,10 +35,13 @@ DEFAULT_MAX_PIXELS = 150_000_000  # a full Sentinel-2 tile is 10980 x 10980 = 12
 @dataclass(frozen=True)
 class PredictOptions:
     output: str = "mask"  # mask | mask-uint8 | score
-    precision: str = "fp32"  # fp32 | bf16 | int8 (int8: the serving engine only)
+    precision: str = "fp32"  # fp32 | bf16 | int8 (int8: the serving engine only) | auto (what the model was loaded at)
     device: str = "cpu"  # cpu | auto | cuda
     max_pixels: int = DEFAULT_MAX_PIXELS
     tile_size: int | None = None  # None: the card's
     tile_overlap: int | None = None
     progress: bool = False
+    fit_tiles: bool = True  # the tile grid fitted per raster (model.predictor.tiling.fit_tile); False: the card's
+    decode_once: bool = True  # pass 1 keeps its decoded samples for pass 2 where that pays (model.predictor.decoded)
+    read_ahead: bool | None = None  # pass 2 reads the decoded copy's next strip meanwhile; None: with > 2 CPUs
     limits: DecodeLimits = field(default_factory=DecodeLimits)

@@ -10,7 +10,11 @@ Prints, each beside its target:
 4. bf16 vs fp32: speed-up and mask agreement;
 5. the engines side by side (torch, OpenVINO fp32 / bf16 / int8): per 512 x 512 tile on the large raster vs the
    old procedure, mask agreement with the old procedure on held-out synthetic scenes, cold start (process start
-   to first tile) per engine, and the torch-free runtime's install size (.venv-runtime + the exported model).
+   to first tile) per engine, and the torch-free runtime's install size (.venv-runtime + the exported model);
+6. end to end on the default engine, stage by stage, against the engine called directly and the old procedure
+   (``scripts/bench_e2e.py``; ``--e2e`` runs it alone), peak RSS and temp disk on 8192 x 8192, cold start.
+
+"Per 512 x 512 tile" is per 512 x 512 pixels of the scene: the tiles run are larger where the grid is fitted.
 
 Rasters are generated once into ``.bench/`` (gitignored) by mirroring data/test-1.tif. Uses the demo model
 when model/weights/demo.json exists, else a seeded random U-Net of the same architecture (same FLOPs).
@@ -27,6 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import rasterio
@@ -34,6 +39,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench_e2e import end_to_end  # noqa: E402  (scripts/, beside this file)
 
 from model.card import DEFAULT_CARD_PATH, load_card  # noqa: E402
 from model.cpus import available_cpus  # noqa: E402
@@ -50,7 +57,6 @@ TARGETS = {
     "e2e": 0.8,  # end to end >= 0.8x the bare forward on 4096 x 4096
     "bf16": 5.0,  # bf16 >= 5x the old procedure ...
     "bf16_agree": 0.995,  # ... with >= 99.5% mask agreement with fp32
-    "rss_gb": 1.5,  # 8192 x 8192 x 10 uint16 peak RSS
     # issue 10: the serving engine per tile vs the old procedure, and its agreement with the old mask
     "openvino fp32": (2.2, 0.9999),
     "openvino int8": (3.5, 0.995),
@@ -66,10 +72,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller rasters (about 3 minutes on 2 cores)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--engines", action="store_true", help="only [1] and [5]: the engines side by side")
-    parser.add_argument("--rss-child", nargs=2, metavar=("RASTER", "CARD"), help=argparse.SUPPRESS)
+    parser.add_argument("--e2e", action="store_true", help="only [6]: end to end on the default engine, by stage")
     args = parser.parse_args()
-    if args.rss_child:
-        return rss_child(*args.rss_child)
 
     CACHE.mkdir(exist_ok=True)
     torch.set_num_threads(available_cpus())
@@ -80,8 +84,11 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, CPU capability {capability}")  # fmt: skip
     print(f"CPU flags: {' '.join(cpu_flags()) or 'none of avx2/avx512*/amx'}")
 
-    # 1. old procedure vs predict_file on the same 512 x 512 file, interleaved so drift hits both alike.
     old_net = copy.deepcopy(model.net).requires_grad_(True)  # as the old service loaded it: autograd on
+    if args.e2e:
+        return end_to_end(bench_context(model, card_path, old_net), args.quick)
+
+    # 1. old procedure vs predict_file on the same 512 x 512 file, interleaved so drift hits both alike.
     old_s, new_s = [], []
     old_procedure(SCENE, old_net, model.card, CACHE / "old.npy")  # warm-up: first-call allocations, caches
     predict_file(model, SCENE, CACHE / "new.npy")
@@ -101,24 +108,19 @@ def main() -> None:
     if args.engines:
         return engines_side_by_side(model, card_path, big, old_net)
     result = predict_file(model, big, CACHE / "big.npy")
-    e2e_tps = result.tiles / result.seconds
+    e2e_tps = size * size / 512**2 / result.seconds  # 512 x 512 of the scene per second
     bare_tps = bare_forward_tiles_per_s(model, big, limit=12 if args.quick else 24)
     old_tps = 1 / t_old
-    print(f"\n[2] {size} x {size} x 10 uint16, {result.tiles} tiles of {model.card.tile_size}, fp32")
+    print(
+        f"\n[2] {size} x {size} x 10 uint16, {result.tiles} tiles (fitted grid), torch fp32, per 512 x 512 of the scene"
+    )
     row("predict_file end to end", f"{e2e_tps:.3f} tiles/s = {e2e_tps * GFLOP_PER_TILE:.1f} GFLOP/s "
         f"({result.seconds:.1f} s)")  # fmt: skip
     row("bare channels_last forward", f"{bare_tps:.3f} tiles/s = {bare_tps * GFLOP_PER_TILE:.1f} GFLOP/s")
     row("end to end / bare (target >= 0.8x)", ratio(e2e_tps / bare_tps, TARGETS["e2e"]))
     row("per tile vs old procedure (target >= 2.0x)", ratio(e2e_tps / old_tps, TARGETS["old"]))
 
-    # 3. peak RSS in a child process.
-    rss_size = 4096 if args.quick else 8192
-    rss_raster = make_big(rss_size)
-    peak_gb, base_gb, seconds = measure_rss(rss_raster, card_path)
-    print(f"\n[3] peak RSS, {rss_size} x {rss_size} x 10 uint16 (child process)")
-    row("after imports + model load", f"{base_gb:.2f} GB")
-    row("peak (VmHWM of the child)", f"{peak_gb:.2f} GB  ({seconds:.0f} s)   "
-        + verdict(peak_gb <= TARGETS["rss_gb"], f"<= {TARGETS['rss_gb']} GB"))  # fmt: skip
+    # 3. peak RSS: on the default engine, in [6].
 
     # 4. bf16.
     bf16_s = [timed(lambda: predict_file(model, SCENE, CACHE / "bf16.npy", PredictOptions(precision="bf16")))]
@@ -134,6 +136,24 @@ def main() -> None:
 
     # 5. the engines side by side.
     engines_side_by_side(model, card_path, big, old_net)
+
+    # 6. end to end on the default engine, by stage.
+    end_to_end(bench_context(model, card_path, old_net), args.quick)
+
+
+def bench_context(model, card_path: Path, old_net) -> SimpleNamespace:
+    """What section [6] (scripts/bench_e2e.py) needs of this script."""
+    return SimpleNamespace(
+        cache=CACHE,
+        root=ROOT,
+        card_path=card_path,
+        torch_model=model,
+        make_big=make_big,
+        timed=timed,
+        old=lambda: old_procedure(SCENE, old_net, model.card, CACHE / "old.npy"),
+        row=row,
+        verdict=verdict,
+    )
 
 
 # -- 5. engines ----------------------------------------------------------------------------------------------
@@ -161,7 +181,7 @@ def engines_side_by_side(model, card_path: Path, big: Path, old_net) -> None:
         before = timed(lambda: old_procedure(SCENE, old_net, model.card, CACHE / "old.npy"))
         result = predict_file(loaded, big, CACHE / "engine.npy", options)
         t_old = (before + timed(lambda: old_procedure(SCENE, old_net, model.card, CACHE / "old.npy"))) / 2
-        per_tile = result.seconds / result.tiles
+        per_tile = result.seconds / (result.shape[0] * result.shape[1] / 512**2)  # per 512 x 512 of the scene
         same = total = 0
         for path in scenes:
             predict_file(loaded, path, CACHE / "engine.npy", options)
@@ -298,35 +318,6 @@ def forced_bf16_forward(model) -> tuple[float, float]:
             net(x)
             bf16 = timed(lambda: net(x))
     return bf16, fp32
-
-
-def measure_rss(raster: Path, card_path: Path) -> tuple[float, float, float]:
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, __file__, "--rss-child", str(raster), str(card_path)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    seconds = time.perf_counter() - start
-    # The child's own VmHWM: RUSAGE_CHILDREN's ru_maxrss would carry this process's peak across fork and exec.
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    return report["hwm_kb"] / 1024**2, report["base_kb"] / 1024**2, seconds
-
-
-def rss_child(raster: str, card: str) -> None:
-    torch.set_num_threads(available_cpus())
-    model = build_model(load_card(card))
-    base_kb = vm_kb("VmRSS")
-    predict_file(model, raster, CACHE / "rss.npy", PredictOptions(output="mask-uint8"))
-    print(json.dumps({"base_kb": base_kb, "hwm_kb": vm_kb("VmHWM")}))
-
-
-def vm_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
 
 
 # -- inputs --------------------------------------------------------------------------------------------------

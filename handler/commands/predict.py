@@ -20,7 +20,7 @@ from pathlib import Path
 from handler.model_source import load_runtime_model
 from handler.objects import STAC_SUFFIX, product_keys
 from handler.products import LOCAL_NAMES, Published, describe, make_products, relative_href
-from handler.runtime import PACKAGE_VERSION, options_from_settings
+from handler.runtime import PACKAGE_VERSION, options_from_settings, running_precision
 from handler.settings import get_settings, parse_outputs
 from model.errors import InputError
 
@@ -75,10 +75,11 @@ def run_predict(args: argparse.Namespace) -> int:
     result = products.result
     height, width = result.shape
     first, *others = (dst.parent / name for name in names.values())
+    precision = running_precision(settings, model)
     print(
         f"{first}  {height} x {width} {result.dtype} ({result.output}), "
         f"{result.positive_fraction:.1%} of {result.valid_pixels:,} valid pixels above "
-        f"{model.card.threshold}, {result.tiles} tile(s), {result.seconds:.2f} s on {model.engine} {options.precision}"
+        f"{model.card.threshold}, {result.tiles} tile(s), {result.seconds:.2f} s on {model.engine} {precision}"
     )
     for path in others:
         print(path)

@@ -216,7 +216,7 @@ variable "metrics_namespace" {
 # --- Settings passed to the code (handler/settings.py); null keeps the code's default.
 
 variable "precision" {
-  description = "PRECISION: fp32, bf16 (faster only on CPUs with AVX512-BF16 / AMX) or int8 (openvino engine)."
+  description = "PRECISION: auto (default: bf16 where the CPU has it and the card verified it, else fp32), fp32, bf16 or int8."
   type        = string
   default     = null
 }

@@ -265,14 +265,16 @@ def sample_type_problem(header: RasterHeader, band: int) -> str | None:
 
 
 def read_window(
-    src: rasterio.DatasetReader, bands: Sequence[int], window: Window, all_valid: bool
+    src: rasterio.DatasetReader, bands: Sequence[int], window: Window, all_valid: bool, out: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Read ``bands`` in ``window`` -> (``(len(bands), h, w)`` array, validity ``(h, w)`` bool or None = all).
+
+    ``out``: an array of that shape and the bands' type to read into (a buffer reused window after window).
 
     A read failure mid-file (truncated or corrupt blocks) is a :class:`RasterReadError`.
     """
     try:
-        data = src.read(list(bands), window=window)
+        data = src.read(list(bands), window=window, out=out)
         valid = None
         if not all_valid:
             masks = src.read_masks(list(bands), window=window)

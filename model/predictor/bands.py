@@ -24,12 +24,12 @@ from model.predictor.predict import (
     RowSink,
     TilePass,
     accumulate_bands,
+    plan_grid,
     resolve_tiling,
     to_output,
 )
 from model.predictor.shards import RowBand, ShardPlan, plan_shards
 from model.predictor.stats import PercentileAccumulator
-from model.predictor.tiling import plan_tiles
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def plan_raster_shards(
 ) -> ShardPlan:
     """The row bands of the raster ``header`` describes, as :func:`predict_band` will process them."""
     tiling = resolve_tiling(model, options)
-    plan = plan_tiles(header.height, header.width, tiling.tile, tiling.overlap, model.card.size_multiple)
+    plan = plan_grid(header, tiling, model.card.size_multiple)
     return plan_shards(plan, OUTPUT_DTYPES[options.output], wanted, **limits)
 
 

@@ -5,12 +5,15 @@ The procedure is the old service's, made to scale:
 1. The header is checked against the limits before any pixel is read (bands, ``max_pixels``, data type, and
    the decode cost: codec, block sizes, compression ratio, see :mod:`model.io.decode_limits`).
 2. Pass 1 reads the raster in strips and computes each band's 90th percentile over the WHOLE raster, exactly
-   (see :mod:`model.predictor.stats`), leaving out invalid pixels (nodata, masked, non-finite).
-3. Pass 2 reads strips of tile rows (plus the overlap), normalises each band in float64 exactly as the old
+   (see :mod:`model.predictor.stats`), leaving out invalid pixels (nodata, masked, non-finite). Where it pays,
+   it keeps what it decoded in an unnamed temp file for pass 2 (:mod:`model.predictor.decoded`).
+3. Pass 2 reads strips of tile rows (plus the overlap) on the raster's fitted tile grid (:func:`plan_grid`,
+   :func:`model.predictor.tiling.fit_tile`), normalises each tile's bands in float64 exactly as the old
    service did (``clip(band, 0, p90) / p90``, 0 when ``p90 <= 0``) and casts to float32 (for 8/16-bit
    integers through a per-band lookup table holding those same float64 results), runs the network on each
-   tile and writes the finished rows of the ``.npy`` as soon as no later tile can touch them. Peak memory
-   depends on the raster's width and the tile size, never on its height.
+   tile and writes the finished rows of the ``.npy`` as soon as no later tile can touch them. Buffers are
+   reused tile after tile; with a spare core the next strip is read meanwhile. Peak memory depends on the
+   raster's width and the tile size, never on its height.
 
 The network runs behind an engine (:mod:`model.network.engines`): the predictor hands batches of normalised tiles to
 ``model.tile_engine(options, one_tile)`` and gets scores back, so this module imports no torch. A raster no
@@ -33,9 +36,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -44,14 +50,16 @@ import numpy as np
 from rasterio.windows import Window
 from tqdm import tqdm
 
+from model.cpus import available_cpus
 from model.errors import ConfigError, InputError
 from model.io.decode_limits import stat_windows
 from model.io.npy_writer import NpyWriter
 from model.io.raster import RasterHeader, open_checked, read_window
 from model.network.engines.base import InferenceModel, TileEngine
-from model.options import OUTPUT_DTYPES, PRECISIONS, PredictOptions
+from model.options import OUTPUT_DTYPES, PRECISION_SETTINGS, PredictOptions
+from model.predictor.decoded import DecodedRaster, decoded_bytes, keep_decoded
 from model.predictor.stats import DEFAULT_EXACT_BUDGET_BYTES, PercentileAccumulator, split_budget
-from model.predictor.tiling import DEFAULT_SEAM, Span, TilePlan, axis_weights, pad_tile, plan_tiles
+from model.predictor.tiling import DEFAULT_SEAM, Span, TilePlan, axis_weights, pad_tile, plan_fitted
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +68,11 @@ DEFAULT_OPTIONS = PredictOptions()
 STATS_STRIP_PIXELS = 4 * 1024 * 1024  # pixels per band read at once in pass 1
 READ_GROUP_WIDTH = 8192  # pass 2 reads at most this many columns (plus one tile) at once
 LUT_MAX_BITS = 16
+READ_AHEAD_MIN_CPUS = 2  # read ahead only with more CPUs than this: on 2 the engine keeps both busy
+LUT_CHUNK_ROWS = 16  # rows gathered at once: numpy widens the indexes to intp, and a small chunk stays in cache
+# Fitted grids (model.predictor.tiling.fit_tile) may grow the card's tile up to this factor per axis: 512 -> 1152,
+# about 5x the pixels of a card tile in flight (the serving engine's fp32 peak RSS: ~0.75 GB at 1088 x 1088).
+FITTED_TILE_FACTOR = 2.25
 
 
 class RowSink(Protocol):
@@ -113,18 +126,23 @@ def predict_file(
     _check_destination(src, dst)
 
     with open_checked(src, card.bands, options.max_pixels, options.limits) as (ds, header):
-        p90s = compute_percentiles(ds, header, card.bands, PERCENTILE, interrupt=check)
-        run = TilePass.prepare(model, header, tiling, p90s, options)
-        counts = Counts()
-        with contextlib.ExitStack() as outputs:
-            writer = outputs.enter_context(NpyWriter(dst, (header.height, header.width), OUTPUT_DTYPES[options.output]))
-            # Entered after the .npy, so they finish first: one that fails to finish discards the .npy too.
-            extra = [outputs.enter_context(open_sink(header)) for open_sink in sinks]
-            for rows, valid in run.rows(ds, _checked(run.runner, check)):
-                counts.add(rows, valid, card.threshold)
-                for sink in extra:  # before to_output, which may reuse the rows' memory
-                    sink.write_rows(rows, valid)
-                writer.write_rows(to_output(rows, valid, card.threshold, options.output))
+        plan = plan_grid(header, tiling, card.size_multiple)
+        with _decoded_copy(header, card.bands, plan, options) as copy:
+            keep = copy.write if copy is not None else None
+            p90s = compute_percentiles(ds, header, card.bands, PERCENTILE, interrupt=check, keep=keep)
+            run = TilePass.prepare(model, header, tiling, p90s, options)
+            counts = Counts()
+            source = copy if copy is not None else ds
+            with contextlib.ExitStack() as outputs:
+                shape = (header.height, header.width)
+                writer = outputs.enter_context(NpyWriter(dst, shape, OUTPUT_DTYPES[options.output]))
+                # Entered after the .npy, so they finish first: one that fails to finish discards the .npy too.
+                extra = [outputs.enter_context(open_sink(header)) for open_sink in sinks]
+                for rows, valid in run.rows(source, _checked(run.runner, check)):
+                    counts.add(rows, valid, card.threshold)
+                    for sink in extra:  # before to_output, which may reuse the rows' memory
+                        sink.write_rows(rows, valid)
+                    writer.write_rows(to_output(rows, valid, card.threshold, options.output))
 
     return PredictionResult(
         out_path=dst,
@@ -150,12 +168,16 @@ def compute_percentiles(
     q: float = PERCENTILE,
     *,
     interrupt: Callable[[], None] | None = None,
+    keep: Callable[[Window, np.ndarray, np.ndarray | None], None] | None = None,
 ) -> list[float]:
-    """Each band's ``q``-th percentile over the valid pixels of the whole raster, reading strip by strip."""
+    """Each band's ``q``-th percentile over the valid pixels of the whole raster, reading strip by strip.
+
+    ``keep`` (e.g. :meth:`DecodedRaster.write`) gets every window's decoded samples and validity.
+    """
     dtype = np.dtype(header.dtypes[bands[0] - 1])
     budget = split_budget(DEFAULT_EXACT_BUDGET_BYTES, len(bands))
     accumulators = [PercentileAccumulator(dtype, q, budget) for _ in bands]
-    accumulate_bands(ds, header, bands, accumulators, interrupt=interrupt)
+    accumulate_bands(ds, header, bands, accumulators, interrupt=interrupt, keep=keep)
     return [acc.result() for acc in accumulators]
 
 
@@ -168,12 +190,20 @@ def accumulate_bands(
     stop: int | None = None,
     *,
     interrupt: Callable[[], None] | None = None,
+    keep: Callable[[Window, np.ndarray, np.ndarray | None], None] | None = None,
 ) -> None:
     """Add each band's valid pixels of rows ``start..stop-1`` (default: all) to its accumulator, strip by strip."""
+    buffers: dict[tuple[int, int], np.ndarray] = {}  # one per window shape: fresh pages cost more than decoding
+    dtype = np.dtype(header.dtypes[bands[0] - 1])
     for window in _stat_windows(ds, header, start, stop):
         if interrupt is not None:
             interrupt()
-        data, valid = read_window(ds, bands, window, header.all_valid)
+        shape = (int(window.height), int(window.width))
+        if shape not in buffers:
+            buffers[shape] = np.empty((len(bands), *shape), dtype=dtype)
+        data, valid = read_window(ds, bands, window, header.all_valid, buffers[shape])
+        if keep is not None:
+            keep(window, data, valid)
         for acc, values in zip(accumulators, data, strict=True):
             acc.add(values if valid is None else values[valid])
 
@@ -198,8 +228,11 @@ def normalise_values(values: np.ndarray, p90: float) -> np.ndarray:
     return (np.clip(values, 0, p90) / p90).astype(np.float32)
 
 
-def make_normaliser(dtype: np.dtype, p90s: Sequence[float]) -> Callable[[np.ndarray], np.ndarray]:
+def make_normaliser(dtype: np.dtype, p90s: Sequence[float]) -> Callable[..., np.ndarray]:
     """A function (bands, h, w) raw -> (bands, h, w) float32, bit-identical to :func:`normalise_values`.
+
+    It takes an optional ``out`` array to fill (pass 2 reuses one per tile shape: fresh pages cost more than
+    the gather itself on a VM that backs memory lazily, as Lambda's do).
 
     8/16-bit integers go through per-band lookup tables of :func:`normalise_values` over every possible
     value: one gather instead of a float64 convert, clip and divide per pixel, with identical results.
@@ -210,16 +243,19 @@ def make_normaliser(dtype: np.dtype, p90s: Sequence[float]) -> Callable[[np.ndar
         every_value = np.arange(2 ** (8 * dtype.itemsize), dtype=unsigned).view(dtype).astype(np.float64)
         tables = [normalise_values(every_value, p) for p in p90s]
 
-        def by_table(data: np.ndarray) -> np.ndarray:
-            out = np.empty(data.shape, dtype=np.float32)
+        def by_table(data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+            out = np.empty(data.shape, dtype=np.float32) if out is None else out
             for table, band, dest in zip(tables, data, out, strict=True):
-                np.take(table, band.view(unsigned), out=dest, mode="clip")
+                indexes = band.view(unsigned)
+                for row in range(0, band.shape[0], LUT_CHUNK_ROWS):
+                    rows = slice(row, row + LUT_CHUNK_ROWS)
+                    np.take(table, indexes[rows], out=dest[rows], mode="clip")
             return out
 
         return by_table
 
-    def by_formula(data: np.ndarray) -> np.ndarray:
-        out = np.empty(data.shape, dtype=np.float32)
+    def by_formula(data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        out = np.empty(data.shape, dtype=np.float32) if out is None else out
         for p90, band, dest in zip(p90s, data, out, strict=True):
             dest[...] = normalise_values(band.astype(np.float64), p90)
         return out
@@ -232,10 +268,31 @@ def make_normaliser(dtype: np.dtype, p90s: Sequence[float]) -> Callable[[np.ndar
 
 @dataclass(frozen=True)
 class Tiling:
-    """Validated tile size and overlap for one model under one set of options."""
+    """Validated tile size and overlap for one model under one set of options; tiles may grow to ``max_tile``."""
 
     tile: int
     overlap: int
+    max_tile: int  # == tile: the fixed grid of ``tile`` (an explicit TILE_SIZE); larger: a fitted grid
+
+
+def plan_grid(header: RasterHeader, tiling: Tiling, multiple: int) -> TilePlan:
+    """The tile grid of a raster: every caller (whole raster, fan-out bands) must use this one."""
+    return plan_fitted(header.height, header.width, tiling.tile, tiling.overlap, multiple, tiling.max_tile)
+
+
+@contextlib.contextmanager
+def _decoded_copy(header: RasterHeader, bands: Sequence[int], plan: TilePlan, options: PredictOptions):
+    """A :class:`DecodedRaster` when keeping pass 1's samples pays (:func:`keep_decoded`), else None."""
+    needed = decoded_bytes(header, bands)
+    directory = tempfile.gettempdir()
+    free = shutil.disk_usage(directory).free
+    keep, why = keep_decoded(needed, len(plan.rows), header.layout.compression, free)
+    log.info("%s: %s", header.name, why)
+    if not keep or not options.decode_once:
+        yield None
+        return
+    with DecodedRaster(header, bands, directory) as copy:
+        yield copy
 
 
 @dataclass(frozen=True)
@@ -254,7 +311,7 @@ class TilePass:
         cls, model: InferenceModel, header: RasterHeader, tiling: Tiling, p90s: Sequence[float], options: PredictOptions
     ) -> TilePass:
         card = model.card
-        plan = plan_tiles(header.height, header.width, tiling.tile, tiling.overlap, card.size_multiple)
+        plan = plan_grid(header, tiling, card.size_multiple)
         normalise = make_normaliser(np.dtype(header.dtypes[card.bands[0] - 1]), p90s)
         return cls(header, card.bands, plan, normalise, model.tile_engine(options, one_tile=plan.tiles == 1), options)
 
@@ -292,26 +349,29 @@ def predict_rows(
     valid = np.ones((capacity, width), dtype=bool) if header.may_have_invalid else None
     top = plan.rows[tile_rows[0]].start if tile_rows[0] else 0  # raster row held in scores[0]
     groups = _column_groups(plan.cols)
+    inputs = TileBuffers(len(bands))
+    windows = [
+        Window(group[0].start, plan.rows[r].start, group[-1].stop - group[0].start, plan.rows[r].size)
+        for r in tile_rows
+        for group in groups
+    ]
     total = len(tile_rows) * len(plan.cols)
-    with tqdm(total=total, unit="tile", disable=not options.progress, file=sys.stderr, leave=False) as bar:
+    with (
+        contextlib.closing(_strips(ds, bands, header, windows, _reads_ahead(ds, options))) as strips,
+        tqdm(total=total, unit="tile", disable=not options.progress, file=sys.stderr, leave=False) as bar,
+    ):
         for r in tile_rows:
             rspan = plan.rows[r]
             offset = rspan.start - top
             for group in groups:
                 left, right = group[0].start, group[-1].stop
-                window = Window(left, rspan.start, right - left, rspan.size)
-                data, strip_valid = read_window(ds, bands, window, header.all_valid)
-                inputs = normalise(data)
-                del data
-                if strip_valid is not None:
-                    inputs[:, ~strip_valid] = 0  # invalid pixels are 0 for the network (NaN included)
-                    if valid is not None:
-                        valid[offset : offset + rspan.size, left:right] = strip_valid
-                elif valid is not None:
-                    valid[offset : offset + rspan.size, left:right] = True
+                data, strip_valid = next(strips)
+                if valid is not None:
+                    valid[offset : offset + rspan.size, left:right] = True if strip_valid is None else strip_valid
                 for batch in _batches(group, runner.batch_size):
                     tiles = [
-                        pad_tile(inputs[:, :, c.start - left : c.stop - left], rspan.padded, c.padded) for c in batch
+                        _tile_input(data, strip_valid, normalise, c, left, rspan, inputs.get(slot, rspan.size, c.size))
+                        for slot, c in enumerate(batch)
                     ]
                     outputs = runner(tiles)
                     for cspan, out in zip(batch, outputs, strict=True):
@@ -327,6 +387,74 @@ def predict_rows(
             if valid is not None:
                 valid[:keep] = valid[count:].copy()
             top = done
+
+
+def _reads_ahead(source, options: PredictOptions) -> bool:
+    """Whether pass 2 reads the next strip while the engine runs: from the decoded copy (plain ``pread``; GDAL
+    stays on the calling thread), where a core is spare (``read_ahead=None``) or when asked."""
+    if not isinstance(source, DecodedRaster):
+        return False
+    return available_cpus() > READ_AHEAD_MIN_CPUS if options.read_ahead is None else options.read_ahead
+
+
+def _strips(source, bands: Sequence[int], header: RasterHeader, windows: Sequence[Window], ahead: bool):
+    """(data, validity) of each window in turn, read into reused buffers; ``ahead``: the next one read in a
+    background thread meanwhile (two buffers per shape, alternating)."""
+    dtype = np.dtype(header.dtypes[bands[0] - 1])
+    buffers: dict[tuple[int, ...], np.ndarray] = {}
+
+    def read(i: int):
+        window = windows[i]
+        key = (int(window.height), int(window.width), i % 2 if ahead else 0)
+        if key not in buffers:
+            buffers[key] = np.empty((len(bands), *key[:2]), dtype=dtype)
+        return _read(source, bands, window, header.all_valid, buffers[key])
+
+    if not ahead:
+        for i in range(len(windows)):
+            yield read(i)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rasterfn-read-ahead") as pool:
+        pending = pool.submit(read, 0)
+        for i in range(len(windows)):
+            current = pending.result()
+            if i + 1 < len(windows):
+                pending = pool.submit(read, i + 1)
+            yield current
+
+
+def _read(source, bands: Sequence[int], window: Window, all_valid: bool, out: np.ndarray | None = None):
+    """A window from the raster, or from pass 1's decoded copy (into ``out`` when given)."""
+    if isinstance(source, DecodedRaster):
+        return source.read_window(bands, window, all_valid, out)
+    return read_window(source, bands, window, all_valid, out)
+
+
+class TileBuffers:
+    """One float32 input buffer per slot of a batch and tile shape, reused tile after tile.
+
+    The engine has finished with a batch's tiles when it returns their scores, so the next batch may refill
+    the same buffers.
+    """
+
+    def __init__(self, bands: int) -> None:
+        self.bands = bands
+        self.buffers: dict[tuple[int, int, int], np.ndarray] = {}
+
+    def get(self, slot: int, height: int, width: int) -> np.ndarray:
+        key = (slot, height, width)
+        if key not in self.buffers:
+            self.buffers[key] = np.empty((self.bands, height, width), dtype=np.float32)
+        return self.buffers[key]
+
+
+def _tile_input(data, strip_valid, normalise, cspan: Span, left: int, rspan: Span, out=None) -> np.ndarray:
+    """One tile's normalised input, invalid pixels 0, padded: normalised per tile, so a strip stays raw."""
+    columns = slice(cspan.start - left, cspan.stop - left)
+    inputs = normalise(data[:, :, columns], out)
+    if strip_valid is not None:
+        inputs[:, ~strip_valid[:, columns]] = 0  # invalid pixels are 0 for the network (NaN included)
+    return pad_tile(inputs, rspan.padded, cspan.padded)
 
 
 def _accumulate(scores, out, offset: int, rspan: Span, cspan: Span, wy: np.ndarray, wx: np.ndarray) -> None:
@@ -408,14 +536,17 @@ def resolve_tiling(model: InferenceModel, options: PredictOptions) -> Tiling:
     overlap = card.tile_overlap if options.tile_overlap is None else options.tile_overlap
     if tile % card.size_multiple or not 0 <= overlap < tile // 2:
         raise ConfigError(f"tile {tile} / overlap {overlap} do not fit the network (multiple {card.size_multiple})")
-    return Tiling(tile, overlap)
+    if options.tile_size or not options.fit_tiles:
+        return Tiling(tile, overlap, tile)
+    max_tile = int(tile * FITTED_TILE_FACTOR) // card.size_multiple * card.size_multiple
+    return Tiling(tile, overlap, max(tile, max_tile))
 
 
 def _check_options(options: PredictOptions) -> None:
     if options.output not in OUTPUT_DTYPES:
         raise ConfigError(f"output must be one of {tuple(OUTPUT_DTYPES)}, got {options.output!r}")
-    if options.precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {PRECISIONS}, got {options.precision!r}")
+    if options.precision not in PRECISION_SETTINGS:
+        raise ConfigError(f"precision must be one of {PRECISION_SETTINGS}, got {options.precision!r}")
     if options.max_pixels < 1:
         raise ConfigError(f"max_pixels must be >= 1, got {options.max_pixels}")
 

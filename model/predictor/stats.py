@@ -32,6 +32,9 @@ import numpy as np
 DEFAULT_PERCENTILE = 90.0
 DEFAULT_EXACT_BUDGET_BYTES = 512 * 1024**2  # per raster, shared by its bands (see split_budget)
 HISTOGRAM_MAX_BITS = 16
+# Values counted per bincount call: it widens them to intp, and a small scratch array is reused by malloc
+# where a whole window's (32 MB for 4 M pixels) would be fresh pages every time.
+BINCOUNT_CHUNK = 1 << 20
 APPROX_KEY_BITS = 20
 
 
@@ -106,8 +109,10 @@ class PercentileAccumulator:
             return
         self.count += values.size
         if self._mode == "hist":
-            shifted = values.astype(np.int64) - self._offset if self._offset else values
-            self._hist += np.bincount(shifted, minlength=self._bins)
+            for start in range(0, values.size, BINCOUNT_CHUNK):
+                chunk = values[start : start + BINCOUNT_CHUNK]
+                shifted = chunk.astype(np.int64) - self._offset if self._offset else chunk
+                self._hist += np.bincount(shifted, minlength=self._bins)
         elif self._mode == "collect":
             self._chunks.append(np.array(values, dtype=self.dtype, copy=True))
             self._bytes += values.nbytes

@@ -10,7 +10,10 @@
 3. Each graph, read back from its files as serving reads it, is compared with torch's fp32 forward (the old
    procedure's arithmetic) on held-out synthetic scenes (the card's ``quality.heldout_seeds``, else
    :data:`DEFAULT_HELDOUT_SEEDS`): fp32 must keep the max abs score difference <= 1e-4 and >= 99.99% of the
-   mask; int8 >= 99.5% of the mask.
+   mask; int8 >= 99.5% of the mask. On a CPU with native bf16 the fp32 graph is also measured at bf16
+   arithmetic (``agreement_by_precision.bf16``: no bar here; ``PRECISION=auto`` picks bf16 only where it
+   holds >= 99.99% on every scene, see :mod:`model.network.engines.precision`). ``--verify-precision bf16``
+   measures and records that for graphs already exported, changing no file but the card.
 4. Only then are the files moved into place and the card's ``serving`` section written (files, sha256, the
    measured agreement, the calibration used, the versions). A graph that misses its bar is an
    :class:`ExportError` and nothing is changed.
@@ -46,8 +49,8 @@ from model.errors import ConfigError
 from model.io.raster import open_raster, read_header, read_window
 from model.network.checkpoint import LoadedModel, build_model
 from model.network.digests import sha256_file
-from model.network.engines.artefacts import SERVING_KEY
-from model.network.engines.openvino_engine import ENGINE, INFERENCE_PRECISION, PERFORMANCE_HINT, core
+from model.network.engines.artefacts import SERVING_KEY, graph_for, local_paths, verify_files
+from model.network.engines.openvino_engine import ENGINE, INFERENCE_PRECISION, PERFORMANCE_HINT, core, cpu_has_bf16
 from model.predictor.predict import PERCENTILE, compute_percentiles, make_normaliser, normalise_values
 from model.predictor.tiling import pad_tile
 
@@ -92,6 +95,8 @@ def export_card(card_path: str | Path, out_dir: str | Path | None = None, calibr
             _check_bars(name, agreement, card)
             files = {role: {"file": path.name, "sha256": sha256_file(path)} for role, path in paths.items()}
             entries[name] = {"files": files, "agreement": agreement}
+            if name == "fp32" and cpu_has_bf16():
+                entries[name]["agreement_by_precision"] = {"bf16": verify_graph(loaded, paths, scenes, "bf16")}
         for path in scratch.iterdir():
             os.replace(path, card.path.parent / path.name)
     finally:
@@ -210,6 +215,25 @@ def _check_bars(name: str, agreement: dict[str, Any], card: ModelCard) -> None:
         raise ExportError(f"the {name} graph of {card.path.name} disagrees with torch: " + "; ".join(misses))
 
 
+def verify_precision(card_path: str | Path, precision: str) -> dict[str, Any]:
+    """Measure the card's exported graph at ``precision`` (bf16: the fp32 graph) and record it in the card."""
+    if precision != "bf16":
+        raise ConfigError(f"--verify-precision measures bf16 (the fp32 graph at bf16), not {precision!r}")
+    if not cpu_has_bf16():
+        raise ConfigError("this CPU has no native bf16: the measurement would be of fp32 arithmetic")
+    loaded = build_model(load_card(card_path))
+    card = loaded.card
+    graph = graph_for(card, precision)
+    if graph is None:
+        raise ConfigError(f"model card {card.path} has no exported graph for {precision}: run `rasterfn export`")
+    paths = verify_files(card, graph, local_paths(card, graph))
+    agreement = verify_graph(loaded, paths, heldout_scenes(card), precision)
+    raw = json.loads(card.path.read_text())
+    raw[SERVING_KEY]["graphs"][graph.name].setdefault("agreement_by_precision", {})[precision] = agreement
+    _write_card(card.path, raw)
+    return agreement
+
+
 # -- the card ------------------------------------------------------------------------------------------------
 
 
@@ -246,15 +270,26 @@ def _write_serving(card: ModelCard, entries: dict[str, dict[str, Any]], seeds: S
         },
         "exported_with": {pkg: version(pkg) for pkg in ("openvino", "nncf", "torch")},
     }
-    tmp = card.path.with_suffix(".json.tmp")
+    _write_card(card.path, raw)
+
+
+def _write_card(path: Path, raw: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(raw, indent=2) + "\n")
-    os.replace(tmp, card.path)
+    os.replace(tmp, path)
 
 
 def run_export(args: argparse.Namespace) -> int:
     """``rasterfn export``: export, then print each graph's files and its measured agreement with torch."""
     from model.card import DEFAULT_CARD_PATH
 
+    if getattr(args, "verify_precision", None):
+        agreement = verify_precision(args.model or DEFAULT_CARD_PATH, args.verify_precision)
+        print(
+            f"{args.verify_precision}: mask agreement with torch {agreement['mask_agreement']:.4%} (worst scene "
+            f"{agreement['min_scene_mask_agreement']:.4%}) over {agreement['scenes']} held-out scenes; card updated"
+        )
+        return 0
     report = export_card(args.model or DEFAULT_CARD_PATH, out_dir=args.out_dir, calibrate=args.calibrate)
     for name, entry in report.graphs.items():
         files = ", ".join(f["file"] for f in entry["files"].values())

@@ -24,7 +24,7 @@ from model.predictor.predict import PredictOptions
 @pytest.mark.parametrize(
     ("settings", "expected"),
     [
-        (Settings(), PredictOptions()),
+        (Settings(), PredictOptions(precision="auto")),  # auto: what the model was loaded at
         (
             Settings(output_mode="score", precision="bf16", device="auto", max_pixels=1000),
             PredictOptions(output="score", precision="bf16", device="auto", max_pixels=1000),

@@ -19,7 +19,7 @@ from handler.settings import (
     specs,
 )
 from model.errors import ConfigError
-from model.options import DEVICES, OUTPUT_MODES, PRECISIONS, PredictOptions
+from model.options import DEVICES, OUTPUT_MODES, PRECISION_SETTINGS, PredictOptions
 
 
 def test_empty_environment_gives_the_documented_defaults():
@@ -27,7 +27,7 @@ def test_empty_environment_gives_the_documented_defaults():
     assert settings == Settings()
     assert settings.input_suffixes == DEFAULT_INPUT_SUFFIXES == (".tif", ".tiff")
     assert settings.max_pixels == PredictOptions().max_pixels
-    assert (settings.precision, settings.device, settings.output_mode) == ("fp32", "cpu", "mask")
+    assert (settings.precision, settings.device, settings.output_mode) == ("auto", "cpu", "mask")
 
 
 def test_every_variable_is_read():
@@ -154,7 +154,7 @@ def test_all_problems_are_reported_at_once():
 
 
 def test_choices_are_the_predictors_own():
-    for precision in PRECISIONS:
+    for precision in PRECISION_SETTINGS:  # the predictor's precisions, and auto
         assert Settings(precision=precision).precision == precision
     for device in DEVICES:
         assert Settings(device=device).device == device

@@ -7,8 +7,9 @@ to the agreement with torch measured when it was exported::
         "xml": {"file": "demo.fp32.xml", "sha256": "..."}, "bin": {"file": "demo.fp32.bin", "sha256": "..."}},
         "agreement": {"mask_agreement": 1.0, "max_abs_score_diff": 2.4e-06}}, "int8": {...}}}
 
-``PRECISION=bf16`` runs the fp32 graph with bf16 arithmetic where the CPU has it. Pure functions over the card,
-except :func:`verify_files`, which reads the files.
+``PRECISION=bf16`` runs the fp32 graph with bf16 arithmetic where the CPU has it; what that measured against
+torch (on a CPU with native bf16) is the fp32 graph's ``agreement_by_precision.bf16``. Pure functions over the
+card, except :func:`verify_files`, which reads the files.
 
 Example:
     >>> graph_for(card, "bf16").name                                                    # doctest: +SKIP
@@ -45,6 +46,8 @@ class ServingGraph:
     engine: str
     files: dict[str, GraphFile]
     agreement: dict[str, Any] = field(default_factory=dict)
+    # the graph run at another inference precision (fp32's graph at bf16): what that measured
+    agreement_by_precision: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def serving_graphs(card: ModelCard) -> dict[str, ServingGraph]:
@@ -57,7 +60,8 @@ def serving_graphs(card: ModelCard) -> dict[str, ServingGraph]:
         graphs = {}
         for name, raw in section["graphs"].items():
             files = {role: GraphFile(str(f["file"]), str(f["sha256"]).lower()) for role, f in raw["files"].items()}
-            graphs[str(name)] = ServingGraph(str(name), engine, files, dict(raw.get("agreement", {})))
+            by_precision = {str(p): dict(a) for p, a in raw.get("agreement_by_precision", {}).items()}
+            graphs[str(name)] = ServingGraph(str(name), engine, files, dict(raw.get("agreement", {})), by_precision)
     except (KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"model card {card.path}: invalid '{SERVING_KEY}' section ({exc!r})") from exc
     for graph in graphs.values():
@@ -71,6 +75,16 @@ def serving_graphs(card: ModelCard) -> dict[str, ServingGraph]:
 def graph_for(card: ModelCard, precision: str) -> ServingGraph | None:
     """The graph that serves ``precision``, or None when the card has none for it."""
     return serving_graphs(card).get(GRAPH_OF_PRECISION.get(precision, precision))
+
+
+def verified_agreement(card: ModelCard, precision: str) -> dict[str, Any] | None:
+    """What the card's export measured for ``precision`` against torch, or None when it measured nothing."""
+    graph = graph_for(card, precision)
+    if graph is None:
+        return None
+    if precision == graph.name:
+        return graph.agreement or None
+    return graph.agreement_by_precision.get(precision)
 
 
 def local_paths(card: ModelCard, graph: ServingGraph) -> dict[str, Path]:

@@ -1,7 +1,9 @@
 """Which engine runs a card, and loading it once per process: ``load_inference_model(card, engine=...)``.
 
 ``ENGINE=auto`` picks the serving engine (openvino) when it is installed and the card has an exported graph
-for the precision, unless ``DEVICE=cuda`` asks for the GPU (torch's); otherwise torch. Whether a package is
+for the precision (``PRECISION=auto``: the fp32 graph), unless ``DEVICE=cuda`` asks for the GPU (torch's);
+otherwise torch. ``PRECISION=auto`` is then resolved for that engine (:mod:`model.network.engines.precision`)
+and logged. Whether a package is
 installed is asked of the import system without importing it, so choosing never imports torch.
 
 Example:
@@ -12,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import importlib.util
+import logging
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,7 +23,10 @@ from model.card import DEFAULT_CARD_PATH, ModelCard, load_card
 from model.errors import ConfigError
 from model.network.engines.artefacts import graph_for
 from model.network.engines.base import InferenceModel
-from model.options import ENGINES, PRECISIONS, SERVING_ENGINE
+from model.network.engines.precision import AUTO, auto_precision
+from model.options import ENGINES, PRECISION_SETTINGS, SERVING_ENGINE
+
+log = logging.getLogger(__name__)
 
 TORCH_INSTALL_HINT = "install rasterfn[torch], or build the image's torch target"
 
@@ -33,8 +39,9 @@ def resolve_engine(engine: str, card: ModelCard, precision: str = "fp32", device
     """``auto`` -> the engine that will run ``card``; an impossible choice is a :class:`ConfigError`."""
     if engine not in ENGINES:
         raise ConfigError(f"engine must be one of {ENGINES}, got {engine!r}")
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision not in PRECISION_SETTINGS:
+        raise ConfigError(f"precision must be one of {PRECISION_SETTINGS}, got {precision!r}")
+    precision = "fp32" if precision == AUTO else precision  # auto runs at least the fp32 graph
     if engine == "auto":
         serving_ok = installed(SERVING_ENGINE) and graph_for(card, precision) is not None
         engine = SERVING_ENGINE if serving_ok and device != "cuda" else "torch"
@@ -60,6 +67,15 @@ def resolve_engine(engine: str, card: ModelCard, precision: str = "fp32", device
     return engine
 
 
+def resolve_precision(precision: str, card: ModelCard, engine: str) -> str:
+    """``auto`` -> the precision :func:`~model.network.engines.precision.auto_precision` picks (logged)."""
+    if precision != AUTO:
+        return precision
+    chosen, why = auto_precision(card, engine)
+    log.info("PRECISION=auto on %s: %s", engine, why)
+    return chosen
+
+
 _cache: dict[tuple, InferenceModel] = {}
 _cache_lock = threading.Lock()
 
@@ -80,6 +96,7 @@ def load_inference_model(
     """
     card = load_card(card_path)
     engine = resolve_engine(engine, card, precision, device)
+    precision = resolve_precision(precision, card, engine)
     if engine == "torch":
         from model.network.checkpoint import load_model
 

@@ -54,8 +54,13 @@ def core() -> ov.Core:
         return _core
 
 
+def cpu_capabilities() -> tuple[str, ...]:
+    """OpenVINO's CPU optimisation capabilities here (``FP32``, ``BF16``, ``INT8``, ...)."""
+    return tuple(core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
 def cpu_has_bf16() -> bool:
-    return "BF16" in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "BF16" in cpu_capabilities()
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,7 @@ class OpenVINOModel:
         return ENGINE
 
     def tile_engine(self, options: PredictOptions, one_tile: bool) -> OpenVINORunner:
-        if options.precision != self.precision:
+        if options.precision not in (self.precision, "auto"):  # auto: what the model was loaded at
             raise ConfigError(f"the openvino model was loaded for PRECISION={self.precision}, not {options.precision}")
         if options.device == "cuda":
             raise ConfigError("DEVICE=cuda needs ENGINE=torch (the openvino engine runs on the CPU)")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import threading
 from collections.abc import Sequence
@@ -86,6 +87,8 @@ class GuardedRunner:
 
 def choose_runner(model, device: str, options: PredictOptions, one_tile: bool):
     """channels_last for tiles; for a one-tile raster, whatever keeps the old service's array exact."""
+    if options.precision == "auto":  # the reference engine: auto is fp32 (model.network.engines.precision)
+        options = dataclasses.replace(options, precision="fp32")
     if options.precision not in TORCH_PRECISIONS:
         raise ConfigError(f"PRECISION={options.precision} needs the serving engine (ENGINE=openvino or auto)")
     device = resolve_device(device)

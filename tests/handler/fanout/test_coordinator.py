@@ -66,7 +66,7 @@ def test_sharded_job_assembles_predict_files_npy(
     # WHEN it is processed, then every shard message is
     outcome = process_object(ref(bucket), runtime)
     assert outcome.status is OutcomeStatus.FANNED_OUT
-    assert len(queue.messages) == 3
+    assert len(queue.messages) == (2 if height == 250 else 3)  # the fitted grid has 2 tile rows in 250 rows
     queue.drain(runtime)
     # THEN the .npy is the single-invocation result byte for byte, with the same metadata
     assert get(s3_client, bucket, "scenes/big.npy") == expected_npy(runtime, make_raster, tmp_path, body, output)
@@ -411,7 +411,8 @@ def test_a_shard_reads_its_rows_not_the_whole_object(
     # and a shard asks for well under the object (its rows, its overlap rows, the header), the coordinator for
     # the header only; the assembled .npy is still predict_file's byte for byte
     asked = [sum(g["bytes"] or 0 for g in gets) for gets in shards]
-    assert len(asked) == 6 and max(asked) < 0.7 * len(body), (asked, len(body))
+    # (the fitted grid's tile rows are up to 2.25x the card's: a shard's overlap rows are a larger share here)
+    assert len(asked) == 6 and max(asked) < 0.8 * len(body), (asked, len(body))
     assert sum(g["bytes"] or 0 for g in coordinator_gets) < 0.1 * len(body)
     assert get(s3_client, bucket, "scenes/big.npy") == expected_npy(runtime, make_raster, tmp_path, body)
     print(f"object {len(body)} B; ranged bytes asked: coordinator {sum(g['bytes'] or 0 for g in coordinator_gets)}, "

@@ -11,10 +11,10 @@ from model.io.raster import open_raster, read_header
 from model.network.checkpoint import load_model
 from model.options import PredictOptions
 from model.predictor.bands import band_statistics, plan_raster_shards, predict_band
-from model.predictor.predict import compute_percentiles, predict_file
+from model.predictor.predict import compute_percentiles, predict_file, resolve_tiling
 from model.predictor.shards import S3_MIN_PART_BYTES, merge_percentiles, npy_header, plan_shards
 from model.predictor.stats import PercentileAccumulator
-from model.predictor.tiling import plan_tiles
+from model.predictor.tiling import plan_fitted, plan_tiles
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,19 @@ def test_bands_assemble_to_predict_file_byte_for_byte(
     # WHEN its bands run separately and their parts are concatenated
     assembled, shards = assemble(tiny, path, wanted, options, min_part_bytes=1)
     # THEN the bytes are the same
-    assert len(shards.bands) == min(wanted, len(plan_tiles(height, width, 64, 8, 16).rows))
+    card, tiling = tiny.card, resolve_tiling(tiny, options)  # the predictor's (fitted) grid
+    fitted = plan_fitted(height, width, tiling.tile, tiling.overlap, card.size_multiple, tiling.max_tile)
+    assert len(shards.bands) == min(wanted, len(fitted.rows))
+    assert assembled == (tmp_path / "one.npy").read_bytes()
+
+
+def test_bands_equal_predict_file_that_decoded_once(tiny, make_raster, tmp_path):
+    # GIVEN a compressed raster of several tile rows: predict_file keeps pass 1's samples, the bands decode
+    path = make_raster(520, 90, seed=9, tiled=True, blockxsize=64, blockysize=64, compress="deflate")
+    predict_file(tiny, path, tmp_path / "one.npy")
+    # WHEN its bands run separately, THEN the bytes are the same
+    assembled, shards = assemble(tiny, path, 4, PredictOptions(), min_part_bytes=1)
+    assert len(shards.bands) > 1
     assert assembled == (tmp_path / "one.npy").read_bytes()
 
 

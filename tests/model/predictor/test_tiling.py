@@ -7,7 +7,16 @@ import itertools
 import numpy as np
 import pytest
 
-from model.predictor.tiling import SEAM_MODES, axis_weights, pad_tile, plan_axis, plan_tiles
+from model.predictor.tiling import (
+    SEAM_MODES,
+    axis_weights,
+    computed_pixels,
+    fit_tile,
+    pad_tile,
+    plan_axis,
+    plan_fitted,
+    plan_tiles,
+)
 
 
 @pytest.mark.parametrize("length", [1, 17, 500, 512])
@@ -86,3 +95,38 @@ def test_invalid_geometry_is_refused():
         plan_axis(100, 500, 64, 16)
     with pytest.raises(ValueError):
         plan_axis(0, 512, 64, 16)
+
+
+# -- fitted grids --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [1, 500, 512])
+def test_an_axis_no_longer_than_the_tile_keeps_the_tile(length):
+    assert fit_tile(length, 512, 64, 16, 1152) == 512
+    assert plan_axis(length, fit_tile(length, 512, 64, 16, 1152), 64, 16) == plan_axis(length, 512, 64, 16)
+
+
+@pytest.mark.parametrize("length", [513, 900, 1500, 2048, 3000, 4096, 8192, 10980])
+def test_a_fitted_axis_computes_no_more_and_keeps_the_overlap(length):
+    size = fit_tile(length, 512, 64, 16, 1152)
+    assert 512 <= size <= 1152 and size % 16 == 0
+    spans = plan_axis(length, size, 64, 16)
+    assert spans[0].start == 0 and spans[-1].stop == length
+    assert all(a.stop - b.start >= 64 for a, b in itertools.pairwise(spans))
+    # the fewest computed pixels of every allowed size (ties: the smallest size)
+    allowed = range(512, 1152 + 1, 16)
+    assert computed_pixels(length, size, 64, 16) == min(computed_pixels(length, s, 64, 16) for s in allowed)
+    assert computed_pixels(length, size, 64, 16) <= computed_pixels(length, 512, 64, 16)
+
+
+def test_fitted_4096_and_8192():
+    # 4096: 4 windows of 1072 (4288 pixels computed, 1.10x) instead of 9 of 512 (4608, 1.27x per raster)
+    assert (fit_tile(4096, 512, 64, 16, 1152), computed_pixels(4096, 1072, 64, 16)) == (1072, 4288)
+    assert fit_tile(8192, 512, 64, 16, 1152) == 1088
+    assert fit_tile(4096, 512, 64, 16, 512) == 512  # max_tile == tile: today's grid
+
+
+def test_plan_fitted_fits_each_axis():
+    plan = plan_fitted(4096, 300, 512, 64, 16, 1152)
+    assert [s.size for s in plan.rows] == [1072] * 4 and [s.size for s in plan.cols] == [300]
+    assert plan_fitted(1000, 3000, 512, 64, 16, 512) == plan_tiles(1000, 3000, 512, 64, 16)

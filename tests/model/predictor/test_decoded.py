@@ -1,0 +1,132 @@
+"""The decoded copy: pass 1's samples read back exactly, used only where it pays, never left behind."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+
+import numpy as np
+import pytest
+from rasterio.windows import Window
+
+import model.predictor.predict as predict_module
+from model.card import load_card
+from model.io.raster import open_raster, read_header, read_window
+from model.network.checkpoint import build_model
+from model.predictor.decoded import DISK_MARGIN_BYTES, DecodedRaster, decoded_bytes, keep_decoded
+from model.predictor.predict import PredictOptions, compute_percentiles, predict_file
+
+BANDS = tuple(range(1, 11))
+COMPRESSED = {"tiled": True, "blockxsize": 64, "blockysize": 64, "compress": "deflate"}
+
+
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch):
+    """TMPDIR for this test alone, to see what is left in it."""
+    directory = tmp_path / "tmpdir"
+    directory.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(directory))
+    return directory
+
+
+def test_keep_decoded_only_where_it_pays():
+    assert keep_decoded(10**6, 4, "DEFLATE", 10**10)[0]
+    assert not keep_decoded(10**6, 4, "NONE", 10**10)[0]  # reading the file back costs what the copy would
+    assert not keep_decoded(10**6, 1, "DEFLATE", 10**10)[0]  # one tile row: pass 2 reads each pixel once
+    assert not keep_decoded(10**6, 4, "DEFLATE", 10**6 + DISK_MARGIN_BYTES - 1)[0]  # would not fit TMPDIR
+    assert keep_decoded(10**6, 4, "DEFLATE", 10**6 + DISK_MARGIN_BYTES)[0]
+
+
+@pytest.mark.parametrize(("dtype", "nodata"), [("uint16", None), ("int16", -5), ("float32", None)])
+def test_the_copy_reads_back_what_the_raster_holds(make_raster, private_tmp, monkeypatch, dtype, nodata):
+    # GIVEN a raster with invalid pixels where its type allows, copied window by window by pass 1
+    data = np.random.default_rng(1).integers(0, 3000, (10, 150, 130)).astype(dtype)
+    data[:, :5, :7] = -5 if nodata is not None else data[:, :5, :7]
+    if dtype == "float32":
+        data[3, 10:12, 20:25] = np.nan
+    path = make_raster(150, 130, dtype=dtype, data=data, nodata=nodata, **COMPRESSED)
+    monkeypatch.setattr(predict_module, "STATS_STRIP_PIXELS", 64 * 130)  # several pass-1 windows
+    with open_raster(path) as ds:
+        header = read_header(ds, path)
+        with DecodedRaster(header, BANDS) as copy:
+            compute_percentiles(ds, header, BANDS, keep=copy.write)
+            assert copy.bytes == decoded_bytes(header, BANDS)
+            # WHEN any window is read back, THEN samples and validity are the raster's
+            for window in (Window(0, 0, 130, 150), Window(17, 33, 64, 70), Window(129, 149, 1, 1)):
+                expected, expected_valid = read_window(ds, BANDS, window, header.all_valid)
+                got, got_valid = copy.read_window(BANDS, window)
+                assert np.array_equal(got, expected, equal_nan=dtype == "float32")
+                want = np.ones(got.shape[1:], bool) if expected_valid is None else expected_valid
+                assert (got_valid is None) == (not header.may_have_invalid)
+                assert got_valid is None or np.array_equal(got_valid, want)
+    assert list(private_tmp.iterdir()) == []  # unnamed: nothing in TMPDIR, ever
+
+
+@pytest.mark.parametrize("nodata", [None, 0])
+def test_decoding_once_changes_no_byte(random_model_card, make_raster, tmp_path, private_tmp, nodata):
+    # GIVEN a compressed raster of several tile rows (the copy is used) and a small random U-Net
+    model = build_model(load_card(random_model_card(depth=3, start_filts=4, tile_size=64, tile_overlap=8)))
+    path = make_raster(300, 200, nodata=nodata, seed=7, **COMPRESSED)
+    # WHEN predicted with the copy and without it
+    predict_file(model, path, tmp_path / "once.npy", PredictOptions(output="score"))
+    predict_file(model, path, tmp_path / "twice.npy", PredictOptions(output="score", decode_once=False))
+    # THEN the outputs are the same bytes, and TMPDIR is empty
+    assert len(_plan(model, path).rows) > 1  # the copy was used
+    assert (tmp_path / "once.npy").read_bytes() == (tmp_path / "twice.npy").read_bytes()
+    assert list(private_tmp.iterdir()) == []
+
+
+def test_reading_ahead_changes_no_byte(random_model_card, make_raster, tmp_path, private_tmp):
+    model = build_model(load_card(random_model_card(depth=3, start_filts=4, tile_size=64, tile_overlap=8)))
+    path = make_raster(400, 300, nodata=0, seed=8, **COMPRESSED)
+    predict_file(model, path, tmp_path / "ahead.npy", PredictOptions(output="score", read_ahead=True))
+    predict_file(model, path, tmp_path / "plain.npy", PredictOptions(output="score", read_ahead=False))
+    assert (tmp_path / "ahead.npy").read_bytes() == (tmp_path / "plain.npy").read_bytes()
+    assert not any(t.name.startswith("rasterfn-read-ahead") for t in threading.enumerate())
+
+
+def test_an_interrupt_while_reading_ahead_stops_the_reader(random_model_card, make_raster, tmp_path, private_tmp):
+    model = build_model(load_card(random_model_card(depth=2, start_filts=2, tile_size=64, tile_overlap=8)))
+    path = make_raster(400, 300, **COMPRESSED)
+    calls = []
+
+    def interrupt():
+        calls.append(1)
+        if len(calls) > 3:
+            raise TimeoutError("deadline")
+
+    with pytest.raises(TimeoutError):
+        predict_file(model, path, tmp_path / "o.npy", PredictOptions(read_ahead=True), interrupt=interrupt)
+    assert not any(t.name.startswith("rasterfn-read-ahead") for t in threading.enumerate())
+    assert list(private_tmp.iterdir()) == []
+
+
+def _plan(model, path):
+    with open_raster(path) as ds:
+        header = read_header(ds, path)
+    tiling = predict_module.resolve_tiling(model, PredictOptions())
+    return predict_module.plan_grid(header, tiling, model.card.size_multiple)
+
+
+def test_the_copy_is_used_and_closed_on_an_interrupt(random_model_card, make_raster, tmp_path, monkeypatch):
+    model = build_model(load_card(random_model_card(depth=2, start_filts=2, tile_size=64, tile_overlap=8)))
+    path = make_raster(300, 200, **COMPRESSED)
+    made: list[DecodedRaster] = []
+    real_close = DecodedRaster.close
+
+    def recording_close(self):
+        made.append(self)
+        real_close(self)
+
+    monkeypatch.setattr(DecodedRaster, "close", recording_close)
+    calls = []
+
+    def interrupt():
+        calls.append(1)
+        if len(calls) > 3:  # in pass 2, after the copy was written
+            raise TimeoutError("deadline")
+
+    with pytest.raises(TimeoutError):
+        predict_file(model, path, tmp_path / "o.npy", interrupt=interrupt)
+    assert len(made) == 1 and made[0].file.closed
+    assert not (tmp_path / "o.npy").exists()
