@@ -243,9 +243,10 @@ def end_to_end(ctx, quick: bool) -> None:
     print(f"\n[6] end to end, {size} x {size} x 10 uint16 DEFLATE, default engine; the old procedure per 512 x 512 "
           "timed around each run; start-up subtracted (model loaded and warmed first)")  # fmt: skip
     runs = [("fp32", "fp32", PredictOptions(precision="fp32")), ("auto", "auto", PredictOptions(precision="auto"))]
+    runs.append(("auto, decoded once (copy forced)", "auto", PredictOptions(precision="auto", decode_once=True)))
     ahead = available_cpus() > READ_AHEAD_MIN_CPUS  # the default here; the run below forces the other way
-    runs.append((f"auto, read-ahead {'off' if ahead else 'forced on'}", "auto",
-                 PredictOptions(precision="auto", read_ahead=not ahead)))  # fmt: skip
+    runs.append((f"auto, copy, read-ahead {'off' if ahead else 'forced on'}", "auto",
+                 PredictOptions(precision="auto", decode_once=True, read_ahead=not ahead)))  # fmt: skip
     runs.append(("fp32, before (card grid, decoded twice)", "fp32",
                  PredictOptions(precision="fp32", fit_tiles=False, decode_once=False)))  # fmt: skip
     speed = {}
