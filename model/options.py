@@ -42,6 +42,6 @@ class PredictOptions:
     tile_overlap: int | None = None
     progress: bool = False
     fit_tiles: bool = True  # the tile grid fitted per raster (model.predictor.tiling.fit_tile); False: the card's
-    decode_once: bool = True  # pass 1 keeps its decoded samples for pass 2 where that pays (model.predictor.decoded)
+    decode_once: bool | None = None  # keep pass 1's samples for pass 2: None where it pays; True/False: always/never
     read_ahead: bool | None = None  # pass 2 reads the decoded copy's next strip meanwhile; None: with > 2 CPUs
     limits: DecodeLimits = field(default_factory=DecodeLimits)

@@ -7,14 +7,23 @@ pixels), in an unnamed file (``O_TMPFILE``) in ``TMPDIR``: the kernel frees it w
 process dies, so nothing can be left behind. It is read and written with ``pread``/``pwrite``, never mapped,
 so its pages count against the page cache, not the process' RSS.
 
-:func:`keep_decoded` says when the copy pays: a compressed raster of more than one tile row whose copy fits
-the disk. It does not pay for an uncompressed raster (reading it back is what re-reading the file costs), a
-raster of one tile row (pass 2 reads each pixel about once anyway), nor for fan-out shards (pass 1 runs in
-other invocations; :mod:`model.predictor.bands`).
+:func:`keep_decoded` says when the copy pays: when pass 2 would decode the compressed raster at least
+:data:`COPY_COST_IN_DECODES` times over (:func:`redecode_factor`) and the copy fits the disk. Measured
+(``make bench`` [6], 2 cores, 4096 x 4096 x 10 uint16 DEFLATE in 512 x 512 blocks): pass 1 decodes in
+0.47-0.62 s; pass 2 decodes again in 0.60 s on the card's 512 grid (1.1x the raster: GDAL's cache of one row
+of blocks serves the block row two tile rows share), about 0.69 s on the fitted grid (1.375x: 1072-row tile
+rows overlapping by 64 re-decode one block row each); writing the copy takes 0.64-0.68 s and reading it
+back 0.06 s (fresh page-cache pages on a VM that backs memory lazily), about 1.45 decodes. So on these tile
+grids the copy does not pay here, and by default it is kept only where pass 2 would decode the raster at
+least 1.45 times. It never pays for an uncompressed raster (reading it back is what re-reading the file
+costs), nor for fan-out shards (pass 1 runs in other invocations; :mod:`model.predictor.bands`).
+``PredictOptions.decode_once=True`` keeps it whenever it fits, ``False`` never.
 
 Example:
-    >>> keep_decoded(bytes_needed=335_544_320, tile_rows=4, compression="DEFLATE", free_bytes=10**10)
-    (True, 'DEFLATE, 4 tile rows: decoded once, 335.5 MB kept in TMPDIR')
+    >>> redecode_factor([(0, 1072), (1008, 2080), (2016, 3088), (3024, 4096)], block_height=512, height=4096)
+    1.375
+    >>> keep_decoded(335_544_320, redecode=1.0, compression="DEFLATE", free_bytes=10**10)[0]
+    False
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from rasterio.windows import Window
 from model.io.raster import RasterHeader
 
 DISK_MARGIN_BYTES = 64 * 1024**2  # left free in TMPDIR beside the copy (the output is written there too)
+COPY_COST_IN_DECODES = 1.45  # writing + reading the copy / decoding the raster once (measured, see above)
 
 
 def decoded_bytes(header: RasterHeader, bands: Sequence[int]) -> int:
@@ -38,16 +48,35 @@ def decoded_bytes(header: RasterHeader, bands: Sequence[int]) -> int:
     return header.height * header.width * planes
 
 
-def keep_decoded(bytes_needed: int, tile_rows: int, compression: str, free_bytes: int) -> tuple[bool, str]:
-    """Whether pass 1 should keep what it decodes for pass 2, and why (one line for the log); pure."""
+def redecode_factor(strips: Sequence[tuple[int, int]], block_height: int, height: int) -> float:
+    """How many times pass 2 decodes the raster: rows of blocks its strips ``(start, stop)`` touch, top to
+    bottom, less the previous strip's last one (GDAL's cache holds one row of blocks), over the raster's."""
+    block_height = max(1, block_height)
+    decoded, cached = 0, -1
+    for start, stop in strips:
+        first, last = start // block_height, (stop - 1) // block_height
+        decoded += last - first + 1 - (first <= cached <= last)
+        cached = last
+    return decoded / -(-height // block_height)
+
+
+def keep_decoded(
+    bytes_needed: int, redecode: float, compression: str, free_bytes: int, force: bool | None = None
+) -> tuple[bool, str]:
+    """Whether pass 1 should keep what it decodes for pass 2, and why (one line for the log); pure.
+
+    ``force``: True keeps it whenever it fits, False never; None decides by cost.
+    """
+    if force is False:
+        return False, "decoded twice (decode_once=False)"
     if compression == "NONE":
         return False, "uncompressed: pass 2 reads the file itself"
-    if tile_rows < 2:
-        return False, "one tile row: each pixel is decoded about once anyway"
+    if force is None and redecode < COPY_COST_IN_DECODES:
+        return False, f"pass 2 decodes it {redecode:.2f}x: cheaper than a copy ({COPY_COST_IN_DECODES}x)"
     if bytes_needed + DISK_MARGIN_BYTES > free_bytes:
         free = f"{free_bytes / 1e6:.1f} MB free"
         return False, f"{bytes_needed / 1e6:.1f} MB would not fit TMPDIR ({free}): decoded twice"
-    return True, f"{compression}, {tile_rows} tile rows: decoded once, {bytes_needed / 1e6:.1f} MB kept in TMPDIR"
+    return True, f"{compression}, re-decoded {redecode:.2f}x: decoded once, {bytes_needed / 1e6:.1f} MB kept in TMPDIR"
 
 
 class DecodedRaster:

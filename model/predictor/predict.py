@@ -57,7 +57,7 @@ from model.io.npy_writer import NpyWriter
 from model.io.raster import RasterHeader, open_checked, read_window
 from model.network.engines.base import InferenceModel, TileEngine
 from model.options import OUTPUT_DTYPES, PRECISION_SETTINGS, PredictOptions
-from model.predictor.decoded import DecodedRaster, decoded_bytes, keep_decoded
+from model.predictor.decoded import DecodedRaster, decoded_bytes, keep_decoded, redecode_factor
 from model.predictor.stats import DEFAULT_EXACT_BUDGET_BYTES, PercentileAccumulator, split_budget
 from model.predictor.tiling import DEFAULT_SEAM, Span, TilePlan, axis_weights, pad_tile, plan_fitted
 
@@ -286,9 +286,11 @@ def _decoded_copy(header: RasterHeader, bands: Sequence[int], plan: TilePlan, op
     needed = decoded_bytes(header, bands)
     directory = tempfile.gettempdir()
     free = shutil.disk_usage(directory).free
-    keep, why = keep_decoded(needed, len(plan.rows), header.layout.compression, free)
+    strips = [(span.start, span.stop) for span in plan.rows]
+    redecode = redecode_factor(strips, header.layout.block_height, header.height)
+    keep, why = keep_decoded(needed, redecode, header.layout.compression, free, options.decode_once)
     log.info("%s: %s", header.name, why)
-    if not keep or not options.decode_once:
+    if not keep:
         yield None
         return
     with DecodedRaster(header, bands, directory) as copy:

@@ -13,7 +13,14 @@ import model.predictor.predict as predict_module
 from model.card import load_card
 from model.io.raster import open_raster, read_header, read_window
 from model.network.checkpoint import build_model
-from model.predictor.decoded import DISK_MARGIN_BYTES, DecodedRaster, decoded_bytes, keep_decoded
+from model.predictor.decoded import (
+    COPY_COST_IN_DECODES,
+    DISK_MARGIN_BYTES,
+    DecodedRaster,
+    decoded_bytes,
+    keep_decoded,
+    redecode_factor,
+)
 from model.predictor.predict import PredictOptions, compute_percentiles, predict_file
 
 BANDS = tuple(range(1, 11))
@@ -30,11 +37,30 @@ def private_tmp(tmp_path, monkeypatch):
 
 
 def test_keep_decoded_only_where_it_pays():
-    assert keep_decoded(10**6, 4, "DEFLATE", 10**10)[0]
-    assert not keep_decoded(10**6, 4, "NONE", 10**10)[0]  # reading the file back costs what the copy would
-    assert not keep_decoded(10**6, 1, "DEFLATE", 10**10)[0]  # one tile row: pass 2 reads each pixel once
-    assert not keep_decoded(10**6, 4, "DEFLATE", 10**6 + DISK_MARGIN_BYTES - 1)[0]  # would not fit TMPDIR
-    assert keep_decoded(10**6, 4, "DEFLATE", 10**6 + DISK_MARGIN_BYTES)[0]
+    assert keep_decoded(10**6, COPY_COST_IN_DECODES, "DEFLATE", 10**10)[0]
+    assert not keep_decoded(10**6, COPY_COST_IN_DECODES - 0.01, "DEFLATE", 10**10)[0]  # decoding again is cheaper
+    assert not keep_decoded(10**6, 3.0, "NONE", 10**10)[0]  # reading the file back costs what the copy would
+    assert not keep_decoded(10**6, 3.0, "DEFLATE", 10**6 + DISK_MARGIN_BYTES - 1)[0]  # would not fit TMPDIR
+    assert keep_decoded(10**6, 3.0, "DEFLATE", 10**6 + DISK_MARGIN_BYTES)[0]
+    # forced: whenever it fits, or never
+    assert keep_decoded(10**6, 1.0, "DEFLATE", 10**10, force=True)[0]
+    assert not keep_decoded(10**6, 1.0, "DEFLATE", 10**6, force=True)[0]
+    assert not keep_decoded(10**6, 3.0, "DEFLATE", 10**10, force=False)[0]
+
+
+@pytest.mark.parametrize(
+    ("strips", "block_height", "expected"),
+    [
+        # each tile row re-decodes the block row before the cached one: 3 + 3 + 3 + 2 of 8
+        ([(0, 1072), (1008, 2080), (2016, 3088), (3024, 4096)], 512, 11 / 8),
+        ([(0, 1072), (1008, 2080), (2016, 3088), (3024, 4096)], 4096, 1.0),  # one block row, always cached
+        ([(0, 512), (448, 960), (896, 1024)], 16, 70 / 64),  # 32 + (32 - 1) + (8 - 1) of 64
+        ([(0, 512), (448, 960), (896, 1024)], 512, 2 / 2),  # the card's grid on 512 blocks: the shared row cached
+        ([(0, 100)], 7, 1.0),
+    ],
+)
+def test_redecode_factor(strips, block_height, expected):
+    assert redecode_factor(strips, block_height, strips[-1][1]) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(("dtype", "nodata"), [("uint16", None), ("int16", -5), ("float32", None)])
@@ -68,10 +94,9 @@ def test_decoding_once_changes_no_byte(random_model_card, make_raster, tmp_path,
     model = build_model(load_card(random_model_card(depth=3, start_filts=4, tile_size=64, tile_overlap=8)))
     path = make_raster(300, 200, nodata=nodata, seed=7, **COMPRESSED)
     # WHEN predicted with the copy and without it
-    predict_file(model, path, tmp_path / "once.npy", PredictOptions(output="score"))
+    predict_file(model, path, tmp_path / "once.npy", PredictOptions(output="score", decode_once=True))
     predict_file(model, path, tmp_path / "twice.npy", PredictOptions(output="score", decode_once=False))
     # THEN the outputs are the same bytes, and TMPDIR is empty
-    assert len(_plan(model, path).rows) > 1  # the copy was used
     assert (tmp_path / "once.npy").read_bytes() == (tmp_path / "twice.npy").read_bytes()
     assert list(private_tmp.iterdir()) == []
 
@@ -79,8 +104,10 @@ def test_decoding_once_changes_no_byte(random_model_card, make_raster, tmp_path,
 def test_reading_ahead_changes_no_byte(random_model_card, make_raster, tmp_path, private_tmp):
     model = build_model(load_card(random_model_card(depth=3, start_filts=4, tile_size=64, tile_overlap=8)))
     path = make_raster(400, 300, nodata=0, seed=8, **COMPRESSED)
-    predict_file(model, path, tmp_path / "ahead.npy", PredictOptions(output="score", read_ahead=True))
-    predict_file(model, path, tmp_path / "plain.npy", PredictOptions(output="score", read_ahead=False))
+    predict_file(model, path, tmp_path / "ahead.npy", PredictOptions(output="score", decode_once=True, read_ahead=True))
+    predict_file(
+        model, path, tmp_path / "plain.npy", PredictOptions(output="score", decode_once=True, read_ahead=False)
+    )
     assert (tmp_path / "ahead.npy").read_bytes() == (tmp_path / "plain.npy").read_bytes()
     assert not any(t.name.startswith("rasterfn-read-ahead") for t in threading.enumerate())
 
@@ -96,16 +123,10 @@ def test_an_interrupt_while_reading_ahead_stops_the_reader(random_model_card, ma
             raise TimeoutError("deadline")
 
     with pytest.raises(TimeoutError):
-        predict_file(model, path, tmp_path / "o.npy", PredictOptions(read_ahead=True), interrupt=interrupt)
+        options = PredictOptions(decode_once=True, read_ahead=True)
+        predict_file(model, path, tmp_path / "o.npy", options, interrupt=interrupt)
     assert not any(t.name.startswith("rasterfn-read-ahead") for t in threading.enumerate())
     assert list(private_tmp.iterdir()) == []
-
-
-def _plan(model, path):
-    with open_raster(path) as ds:
-        header = read_header(ds, path)
-    tiling = predict_module.resolve_tiling(model, PredictOptions())
-    return predict_module.plan_grid(header, tiling, model.card.size_multiple)
 
 
 def test_the_copy_is_used_and_closed_on_an_interrupt(random_model_card, make_raster, tmp_path, monkeypatch):
@@ -127,6 +148,6 @@ def test_the_copy_is_used_and_closed_on_an_interrupt(random_model_card, make_ras
             raise TimeoutError("deadline")
 
     with pytest.raises(TimeoutError):
-        predict_file(model, path, tmp_path / "o.npy", interrupt=interrupt)
+        predict_file(model, path, tmp_path / "o.npy", PredictOptions(decode_once=True), interrupt=interrupt)
     assert len(made) == 1 and made[0].file.closed
     assert not (tmp_path / "o.npy").exists()

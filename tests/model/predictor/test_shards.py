@@ -70,7 +70,7 @@ def test_bands_assemble_to_predict_file_byte_for_byte(
 def test_bands_equal_predict_file_that_decoded_once(tiny, make_raster, tmp_path):
     # GIVEN a compressed raster of several tile rows: predict_file keeps pass 1's samples, the bands decode
     path = make_raster(520, 90, seed=9, tiled=True, blockxsize=64, blockysize=64, compress="deflate")
-    predict_file(tiny, path, tmp_path / "one.npy")
+    predict_file(tiny, path, tmp_path / "one.npy", PredictOptions(decode_once=True))
     # WHEN its bands run separately, THEN the bytes are the same
     assembled, shards = assemble(tiny, path, 4, PredictOptions(), min_part_bytes=1)
     assert len(shards.bands) > 1
