@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
+
 from handler.objects import ObjectInfo
 from handler.outputs import PlannedArray
 from model.card import ModelCard
 from model.io.cog import CogWriter
-from model.io.quicklook import true_colour_bands, write_quicklook
+from model.io.quicklook import TrueColourSampler, true_colour_bands, write_quicklook, write_quicklook_of
 from model.io.raster import RasterHeader
 from model.io.stac import AssetFacts, ItemFacts, build_item
 from model.network.engines.base import InferenceModel
@@ -62,15 +64,28 @@ def make_products(
     add the COG, ``stac`` the quicklook (read from the COG's overviews and the input's true-colour bands).
     """
     files = {"npy": workdir / LOCAL_NAMES["npy"]}
-    sinks = []
+    sinks, samplers = [], []
     if "cog" in formats or "stac" in formats:
         files["cog"] = workdir / LOCAL_NAMES["cog"]
         sinks.append(cog_sink(files["cog"], model.card, options.output, workdir))
-    result = predict_file(model, src, files["npy"], options, interrupt=interrupt, sinks=sinks)
+    rgb_bands = true_colour_bands(model.card)
+
+    def sample_true_colour(header: RasterHeader) -> TrueColourSampler:
+        dtype = np.dtype(header.dtypes[model.card.bands[0] - 1])  # the bands' type, as pass 1 reads them
+        sampler = TrueColourSampler((header.height, header.width), model.card.bands, rgb_bands, dtype)
+        samplers.append(sampler)
+        return sampler
+
+    observers = [sample_true_colour] if "stac" in formats else []
+    result = predict_file(model, src, files["npy"], options, interrupt=interrupt, sinks=sinks, observers=observers)
     if "stac" in formats:
         files["thumbnail"] = workdir / LOCAL_NAMES["thumbnail"]
-        write_quicklook(files["cog"], src, true_colour_bands(model.card), files["thumbnail"])
+        if samplers and samplers[0].complete:  # picked while the statistics pass decoded: no second decode
+            write_quicklook_of(files["cog"], samplers[0].rgb, files["thumbnail"])
+        else:
+            write_quicklook(files["cog"], src, rgb_bands, files["thumbnail"])
     return Products(result, files)
+
 
 
 def cog_sink(path: Path, card: ModelCard, output_mode: str, tmp_dir: Path) -> SinkFactory:

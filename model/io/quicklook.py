@@ -1,10 +1,11 @@
 """A small PNG of the input in true colour with the mask over it: the STAC Item's ``thumbnail``.
 
-The mask is read at thumbnail size from the COG's overviews; the input's three true-colour bands are read
-decimated (nearest: no averaging work), which uses the input's overviews where it has them and otherwise still
-decodes its blocks once (a few seconds on an 8192 x 8192 x 10 scene, with every core). Each band is stretched
-to its 2nd-98th percentiles; class 1 is blended green, nodata is transparent. Written with GDAL's PNG driver
-(no Pillow), atomically.
+The mask is read at thumbnail size from the COG's overviews. The input's three true-colour bands are either
+picked while the predictor's statistics pass decodes every window anyway (:class:`TrueColourSampler`: no
+extra decoding) or read decimated (nearest: no averaging work), which uses the input's overviews where it has
+them and otherwise decodes its blocks once more (a few seconds on an 8192 x 8192 x 10 scene, with every core;
+the fan-out's finisher, which runs no statistics pass). Each band is stretched to its 2nd-98th percentiles;
+class 1 is blended green, nodata is transparent. Written with GDAL's PNG driver (no Pillow), atomically.
 
 Example:
     >>> write_quicklook(Path("m.tif"), "in.tif", true_colour_bands(card), Path("m.png"))  # doctest: +SKIP
@@ -16,6 +17,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,16 +60,71 @@ def write_quicklook(
 
     ``source`` is the input raster, already checked by the predictor: it is read with every core.
     """
-    dst = Path(dst)
     with rasterio.open(mask_cog) as cog:
-        out_width = max(1, min(int(width), cog.width))
-        out_shape = (max(1, round(cog.height * out_width / cog.width)), out_width)
-        mask = cog.read(1, out_shape=out_shape, resampling=Resampling.nearest)
+        out_shape = thumbnail_shape(cog.height, cog.width, width)
     with open_raster(source, GDAL_NUM_THREADS=READ_THREADS) as src:
         if max(rgb_bands) > src.count or min(rgb_bands) < 1:
             raise RasterBandsError(f"{_shown_name(source)}: true-colour bands {rgb_bands} but {src.count} bands")
         rgb = read_decimated(src, rgb_bands, out_shape)
-    _write_png(dst, quicklook_pixels(rgb, mask))
+    write_quicklook_of(mask_cog, rgb, dst)
+
+
+def write_quicklook_of(mask_cog: Path, rgb: np.ndarray, dst: Path) -> None:
+    """Write the PNG of true-colour pixels ``rgb`` (3, h, w) already at thumbnail size, the mask over them."""
+    with rasterio.open(mask_cog) as cog:
+        mask = cog.read(1, out_shape=rgb.shape[1:], resampling=Resampling.nearest)
+    _write_png(Path(dst), quicklook_pixels(rgb, mask))
+
+
+def thumbnail_shape(height: int, width: int, max_width: int = 512) -> tuple[int, int]:
+    """(rows, columns) of the thumbnail of a ``height`` x ``width`` raster: at most ``max_width`` wide (pure)."""
+    out_width = max(1, min(int(max_width), width))
+    return max(1, round(height * out_width / width)), out_width
+
+
+def sampled(length: int, out: int) -> np.ndarray:
+    """The source index each of ``out`` thumbnail pixels samples along an axis of ``length``: its centre (pure)."""
+    return np.minimum(((np.arange(out) + 0.5) * length / out).astype(np.int64), length - 1)
+
+
+class TrueColourSampler:
+    """The thumbnail's true-colour pixels, picked from windows decoded anyway (the predictor's statistics pass).
+
+    Called with every window of the raster once, its samples of ``bands`` (in that order) and their validity;
+    :attr:`rgb` then holds the thumbnail's pixels, the same ones :func:`read_decimated` would read.
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        bands: Sequence[int],
+        rgb_bands: tuple[int, int, int],
+        dtype: np.dtype,
+        *,
+        width: int = 512,
+    ) -> None:
+        missing = [band for band in rgb_bands if band not in bands]
+        if missing:
+            raise ValueError(f"true-colour bands {missing} are not among the bands read {tuple(bands)}")
+        self.out_shape = thumbnail_shape(*shape, width)
+        self._rows, self._cols = sampled(shape[0], self.out_shape[0]), sampled(shape[1], self.out_shape[1])
+        self._index = [list(bands).index(band) for band in rgb_bands]
+        self.rgb = np.zeros((3, *self.out_shape), dtype)
+        self.picked = 0
+
+    def __call__(self, window: Window, data: np.ndarray, valid: np.ndarray | None) -> None:
+        top, left = int(window.row_off), int(window.col_off)
+        (rows,) = np.nonzero((self._rows >= top) & (self._rows < top + data.shape[1]))
+        (cols,) = np.nonzero((self._cols >= left) & (self._cols < left + data.shape[2]))
+        if rows.size and cols.size:
+            source = np.ix_(self._index, self._rows[rows] - top, self._cols[cols] - left)
+            self.rgb[np.ix_(range(3), rows, cols)] = data[source]  # a copy: the caller reuses its buffer
+            self.picked += rows.size * cols.size
+
+    @property
+    def complete(self) -> bool:
+        """Whether every thumbnail pixel was picked (every window of the raster was seen)."""
+        return self.picked == self.out_shape[0] * self.out_shape[1]
 
 
 def read_decimated(src: rasterio.DatasetReader, bands: tuple[int, ...], out_shape: tuple[int, int]) -> np.ndarray:
@@ -80,12 +137,12 @@ def read_decimated(src: rasterio.DatasetReader, bands: tuple[int, ...], out_shap
     height, width = src.height, src.width
     out_rows, out_cols = out_shape
     # The source row each output row samples (its centre), as GDAL's nearest does for the whole raster.
-    sampled = np.minimum(((np.arange(out_rows) + 0.5) * height / out_rows).astype(np.int64), height - 1)
+    rows = sampled(height, out_rows)
     block_rows = src.block_shapes[0][0] if src.block_shapes else height
     out = np.empty((len(bands), out_rows, out_cols), src.dtypes[bands[0] - 1])
-    for block in np.unique(sampled // block_rows):
-        (picked,) = np.nonzero(sampled // block_rows == block)
-        first, last = int(sampled[picked[0]]), int(sampled[picked[-1]])
+    for block in np.unique(rows // block_rows):
+        (picked,) = np.nonzero(rows // block_rows == block)
+        first, last = int(rows[picked[0]]), int(rows[picked[-1]])
         window = Window(0, first, width, last - first + 1)
         out[:, picked] = src.read(list(bands), window=window, out_shape=(len(bands), len(picked), out_cols),
                                   resampling=Resampling.nearest)  # fmt: skip

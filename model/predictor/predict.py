@@ -84,6 +84,9 @@ class RowSink(Protocol):
 # Opened once the header is checked (a COG needs the raster's shape and georeferencing), closed after the last
 # row: a clean exit finishes the output, an exception discards it.
 SinkFactory = Callable[[RasterHeader], contextlib.AbstractContextManager[RowSink]]
+# What pass 1 decodes, shown to another reader: (window, the card's bands in order, validity or None).
+DecodedObserver = Callable[[Window, np.ndarray, "np.ndarray | None"], None]
+ObserverFactory = Callable[[RasterHeader], DecodedObserver]
 
 
 @dataclass(frozen=True)
@@ -108,11 +111,13 @@ def predict_file(
     *,
     interrupt: Callable[[], None] | None = None,
     sinks: Sequence[SinkFactory] = (),
+    observers: Sequence[ObserverFactory] = (),
 ) -> PredictionResult:
     """Segment raster ``src`` into ``dst`` (.npy, H x W), written atomically; see the module docstring.
 
     Each of ``sinks`` is opened with the checked header and gets every (scores, validity) row block before it
     is written to the ``.npy`` (another output: a COG); on an error each is exited with it and keeps nothing.
+    Each of ``observers``, made with the header, sees every window pass 1 decodes (a thumbnail's pixels).
 
     Raises :class:`InputError` subclasses for rasters that cannot be processed (nothing is left at ``dst``)
     and :class:`ConfigError` for invalid options. ``interrupt`` is called between strips and tiles; whatever
@@ -128,7 +133,8 @@ def predict_file(
     with open_checked(src, card.bands, options.max_pixels, options.limits) as (ds, header):
         plan = plan_grid(header, tiling, card.size_multiple)
         with _decoded_copy(header, card.bands, plan, options) as copy:
-            keep = copy.write if copy is not None else None
+            seen = [make(header) for make in observers] + ([copy.write] if copy is not None else [])
+            keep = _each(seen) if seen else None
             p90s = compute_percentiles(ds, header, card.bands, PERCENTILE, interrupt=check, keep=keep)
             run = TilePass.prepare(model, header, tiling, p90s, options)
             counts = Counts()
@@ -482,6 +488,14 @@ def _column_groups(cols: Sequence[Span]) -> list[list[Span]]:
 def _batches(items: Sequence[Span], size: int) -> Iterator[Sequence[Span]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def _each(observers: Sequence[DecodedObserver]) -> DecodedObserver:
+    def observe(window: Window, data: np.ndarray, valid: np.ndarray | None) -> None:
+        for observer in observers:
+            observer(window, data, valid)
+
+    return observe
 
 
 def _no_interrupt() -> None:

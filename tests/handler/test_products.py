@@ -12,6 +12,7 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 from rio_cogeo.cogeo import cog_validate
 
+import handler.products as products_module
 from handler.products import (
     LOCAL_NAMES,
     Published,
@@ -74,6 +75,20 @@ def test_every_output_of_a_scene(make_runtime, make_raster, tmp_path, scene):
     # AND the quicklook is a PNG
     assert products.files["thumbnail"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert products.result.shape == alone.shape
+
+
+def test_the_quicklook_takes_its_colours_from_the_statistics_pass(make_runtime, make_raster, tmp_path, monkeypatch):
+    # GIVEN a predictor run whose quicklook may not read the input again
+    runtime = make_runtime()
+
+    def no_second_read(*args, **kwargs):
+        raise AssertionError("the input was decoded again for the quicklook")
+
+    monkeypatch.setattr(products_module, "write_quicklook", no_second_read)
+    products = make_products(runtime.model, make_raster(96, 130), tmp_path, runtime.options, ALL)
+    # THEN the quicklook is there all the same, a PNG the size of the raster (under 512 wide)
+    with rasterio.open(products.files["thumbnail"]) as png:
+        assert (png.count, png.height, png.width) == (4, 96, 130)
 
 
 def test_npy_alone_makes_no_cog(make_runtime, make_raster, tmp_path):

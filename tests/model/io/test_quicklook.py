@@ -8,11 +8,20 @@ import dataclasses
 import numpy as np
 import pytest
 import rasterio
+from rasterio.windows import Window
 
 from model.card import DEFAULT_CARD_PATH, load_card
 from model.errors import RasterBandsError
 from model.io.cog import MASK_NODATA, CogWriter
-from model.io.quicklook import quicklook_pixels, stretch, true_colour_bands, write_quicklook
+from model.io.quicklook import (
+    TrueColourSampler,
+    quicklook_pixels,
+    sampled,
+    stretch,
+    thumbnail_shape,
+    true_colour_bands,
+    write_quicklook,
+)
 
 HEIGHT, WIDTH = 1300, 1100
 
@@ -104,3 +113,28 @@ def test_true_colour_bands_by_name():
     assert true_colour_bands(dataclasses.replace(shuffled, extra={"band_names": ["B8", "B11", "B12"]})) == (4, 5, 6)
     one_band = dataclasses.replace(card, bands=(7,), extra={})
     assert true_colour_bands(one_band) == (7, 7, 7)
+
+
+def test_the_sampler_picks_the_thumbnail_pixels_from_windows_in_any_order():
+    # GIVEN a 1000 x 1777 raster shown to the sampler window by window, in an order no reader would use
+    data = np.arange(10 * 1000 * 1777, dtype=np.uint32).reshape(10, 1000, 1777) % 65521
+    sampler = TrueColourSampler((1000, 1777), tuple(range(1, 11)), (3, 2, 1), np.dtype("uint32"))
+    windows = [(top, left) for top in range(0, 1000, 300) for left in range(0, 1777, 700)]
+    for top, left in reversed(windows):
+        window = Window(left, top, min(700, 1777 - left), min(300, 1000 - top))
+        sampler(window, data[:, top : top + window.height, left : left + window.width], None)
+    # THEN it holds exactly the thumbnail's pixels of bands 3, 2, 1, at most 512 wide, the aspect kept
+    assert sampler.complete and sampler.out_shape == thumbnail_shape(1000, 1777) == (288, 512)
+    expected = data[[2, 1, 0]][:, sampled(1000, 288)][:, :, sampled(1777, 512)]
+    np.testing.assert_array_equal(sampler.rgb, expected)
+
+
+def test_a_sampler_that_missed_windows_is_not_complete():
+    sampler = TrueColourSampler((100, 100), (1, 2, 3), (3, 2, 1), np.dtype("uint16"))
+    sampler(Window(0, 0, 100, 50), np.ones((3, 50, 100), np.uint16), None)
+    assert not sampler.complete
+
+
+def test_a_sampler_refuses_bands_the_predictor_does_not_read():
+    with pytest.raises(ValueError, match="not among the bands read"):
+        TrueColourSampler((10, 10), (1, 2), (3, 2, 1), np.dtype("uint16"))
