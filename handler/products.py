@@ -87,7 +87,6 @@ def make_products(
     return Products(result, files)
 
 
-
 def cog_sink(path: Path, card: ModelCard, output_mode: str, tmp_dir: Path) -> SinkFactory:
     """The predictor's sink that writes the COG of the mask (or scores, ``output_mode`` score) at ``path``."""
 
