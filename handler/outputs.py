@@ -13,10 +13,11 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from handler.access import check_allowed
-from handler.errors import ObjectMissingError
+from handler.errors import ObjectMissingError, TransientError
 from handler.objects import ObjectInfo, ObjectRef, error_key, output_key, product_keys
 from handler.outcome import Outcome, OutcomeStatus, seconds_since
 from handler.runtime import Runtime
@@ -241,6 +242,39 @@ def reject_object(ref: ObjectRef, runtime: Runtime, exc: InputError) -> Outcome:
     target = settings_target(info, settings)
     refuse_to_overwrite_input(info, target)
     return write_marker(runtime, info, target, exc, started)
+
+
+def write_output(
+    storage: Storage,
+    info: ObjectInfo,
+    bucket: str,
+    key: str,
+    path: Path,
+    content_type: str,
+    metadata: Mapping[str, str],
+    existing: ObjectInfo | None,
+) -> int:
+    """Upload one output of ``info`` only over ``existing``, what the writer saw there (S3 conditional write).
+
+    A 412 means another job wrote the key meanwhile: when a newer upload replaced our input, that job's result
+    stands and ours is dropped (``ObjectMissingError``: ``missing``); otherwise ``TransientError``: retry, and
+    the retry sees what is there now. Returns the bytes written.
+    """
+    try:
+        return storage.upload_file(
+            path,
+            bucket,
+            key,
+            metadata=metadata,
+            content_type=content_type,
+            if_match=existing.etag if existing is not None else None,
+            if_absent=existing is None,
+        )
+    except ObjectMissingError as exc:
+        current = storage.head(info.bucket, info.key)
+        if current is None or current.etag != info.etag or current.version_id != info.version_id:
+            raise ObjectMissingError(f"{info.uri} was replaced by a newer upload; its result stands") from exc
+        raise TransientError(f"{s3_uri(bucket, key)} changed while {info.uri} was processed") from exc
 
 
 def remove_stale_marker(storage: Storage, target: Target, marker: ObjectInfo | None) -> None:

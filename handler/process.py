@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import errno
 import os
-import posixpath
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 from handler.access import check_allowed
 from handler.errors import ObjectMissingError, TransientError
 from handler.fanout.coordinator import fan_out_if_large, shard_sender
 from handler.filters import skip_reason
-from handler.objects import ObjectInfo, ObjectRef, stem_key
+from handler.objects import ObjectInfo, ObjectRef
 from handler.outcome import Outcome, OutcomeStatus, seconds_since
 from handler.outputs import (
     Target,
@@ -34,19 +32,19 @@ from handler.outputs import (
     runtime_identity,
     settings_target,
     write_marker,
+    write_output,
 )
 from handler.products import (
     LOCAL_NAMES,
     MEDIA_TYPES,
     Products,
     Published,
-    describe,
+    describe_upload,
     make_products,
     relative_href,
-    source_href,
 )
 from handler.remote import remote_source, url_lifetime_s
-from handler.runtime import PACKAGE_VERSION, Runtime
+from handler.runtime import Runtime
 from handler.storage import s3_uri
 from model.errors import InputError
 
@@ -196,57 +194,20 @@ def _publish(
     workdir: Path,
 ) -> int:
     """Upload each output over what this job saw at the start, the STAC Item (which describes them) last."""
-    written = 0
-    published = []
+
+    def put(kind: str, path: Path) -> int:
+        key, media_type = target.products[kind], MEDIA_TYPES[kind]
+        return write_output(runtime.storage, info, target.bucket, key, path, media_type, metadata, existing.get(kind))
+
+    written, published = 0, []
+    item_key = target.products.get("stac")
     for kind, key in target.products.items():
-        if kind == "stac":
-            continue
-        path = products.files[kind]
-        written += _write_output(runtime, info, target, key, path, kind, metadata, existing.get(kind))
-        published.append(Published(kind, relative_href(target.products.get("stac", key), key), path))
-    if "stac" in target.products:
-        stac_key = target.products["stac"]
-        item = describe(
-            runtime.model,
-            products.result,
-            item_id=posixpath.basename(stem_key(info.key)),
-            published=published,
-            source_href=source_href(info, target.bucket, stac_key),
-            when=info.last_modified or datetime.now(UTC),
-            software_version=PACKAGE_VERSION,
-            dst=workdir / LOCAL_NAMES["stac"],
-        )
-        written += _write_output(runtime, info, target, stac_key, item, "stac", metadata, existing.get("stac"))
+        if kind != "stac":
+            path = products.files[kind]
+            written += put(kind, path)
+            published.append(Published(kind, relative_href(item_key or key, key), path))
+    if item_key is not None:
+        dst = workdir / LOCAL_NAMES["stac"]
+        item = describe_upload(runtime.model, products.result, info, target.bucket, item_key, published, dst)
+        written += put("stac", item)
     return written
-
-
-def _write_output(
-    runtime: Runtime,
-    info: ObjectInfo,
-    target: Target,
-    key: str,
-    path: Path,
-    kind: str,
-    metadata: dict[str, str],
-    existing: ObjectInfo | None,
-) -> int:
-    """Upload one output only over what this job saw at the start (S3 conditional write).
-
-    A 412 means another job wrote the key meanwhile: when a newer upload replaced our input, that job's result
-    stands and ours is dropped (``missing``); otherwise retry, and the retry sees what is there now.
-    """
-    try:
-        return runtime.storage.upload_file(
-            path,
-            target.bucket,
-            key,
-            metadata=metadata,
-            content_type=MEDIA_TYPES[kind],
-            if_match=existing.etag if existing is not None else None,
-            if_absent=existing is None,
-        )
-    except ObjectMissingError as exc:
-        current = runtime.storage.head(info.bucket, info.key)
-        if current is None or current.etag != info.etag or current.version_id != info.version_id:
-            raise ObjectMissingError(f"{info.uri} was replaced by a newer upload; its result stands") from exc
-        raise TransientError(f"{s3_uri(target.bucket, key)} changed while {info.uri} was processed") from exc

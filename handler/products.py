@@ -13,13 +13,14 @@ import json
 import posixpath
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from handler.objects import ObjectInfo
+from handler.objects import ObjectInfo, stem_key
 from handler.outputs import PlannedArray
+from handler.runtime import PACKAGE_VERSION
 from model.card import ModelCard
 from model.io.cog import CogWriter
 from model.io.quicklook import TrueColourSampler, true_colour_bands, write_quicklook, write_quicklook_of
@@ -61,7 +62,8 @@ def make_products(
     """Predict ``src`` once into every file ``formats`` needs, under ``workdir`` with fixed names.
 
     The ``.npy`` is always made (the old service's contract, and what ``npy`` uploads); ``cog`` and ``stac``
-    add the COG, ``stac`` the quicklook (read from the COG's overviews and the input's true-colour bands).
+    add the COG, ``stac`` the quicklook (the mask from the COG's overviews, the true-colour pixels picked while
+    the statistics pass decodes the input).
     """
     files = {"npy": workdir / LOCAL_NAMES["npy"]}
     sinks, samplers = [], []
@@ -122,7 +124,6 @@ def describe(
     published: Collection[Published],
     source_href: str,
     when: datetime,
-    software_version: str,
     dst: Path,
 ) -> Path:
     """Write the STAC Item of ``published`` outputs (sizes and sha256 from their local files) to ``dst``."""
@@ -154,7 +155,7 @@ def describe(
         threshold=card.threshold,
         bands=tuple(card.extra.get("band_names") or (f"band{b}" for b in card.bands)),
         tile_size=card.tile_size,
-        software_version=software_version,
+        software_version=PACKAGE_VERSION,
     )
     dst.write_text(json.dumps(build_item(facts), indent=2) + "\n")
     return dst
@@ -167,6 +168,27 @@ _ASSET_TITLES = {
     "cog": "Mask (Cloud Optimized GeoTIFF)",
     "thumbnail": "Quicklook: the mask over true colour",
 }
+
+
+def describe_upload(
+    model: InferenceModel,
+    result: PredictionResult | PlannedArray,
+    source: ObjectInfo,
+    output_bucket: str,
+    item_key: str,
+    published: Collection[Published],
+    dst: Path,
+) -> Path:
+    """:func:`describe` for the outputs of an upload: named by its key's stem, linked to it, dated by it."""
+    return describe(
+        model,
+        result,
+        item_id=posixpath.basename(stem_key(source.key)),
+        published=published,
+        source_href=source_href(source, output_bucket, item_key),
+        when=source.last_modified or datetime.now(UTC),
+        dst=dst,
+    )
 
 
 def source_href(source: ObjectInfo, output_bucket: str, item_key: str) -> str:

@@ -78,7 +78,7 @@ def run_child(scene: Path, kind: str) -> dict:
 def child(scene: Path, kind: str) -> None:
     from handler.model_source import load_runtime_model
     from handler.products import Published, describe, make_products
-    from handler.runtime import PACKAGE_VERSION, options_from_settings
+    from handler.runtime import options_from_settings
     from handler.settings import Settings
 
     settings = Settings.from_env()
@@ -93,8 +93,7 @@ def child(scene: Path, kind: str) -> None:
         report = {"item_s": 0.0, "cog_mb": 0.0, "png_kb": 0.0, "item_kb": 0.0}
         if "stac" in formats:
             published = [Published(k, f"./s.{k}", path) for k, path in products.files.items()]
-            item = describe(model, products.result, "s", published, "./s.tif", datetime.now(UTC), PACKAGE_VERSION,
-                            work / "item.json")  # fmt: skip
+            item = describe(model, products.result, "s", published, "./s.tif", datetime.now(UTC), work / "item.json")
             report.update(
                 item_s=time.perf_counter() - made,
                 cog_mb=products.files["cog"].stat().st_size / 1e6,

@@ -20,7 +20,7 @@ from pathlib import Path
 from handler.model_source import load_runtime_model
 from handler.objects import STAC_SUFFIX, product_keys
 from handler.products import LOCAL_NAMES, Published, describe, make_products, relative_href
-from handler.runtime import PACKAGE_VERSION, options_from_settings, running_precision
+from handler.runtime import options_from_settings, running_precision
 from handler.settings import get_settings, parse_outputs
 from model.errors import InputError
 
@@ -63,7 +63,6 @@ def run_predict(args: argparse.Namespace) -> int:
                     published=published,
                     source_href=source if source.startswith("..") else "./" + source,
                     when=datetime.fromtimestamp(src.stat().st_mtime, UTC),
-                    software_version=PACKAGE_VERSION,
                     dst=work / LOCAL_NAMES["stac"],
                 )
             # Every file made before any is moved: a failure leaves none of them beside the input.

@@ -14,19 +14,16 @@ import contextlib
 import logging
 import tempfile
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from handler.errors import ObjectMissingError, TransientError
 from handler.fanout.jobs import Job, JobStore
-from handler.objects import ObjectInfo, stem_key
-from handler.outputs import PlannedArray, identity, matches, output_metadata
-from handler.products import COG_KIND, LOCAL_NAMES, MEDIA_TYPES, Published, describe, relative_href, source_href
+from handler.objects import ObjectInfo
+from handler.outputs import PlannedArray, identity, matches, output_metadata, write_output
+from handler.products import COG_KIND, LOCAL_NAMES, MEDIA_TYPES, Published, describe_upload, relative_href
 from handler.remote import remote_source, url_lifetime_s
-from handler.runtime import PACKAGE_VERSION, Runtime
-from handler.storage import s3_uri
+from handler.runtime import Runtime
 from model.card import ModelCard
 from model.io.cog import RowRasterWriter, assemble_cog, cog_values
 from model.io.quicklook import true_colour_bands, write_quicklook
@@ -87,16 +84,7 @@ def finish_products(runtime: Runtime, store: JobStore, job: Job) -> None:
             _put(runtime, info, bucket, key, files[name], name, metadata, expected)
             published.append(Published(name, relative_href(item_key, key), files[name]))
         if "stac" in products:
-            item = describe(
-                model,
-                planned,
-                item_id=stem_key(info.key).rsplit("/", 1)[-1],
-                published=published,
-                source_href=source_href(info, bucket, item_key),
-                when=info.last_modified or datetime.now(UTC),
-                software_version=PACKAGE_VERSION,
-                dst=work / LOCAL_NAMES["stac"],
-            )
+            item = describe_upload(model, planned, info, bucket, item_key, published, work / LOCAL_NAMES["stac"])
             _put(runtime, info, bucket, products["stac"], item, "stac", metadata, expected)
 
 
@@ -120,22 +108,6 @@ def _put(
     expected: dict[str, str],
 ) -> None:
     """Write one output over what is there now, unless it already records this upload (a duplicate finisher)."""
-    storage = runtime.storage
-    existing = storage.head(bucket, key)
-    if existing is not None and matches(existing.metadata, expected):
-        return
-    try:
-        storage.upload_file(
-            path,
-            bucket,
-            key,
-            metadata=metadata,
-            content_type=MEDIA_TYPES[kind],
-            if_match=existing.etag if existing is not None else None,
-            if_absent=existing is None,
-        )
-    except ObjectMissingError as exc:  # another writer got there between our HEAD and our PUT
-        current = storage.head(info.bucket, info.key)
-        if current is None or current.etag != info.etag or current.version_id != info.version_id:
-            raise ObjectMissingError(f"{info.uri} was replaced by a newer upload; its result stands") from exc
-        raise TransientError(f"{s3_uri(bucket, key)} changed while the job of {info.uri} finished") from exc
+    existing = runtime.storage.head(bucket, key)
+    if existing is None or not matches(existing.metadata, expected):
+        write_output(runtime.storage, info, bucket, key, path, MEDIA_TYPES[kind], metadata, existing)

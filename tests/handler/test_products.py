@@ -122,9 +122,7 @@ def test_the_item_is_valid_and_describes_the_files(make_runtime, make_raster, tm
     ]
     when = datetime(2026, 12, 7, 6, 0, tzinfo=UTC)
     # WHEN the Item is written
-    path = describe(
-        runtime.model, products.result, "s", published, "./s.tif", when, "rasterfn 9.9", tmp_path / "i.json"
-    )
+    path = describe(runtime.model, products.result, "s", published, "./s.tif", when, tmp_path / "i.json")
     item = json.loads(path.read_text())
     # THEN it is valid against STAC's core schema and every extension it declares, offline
     validate_item(item)
