@@ -39,8 +39,9 @@ def unique_spec(**kw: Any) -> StackSpec:
     return StackSpec(bucket=f"demo-{suffix}", queue_name=f"q-{suffix}", dlq_name=f"dlq-{suffix}", **kw)
 
 
-def mask_writer(array_for: Any):
-    """A stand-in ``lambda_handler`` loader: writes ``array_for(height, width)`` as each input's .npy."""
+def mask_writer(array_for: Any, suffixes: tuple[str, ...] = (".npy",), cog_for: Any = None):
+    """A stand-in ``lambda_handler`` loader writing, for each input, the objects of ``suffixes`` beside its stem:
+    ``.npy`` ``array_for(height, width)``, ``.mask.TIF`` ``cog_for(height, width)``, the others a few bytes."""
 
     def load(endpoint_url: str):
         import rasterio
@@ -56,7 +57,10 @@ def mask_writer(array_for: Any):
                         shape = (src.height, src.width)
                     buffer = io.BytesIO()
                     np.save(buffer, array_for(*shape))
-                    s3.put_object(Bucket=ref.bucket, Key=ref.key.rsplit(".", 1)[0] + ".npy", Body=buffer.getvalue())
+                    objects = {".npy": buffer.getvalue(), ".thumb.png": b"png", ".stac.json": b"{}"}
+                    for suffix in suffixes:
+                        data = cog_for(*shape) if suffix == ".mask.TIF" else objects[suffix]
+                        s3.put_object(Bucket=ref.bucket, Key=ref.key.rsplit(".", 1)[0] + suffix, Body=data)
             return {"batchItemFailures": []}
 
         return handler
@@ -316,31 +320,8 @@ def mask_tif(height: int, width: int, classes: Any = None) -> bytes:
 
 
 def products_writer(kinds: tuple[str, ...], cog_for: Any = mask_tif):
-    """A stand-in ``lambda_handler`` loader writing, for each input, the objects of ``kinds`` (suffixes beside
-    its stem: ``.npy`` a zero mask, ``.mask.TIF`` ``cog_for(height, width)``, the others a few bytes)."""
-
-    def load(endpoint_url: str):
-        import rasterio
-
-        s3 = boto3.client("s3")
-
-        def handler(event: dict, context: Any) -> dict:
-            for record in event["Records"]:
-                for ref in parse_sqs_body(record["body"]):
-                    body = s3.get_object(Bucket=ref.bucket, Key=ref.key)["Body"].read()
-                    with rasterio.MemoryFile(body) as mem, mem.open() as src:
-                        shape = (src.height, src.width)
-                    buffer = io.BytesIO()
-                    np.save(buffer, np.zeros(shape, np.float32))
-                    objects = {".npy": buffer.getvalue(), ".mask.TIF": None, ".thumb.png": b"png", ".stac.json": b"{}"}
-                    for suffix in kinds:
-                        data = cog_for(*shape) if suffix == ".mask.TIF" else objects[suffix]
-                        s3.put_object(Bucket=ref.bucket, Key=ref.key.rsplit(".", 1)[0] + suffix, Body=data)
-            return {"batchItemFailures": []}
-
-        return handler
-
-    return load
+    """:func:`mask_writer` of a zero mask, writing the objects of ``kinds`` (``.mask.TIF``: ``cog_for``)."""
+    return mask_writer(lambda height, width: np.zeros((height, width), np.float32), kinds, cog_for)
 
 
 def run_demo_with(uploads, load_handler, outputs, timeout=30.0) -> tuple[int, str]:

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import types
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -172,30 +173,36 @@ json.dump(results, open(sys.argv[1], "w"))
 """
 
 
-@pytest.fixture(scope="module")
-def replayed(tmp_path_factory) -> dict[str, Any]:
-    """Every sample replayed with ``--seed`` by ``handler.cli.main`` in one fresh process (the real handler,
-    imported once; an embedded moto per replay). A 2-level U-Net with 512-pixel tiles keeps it quick."""
+def tiny_card(work: Path) -> Path:
+    """A 2-level U-Net's card with 512-pixel tiles in ``work``: the real handler, quickly."""
     from model.network.checkpoint import save_checkpoint
     from tests.fixtures.models import build_random_unet
 
-    work = tmp_path_factory.mktemp("replay")
     architecture = {"num_classes": 1, "in_channels": 10, "depth": 2, "start_filts": 4}
     digest = save_checkpoint(build_random_unet(0, **architecture), work / "tiny.pt", fp16=False)
     card = {"name": "tiny", "weights": {"file": "tiny.pt", "sha256": digest}, "architecture": architecture}
     (work / "tiny.json").write_text(json.dumps({**card, "tile_size": 512, "tile_overlap": 64}))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT_URL")}
-    env |= {"MODEL_CARD": str(work / "tiny.json"), "TMPDIR": str(work)}
-    results = work / "results.json"
+    return work / "tiny.json"
+
+
+def run_driver(driver: str, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``driver`` (Python source) with ``args`` in a fresh process from the repository; it must exit 0."""
     proc = subprocess.run(
-        [sys.executable, "-c", DRIVER, str(results), *map(str, EVENT_FILES)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [sys.executable, "-c", driver, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def replayed(tmp_path_factory) -> dict[str, Any]:
+    """Every sample replayed with ``--seed`` by ``handler.cli.main`` in one fresh process (the real handler,
+    imported once; an embedded moto per replay). A 2-level U-Net with 512-pixel tiles keeps it quick."""
+    work = tmp_path_factory.mktemp("replay")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT_URL")}
+    env |= {"MODEL_CARD": str(tiny_card(work)), "TMPDIR": str(work)}
+    results = work / "results.json"
+    proc = run_driver(DRIVER, [str(results), *map(str, EVENT_FILES)], env)
     return {"codes": json.loads(results.read_text()), "out": proc.stdout, "err": proc.stderr}
 
 
@@ -236,15 +243,8 @@ json.dump(results, open(sys.argv[1], "w"))
 @pytest.mark.slow
 def test_replay_outputs_prints_every_object_and_does_not_leak(moto_server, tmp_path):
     # GIVEN three replays in one process against one endpoint: --outputs, none, --outputs again
-    from model.network.checkpoint import save_checkpoint
-    from tests.fixtures.models import build_random_unet
-
-    architecture = {"num_classes": 1, "in_channels": 10, "depth": 2, "start_filts": 4}
-    digest = save_checkpoint(build_random_unet(0, **architecture), tmp_path / "tiny.pt", fp16=False)
-    card = {"name": "tiny", "weights": {"file": "tiny.pt", "sha256": digest}, "architecture": architecture}
-    (tmp_path / "tiny.json").write_text(json.dumps({**card, "tile_size": 512, "tile_overlap": 64}))
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT_URL") and k != "OUTPUTS"}
-    env |= {"MODEL_CARD": str(tmp_path / "tiny.json"), "TMPDIR": str(tmp_path)}
+    env |= {"MODEL_CARD": str(tiny_card(tmp_path)), "TMPDIR": str(tmp_path)}
     env |= {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
     every = ["--outputs", "npy,cog,stac"]
     runs = [
@@ -254,15 +254,7 @@ def test_replay_outputs_prints_every_object_and_does_not_leak(moto_server, tmp_p
     ]
     results = tmp_path / "results.json"
     # WHEN they run
-    proc = subprocess.run(
-        [sys.executable, "-c", OUTPUTS_DRIVER, str(results), json.dumps(runs)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_driver(OUTPUTS_DRIVER, [str(results), json.dumps(runs)], env)
     first, plain, last = json.loads(results.read_text())
     # THEN each succeeded, and --outputs did not stay in the environment
     assert [r["code"] for r in (first, plain, last)] == [0, 0, 0], proc.stderr[-3000:]
