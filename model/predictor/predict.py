@@ -199,15 +199,12 @@ def accumulate_bands(
     keep: Callable[[Window, np.ndarray, np.ndarray | None], None] | None = None,
 ) -> None:
     """Add each band's valid pixels of rows ``start..stop-1`` (default: all) to its accumulator, strip by strip."""
-    buffers: dict[tuple[int, int], np.ndarray] = {}  # one per window shape: fresh pages cost more than decoding
-    dtype = np.dtype(header.dtypes[bands[0] - 1])
+    buffers = Buffers(header.dtypes[bands[0] - 1])
     for window in _stat_windows(ds, header, start, stop):
         if interrupt is not None:
             interrupt()
-        shape = (int(window.height), int(window.width))
-        if shape not in buffers:
-            buffers[shape] = np.empty((len(bands), *shape), dtype=dtype)
-        data, valid = read_window(ds, bands, window, header.all_valid, buffers[shape])
+        out = buffers.get((len(bands), window.height, window.width))
+        data, valid = read_window(ds, bands, window, header.all_valid, out)
         if keep is not None:
             keep(window, data, valid)
         for acc, values in zip(accumulators, data, strict=True):
@@ -357,7 +354,7 @@ def predict_rows(
     valid = np.ones((capacity, width), dtype=bool) if header.may_have_invalid else None
     top = plan.rows[tile_rows[0]].start if tile_rows[0] else 0  # raster row held in scores[0]
     groups = _column_groups(plan.cols)
-    inputs = TileBuffers(len(bands))
+    inputs = Buffers(np.float32)
     windows = [
         Window(group[0].start, plan.rows[r].start, group[-1].stop - group[0].start, plan.rows[r].size)
         for r in tile_rows
@@ -378,7 +375,15 @@ def predict_rows(
                     valid[offset : offset + rspan.size, left:right] = True if strip_valid is None else strip_valid
                 for batch in _batches(group, runner.batch_size):
                     tiles = [
-                        _tile_input(data, strip_valid, normalise, c, left, rspan, inputs.get(slot, rspan.size, c.size))
+                        _tile_input(
+                            data,
+                            strip_valid,
+                            normalise,
+                            c,
+                            left,
+                            rspan,
+                            inputs.get((len(bands), rspan.size, c.size), slot),
+                        )
                         for slot, c in enumerate(batch)
                     ]
                     outputs = runner(tiles)
@@ -408,15 +413,12 @@ def _reads_ahead(source, options: PredictOptions) -> bool:
 def _strips(source, bands: Sequence[int], header: RasterHeader, windows: Sequence[Window], ahead: bool):
     """(data, validity) of each window in turn, read into reused buffers; ``ahead``: the next one read in a
     background thread meanwhile (two buffers per shape, alternating)."""
-    dtype = np.dtype(header.dtypes[bands[0] - 1])
-    buffers: dict[tuple[int, ...], np.ndarray] = {}
+    buffers = Buffers(header.dtypes[bands[0] - 1])
 
     def read(i: int):
         window = windows[i]
-        key = (int(window.height), int(window.width), i % 2 if ahead else 0)
-        if key not in buffers:
-            buffers[key] = np.empty((len(bands), *key[:2]), dtype=dtype)
-        return _read(source, bands, window, header.all_valid, buffers[key])
+        out = buffers.get((len(bands), window.height, window.width), i % 2 if ahead else 0)
+        return _read(source, bands, window, header.all_valid, out)
 
     if not ahead:
         for i in range(len(windows)):
@@ -438,22 +440,23 @@ def _read(source, bands: Sequence[int], window: Window, all_valid: bool, out: np
     return read_window(source, bands, window, all_valid, out)
 
 
-class TileBuffers:
-    """One float32 input buffer per slot of a batch and tile shape, reused tile after tile.
+class Buffers:
+    """Arrays of one dtype reused call after call, one per shape (and slot): on a VM that backs memory lazily,
+    as Lambda's do, fresh pages cost more than decoding or normalising into them.
 
-    The engine has finished with a batch's tiles when it returns their scores, so the next batch may refill
-    the same buffers.
+    A caller takes a slot per array it still holds while asking for the next (a batch's tiles; a strip read
+    ahead while the last one is used).
     """
 
-    def __init__(self, bands: int) -> None:
-        self.bands = bands
-        self.buffers: dict[tuple[int, int, int], np.ndarray] = {}
+    def __init__(self, dtype: np.dtype | str) -> None:
+        self.dtype = np.dtype(dtype)
+        self._arrays: dict[tuple[tuple[int, ...], int], np.ndarray] = {}
 
-    def get(self, slot: int, height: int, width: int) -> np.ndarray:
-        key = (slot, height, width)
-        if key not in self.buffers:
-            self.buffers[key] = np.empty((self.bands, height, width), dtype=np.float32)
-        return self.buffers[key]
+    def get(self, shape: tuple[int, ...], slot: int = 0) -> np.ndarray:
+        key = (tuple(int(n) for n in shape), slot)
+        if key not in self._arrays:
+            self._arrays[key] = np.empty(key[0], dtype=self.dtype)
+        return self._arrays[key]
 
 
 def _tile_input(data, strip_valid, normalise, cspan: Span, left: int, rspan: Span, out=None) -> np.ndarray:
