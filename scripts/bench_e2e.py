@@ -7,16 +7,18 @@ is subtracted; ratios only mean something within one run):
   512 x 512 test file, timed right before and after each end-to-end run (a shared machine drifts);
 - ``predict_file`` on a 4096 x 4096 x 10 uint16 DEFLATE scene (``--quick``: 2048), per precision, with each
   stage's seconds (header, statistics pass: decode, histograms, keeping the decoded copy; pass 2: reading the
-  copy or decoding, normalising, the engine, assembling the seams, thresholding and writing);
+  copy or decoding, normalising, the engine, assembling the seams, thresholding and writing), by default and
+  with each choice the predictor makes forced the other way (pass 1 counting inline, no copy, a copy on disk,
+  read-ahead);
 - the engine called directly on a tile of each shape the run uses (median of 3), times the tiles run,
   right before and after the run and averaged, like the old procedure (median of 3 each side): efficiency is
   that over the end-to-end seconds;
 - today's procedure before this work (the card's 512 grid, decoding twice) on the same scene, fp32;
 - mask agreement with the old procedure (one pass over the whole scene, no tiling) on held-out synthetic
   scenes of 2048 x 2048, and of the fitted grid with the card's grid (the seams);
-- peak RSS (VmHWM) of a child predicting 8192 x 8192 (``--quick``: 4096) on the default engine, and the temp
-  disk its decoded copy took and gave back; cold start (process start to first tile) of the default engine
-  and of torch.
+- peak RSS (VmHWM) of a child predicting 4096 x 4096 (its copy in memory) and 8192 x 8192 (``--quick``: 2048 and
+  4096) on the default engine, and the temp disk a copy forced into TMPDIR took and gave back; cold start
+  (process start to first tile) of the default engine and of torch.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from model.cpus import available_cpus
 from model.io.npy_writer import NpyWriter
 from model.io.raster import open_raster, read_header
 from model.network.engines.loading import load_inference_model
-from model.predictor.decoded import DecodedRaster
+from model.predictor.decoded import DecodedInMemory, DecodedRaster
 from model.predictor.predict import READ_AHEAD_MIN_CPUS, PredictOptions, TilePass, predict_file
 
 TARGETS = {"efficiency": 0.9, "fp32": 2.5, "auto": 4.5, "agreement": 0.9999, "rss_gb": 1.2, "cold": 3.0}
@@ -90,6 +92,8 @@ class StageClock:
             (predict_module, "to_output"): self.timed("write", predict_module.to_output),
             (DecodedRaster, "write"): self.timed("keep copy", DecodedRaster.write),
             (DecodedRaster, "read_window"): self.timed("read copy", DecodedRaster.read_window),
+            (DecodedInMemory, "write"): self.timed("keep copy", DecodedInMemory.write),
+            (DecodedInMemory, "read_window"): self.timed("read copy", DecodedInMemory.read_window),
             (NpyWriter, "write_rows"): self.timed("write", NpyWriter.write_rows),
             (TilePass, "prepare"): classmethod(self._prepare(TilePass.prepare.__func__)),
         }
@@ -135,7 +139,8 @@ class StageClock:
         return timed_prepare
 
     def stages(self) -> dict[str, float]:
-        """Per stage; ``histograms`` is pass 1 less its decoding and copying; ``decode 2``: pass 2 decoding."""
+        """Per stage; ``histograms``: pass 1's wall time less its decoding and copying (counting alongside the
+        decoding, what is left of it); ``decode 2``: pass 2 decoding."""
         out = dict(self.seconds)
         pass1 = out.pop("pass 1", 0.0)
         decode = out.pop("decode", 0.0)
@@ -195,6 +200,16 @@ def engine_direct_seconds(runner, shapes: dict[tuple[int, int], int], card, repe
     return total
 
 
+@contextlib.contextmanager
+def _patched(owner, name: str, value):
+    saved = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, saved)
+
+
 def old_seconds(ctx, repeats: int = 3) -> float:
     return statistics.median(ctx.timed(ctx.old) for _ in range(repeats))
 
@@ -243,10 +258,13 @@ def end_to_end(ctx, quick: bool) -> None:
     print(f"\n[6] end to end, {size} x {size} x 10 uint16 DEFLATE, default engine; the old procedure per 512 x 512 "
           "timed around each run; start-up subtracted (model loaded and warmed first)")  # fmt: skip
     runs = [("fp32", "fp32", PredictOptions(precision="fp32")), ("auto", "auto", PredictOptions(precision="auto"))]
-    runs.append(("auto, decoded once (copy forced)", "auto", PredictOptions(precision="auto", decode_once=True)))
+    runs.append(("auto, pass 1 counted inline", "auto", PredictOptions(precision="auto")))
+    runs.append(("auto, decoded twice (no copy)", "auto", PredictOptions(precision="auto", decode_once=False)))
+    on_disk = PredictOptions(precision="auto", decode_once=True, copy_memory_bytes=0)
+    runs.append(("auto, copy in TMPDIR forced", "auto", on_disk))
     ahead = available_cpus() > READ_AHEAD_MIN_CPUS  # the default here; the run below forces the other way
-    runs.append((f"auto, copy, read-ahead {'off' if ahead else 'forced on'}", "auto",
-                 PredictOptions(precision="auto", decode_once=True, read_ahead=not ahead)))  # fmt: skip
+    runs.append((f"auto, copy in TMPDIR, read-ahead {'off' if ahead else 'forced on'}", "auto",
+                 dataclasses.replace(on_disk, read_ahead=not ahead)))  # fmt: skip
     runs.append(("fp32, before (card grid, decoded twice)", "fp32",
                  PredictOptions(precision="fp32", fit_tiles=False, decode_once=False)))  # fmt: skip
     speed = {}
@@ -256,7 +274,9 @@ def end_to_end(ctx, quick: bool) -> None:
         # The baselines right before and after the run, averaged: a shared machine's load drifts.
         shapes, runner = planned_shapes(model, scene, options), model.tile_engine(options, one_tile=False)
         direct, old = engine_direct_seconds(runner, shapes, model.card), old_seconds(ctx)
-        result, clock = profiled_predict(model, scene, ctx.cache / "e2e.npy", options)
+        inline = "inline" in label
+        with _patched(predict_module, "COUNT_ALONGSIDE_MIN_CPUS", 10**6) if inline else contextlib.nullcontext():
+            result, clock = profiled_predict(model, scene, ctx.cache / "e2e.npy", options)
         assert dict(clock.tile_shapes) == shapes, (clock.tile_shapes, shapes)
         t_old = (old + old_seconds(ctx)) / 2
         direct = (direct + engine_direct_seconds(runner, shapes, model.card)) / 2
@@ -283,7 +303,7 @@ def end_to_end(ctx, quick: bool) -> None:
         f"{speed['fp32'] / speed['fp32, before (card grid, decoded twice)']:.2f}x",
     )
     agreement(ctx)
-    rss_and_disk(ctx, 4096 if quick else 8192)
+    rss_and_disk(ctx, (2048, 4096) if quick else (4096, 8192))
     cold(ctx)
 
 
@@ -312,18 +332,21 @@ def agreement(ctx) -> None:
 RSS_CHILD = """
 import json, os, shutil, sys, tempfile
 from model.network.engines.loading import load_inference_model
-from model.predictor.decoded import DecodedRaster
+from model.predictor.decoded import DecodedInMemory, DecodedRaster
 from model.predictor.predict import PredictOptions, predict_file
 def vm(field):
     for line in open("/proc/self/status"):
         if line.startswith(field + ":"):
             return int(line.split()[1])
-used = []
-close = DecodedRaster.close
-def recording_close(self):
-    used.append(os.fstat(self.fd).st_blocks * 512)
-    close(self)
-DecodedRaster.close = recording_close
+used = {}
+def recording(cls, where):
+    close = cls.close
+    def recording_close(self):
+        used[where] = os.fstat(self.fd).st_blocks * 512 if where == "disk" else self.bytes
+        close(self)
+    cls.close = recording_close
+recording(DecodedRaster, "disk")
+recording(DecodedInMemory, "memory")
 model = load_inference_model(sys.argv[2], engine="auto", precision="auto")
 model.warm_up(PredictOptions(precision="auto"))
 base = vm("VmRSS")
@@ -335,16 +358,18 @@ def open_in_tmp():  # unnamed (or deleted) files in TMPDIR this process still ho
         except OSError:
             pass
     return [link for link in links if link.startswith(tmp) and link.endswith("(deleted)")]
-options = PredictOptions(output="mask-uint8", precision="auto", decode_once=sys.argv[4] == "copy")
+on_disk = dict(decode_once=True, copy_memory_bytes=0) if sys.argv[4] == "disk" else {}
+options = PredictOptions(output="mask-uint8", precision="auto", **on_disk)
 predict_file(model, sys.argv[1], sys.argv[3], options)
-print(json.dumps({"base_kb": base, "hwm_kb": vm("VmHWM"), "copy_bytes": sum(used),
+print(json.dumps({"base_kb": base, "hwm_kb": vm("VmHWM"), "copy": used,
                   "left_open": open_in_tmp(), "precision": model.precision}))
 """
 
 
-def rss_and_disk(ctx, size: int) -> None:
-    for mode in ("default", "copy"):
-        rss_child_run(ctx, size, mode)
+def rss_and_disk(ctx, sizes: tuple[int, ...]) -> None:
+    for size in sizes:
+        rss_child_run(ctx, size, "default")
+    rss_child_run(ctx, sizes[-1], "disk")
 
 
 def rss_child_run(ctx, size: int, mode: str) -> None:
@@ -356,15 +381,17 @@ def rss_child_run(ctx, size: int, mode: str) -> None:
     seconds = time.perf_counter() - start
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     peak = report["hwm_kb"] / 1024**2
-    what = "default engine" + (", copy forced" if mode == "copy" else "")
+    kept = ", ".join(f"{where} {n / 1e9:.2f} GB" for where, n in report["copy"].items()) or "none"
+    what = "default engine" + (", copy in TMPDIR forced" if mode == "disk" else "")
+    verdict = ctx.verdict(peak <= TARGETS["rss_gb"], f"<= {TARGETS['rss_gb']} GB") if size >= 8192 else ""
     ctx.row(f"peak RSS, {size} x {size} DEFLATE, {what} ({report['precision']})",
-            f"{peak:.2f} GB (after load {report['base_kb'] / 1024**2:.2f} GB, {seconds:.0f} s)   "
-            + ctx.verdict(peak <= TARGETS["rss_gb"], f"<= {TARGETS['rss_gb']} GB"))  # fmt: skip
-    left = report["left_open"]
-    if mode != "copy":
+            f"{peak:.2f} GB (after load {report['base_kb'] / 1024**2:.2f} GB, decoded copy: {kept}, {seconds:.0f} s)   "
+            + verdict)  # fmt: skip
+    if mode != "disk":
         return
-    ctx.row("  temp disk: decoded copy", f"{report['copy_bytes'] / 1e9:.2f} GB allocated in TMPDIR (unnamed); "
-            f"files in TMPDIR still open after predict_file: {len(left)} "
+    left = report["left_open"]
+    ctx.row("  temp disk: decoded copy", f"{report['copy'].get('disk', 0) / 1e9:.2f} GB allocated in TMPDIR "
+            f"(unnamed); files in TMPDIR still open after predict_file: {len(left)} "
             + ctx.verdict(not left, "0: the space is given back on close"))  # fmt: skip
 
 

@@ -21,12 +21,14 @@ ENTRY_POINTS = ("handler.lambda_function", "handler.knative")
 # The CLI dispatches to every command, local ones included (lazily, and refusing cleanly where they are absent).
 ABOVE_EVERYTHING = ("handler.cli",)
 # (package, rank): a module belongs to the longest package that contains it; it imports only ranks <= its own.
-# Within the inference core: the root error, the card and the CPU count under raster I/O (with the package
-# itself, which prepares GDAL on import, and the predictor's options), under the network, under the predictor.
+# Within the inference core: the root error, the card, the CPU count and the memory limit under raster I/O (with
+# the package itself, which prepares GDAL on import, and the predictor's options), under the network, under the
+# predictor.
 LAYERS = (
     ("model.errors", 0),
     ("model.card", 0),
     ("model.cpus", 0),
+    ("model.memory", 0),
     ("model", 1),
     ("model.io", 1),
     ("model.options", 1),

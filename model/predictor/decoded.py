@@ -1,29 +1,33 @@
-"""Decode each block once: pass 1 keeps the samples it decoded in a temp file that pass 2 reads back.
+"""Decode each block once: pass 1 keeps the samples it decoded, in memory or in a temp file, for pass 2.
 
 The whole-raster p90s need every pixel before the first tile can be normalised, so without a copy pass 2
-decodes the raster again, overlaps included. :class:`DecodedRaster` holds the model's bands as raw samples,
-band by band (``bands x height x width``, then one validity byte per pixel when the raster can have invalid
-pixels), in an unnamed file (``O_TMPFILE``) in ``TMPDIR``: the kernel frees it when it is closed or when the
-process dies, so nothing can be left behind. It is read and written with ``pread``/``pwrite``, never mapped,
-so its pages count against the page cache, not the process' RSS.
+decodes the raster again, overlaps included. The copy holds the model's bands as raw samples (``bands x height
+x width``, and one validity flag per pixel when the raster can have invalid pixels):
 
-:func:`keep_decoded` says when the copy pays: when pass 2 would decode the compressed raster at least
-:data:`COPY_COST_IN_DECODES` times over (:func:`redecode_factor`) and the copy fits the disk. Measured
-(``make bench`` [6], 2 cores, 4096 x 4096 x 10 uint16 DEFLATE in 512 x 512 blocks): pass 1 decodes in
-0.47-0.62 s; pass 2 decodes again in 0.60 s on the card's 512 grid (1.1x the raster: GDAL's cache of one row
-of blocks serves the block row two tile rows share), about 0.69 s on the fitted grid (1.375x: 1072-row tile
-rows overlapping by 64 re-decode one block row each); writing the copy takes 0.64-0.68 s and reading it
-back 0.06 s (fresh page-cache pages on a VM that backs memory lazily), about 1.45 decodes. So on these tile
-grids the copy does not pay here, and by default it is kept only where pass 2 would decode the raster at
-least 1.45 times. It never pays for an uncompressed raster (reading it back is what re-reading the file
-costs), nor for fan-out shards (pass 1 runs in other invocations; :mod:`model.predictor.bands`).
-``PredictOptions.decode_once=True`` keeps it whenever it fits, ``False`` never.
+- :class:`DecodedInMemory`: numpy arrays, when the copy fits the memory budget (:func:`memory_budget`: at most
+  :data:`MEMORY_BUDGET_MAX_BYTES` with GDAL's block cache, and a quarter of the memory this process may use);
+  pass 2 reads views of them, so keeping the copy costs one copy of each window and nothing more;
+- :class:`DecodedRaster`: an unnamed file (``O_TMPFILE``) in ``TMPDIR``, freed by the kernel when it is closed
+  or when the process dies, so nothing can be left behind. It is read and written with ``pread``/``pwrite``,
+  never mapped, so its pages count against the page cache, not the process' RSS.
+
+:func:`plan_copy` says which, if any. Measured (``make bench`` [6], 2 cores, 4096 x 4096 x 10 uint16 DEFLATE in
+512 x 512 blocks): pass 1 decodes in 0.44-0.74 s; pass 2 decodes again in 0.43-0.53 s on the fitted grid
+(1072-row tile rows overlapping by 64 re-decode one block row each); copying into memory takes about 0.06 s
+(fresh pages included). Writing a file copy takes 0.64-0.78 s and reading it back 0.06 s, about 1.45
+decodes, so a file copy is kept only where pass 2 would decode the raster at least
+:data:`COPY_COST_IN_DECODES` times over and the copy fits the disk. No copy pays for an uncompressed raster
+(reading it back is what re-reading the file costs), nor for fan-out shards (pass 1 runs in other
+invocations; :mod:`model.predictor.bands`). ``PredictOptions.decode_once=True`` keeps it whenever it fits
+(memory first), ``False`` never.
 
 Example:
     >>> redecode_factor([(0, 1072), (1008, 2080), (2016, 3088), (3024, 4096)], block_height=512, height=4096)
     1.375
-    >>> keep_decoded(335_544_320, redecode=1.0, compression="DEFLATE", free_bytes=10**10)[0]
-    False
+    >>> plan_copy(335_544_320, redecode=1.0, compression="DEFLATE", free_bytes=10**10, memory_bytes=512 * 2**20)[0]
+    'memory'
+    >>> plan_copy(1_342_177_280, redecode=1.1, compression="DEFLATE", free_bytes=10**10, memory_bytes=512 * 2**20)[0]
+    'none'
 """
 
 from __future__ import annotations
@@ -36,9 +40,15 @@ import numpy as np
 from rasterio.windows import Window
 
 from model.io.raster import RasterHeader
+from model.memory import memory_limit_bytes
 
 DISK_MARGIN_BYTES = 64 * 1024**2  # left free in TMPDIR beside the copy (the output is written there too)
-COPY_COST_IN_DECODES = 1.45  # writing + reading the copy / decoding the raster once (measured, see above)
+COPY_COST_IN_DECODES = 1.45  # writing + reading a file copy / decoding the raster once (measured, see above)
+# A copy in memory adds to the process' peak: with GDAL's block cache, at most 512 MiB of decoded pixels are held,
+# which keeps `rasterfn predict`'s peak RSS under 1.2 GB (issue 9) and holds 4096 x 4096 x 10 uint16 (352 MB with
+# validity) beside the cache of 512-row blocks (128 MiB).
+MEMORY_BUDGET_MAX_BYTES = 512 * 1024**2
+MEMORY_BUDGET_SHARE = 4  # of the memory this process may use, at most 1/4 for a copy
 
 
 def decoded_bytes(header: RasterHeader, bands: Sequence[int]) -> int:
@@ -60,23 +70,86 @@ def redecode_factor(strips: Sequence[tuple[int, int]], block_height: int, height
     return decoded / -(-height // block_height)
 
 
-def keep_decoded(
-    bytes_needed: int, redecode: float, compression: str, free_bytes: int, force: bool | None = None
-) -> tuple[bool, str]:
-    """Whether pass 1 should keep what it decodes for pass 2, and why (one line for the log); pure.
+def memory_budget(block_cache_bytes: int = 0, limit_bytes: int | None = None) -> int:
+    """Bytes a copy may take in memory: a quarter of what this process may use, at most the ceiling less what
+    GDAL's block cache may hold (both are decoded pixels held at once: together they stay under the ceiling)."""
+    limit = memory_limit_bytes() if limit_bytes is None else limit_bytes
+    return max(0, min(MEMORY_BUDGET_MAX_BYTES - block_cache_bytes, limit // MEMORY_BUDGET_SHARE))
 
-    ``force``: True keeps it whenever it fits, False never; None decides by cost.
+
+def plan_copy(
+    bytes_needed: int,
+    redecode: float,
+    compression: str,
+    free_bytes: int,
+    memory_bytes: int,
+    force: bool | None = None,
+) -> tuple[str, str]:
+    """Where pass 1 should keep what it decodes for pass 2 (``memory``, ``disk``, ``none``) and why; pure.
+
+    ``memory_bytes``: what a copy may take in memory; ``free_bytes``: free in TMPDIR; ``force``: True keeps it
+    whenever it fits, False never, None decides by cost.
     """
     if force is False:
-        return False, "decoded twice (decode_once=False)"
+        return "none", "decoded twice (decode_once=False)"
     if compression == "NONE":
-        return False, "uncompressed: pass 2 reads the file itself"
+        return "none", "uncompressed: pass 2 reads the file itself"
+    size = f"{bytes_needed / 1e6:.1f} MB"
+    if bytes_needed <= memory_bytes:
+        return "memory", f"{compression}: decoded once, {size} kept in memory (budget {memory_bytes / 1e6:.0f} MB)"
     if force is None and redecode < COPY_COST_IN_DECODES:
-        return False, f"pass 2 decodes it {redecode:.2f}x: cheaper than a copy ({COPY_COST_IN_DECODES}x)"
+        why = f"pass 2 decodes it {redecode:.2f}x: cheaper than a file copy ({COPY_COST_IN_DECODES}x)"
+        return "none", f"{size} over the memory budget; {why}"
     if bytes_needed + DISK_MARGIN_BYTES > free_bytes:
-        free = f"{free_bytes / 1e6:.1f} MB free"
-        return False, f"{bytes_needed / 1e6:.1f} MB would not fit TMPDIR ({free}): decoded twice"
-    return True, f"{compression}, re-decoded {redecode:.2f}x: decoded once, {bytes_needed / 1e6:.1f} MB kept in TMPDIR"
+        return "none", f"{size} would not fit TMPDIR ({free_bytes / 1e6:.1f} MB free): decoded twice"
+    return "disk", f"{compression}, re-decoded {redecode:.2f}x: decoded once, {size} kept in TMPDIR"
+
+
+class DecodedInMemory:
+    """The decoded samples of ``bands`` (and their validity) in arrays; read back as read-only views."""
+
+    def __init__(self, header: RasterHeader, bands: Sequence[int]) -> None:
+        self.bands = tuple(bands)
+        self.bytes = decoded_bytes(header, self.bands)
+        dtype = np.dtype(header.dtypes[self.bands[0] - 1])
+        self.data = np.empty((len(self.bands), header.height, header.width), dtype=dtype)
+        self.valid = np.ones((header.height, header.width), dtype=bool) if header.may_have_invalid else None
+
+    def __enter__(self) -> DecodedInMemory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.data = self.valid = None  # type: ignore[assignment]
+
+    def write(self, window: Window, data: np.ndarray, valid: np.ndarray | None) -> None:
+        """Keep ``data`` (``bands x h x w``) and ``valid`` (``h x w``, None: all valid) of ``window``."""
+        rows, cols = _slices(window)
+        self.data[:, rows, cols] = data
+        if self.valid is not None:
+            self.valid[rows, cols] = True if valid is None else valid
+
+    def read_window(
+        self, bands: Sequence[int], window: Window, all_valid: bool = True, out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """What :func:`model.io.raster.read_window` returns for ``window``, as read-only views (``out`` unused)."""
+        if tuple(bands) != self.bands:
+            raise ValueError(f"the copy holds bands {self.bands}, not {tuple(bands)}")
+        rows, cols = _slices(window)
+        data = self.data[:, rows, cols]
+        data.flags.writeable = False
+        if self.valid is None:
+            return data, None
+        valid = self.valid[rows, cols]
+        valid.flags.writeable = False
+        return data, valid
+
+
+def _slices(window: Window) -> tuple[slice, slice]:
+    top, left = int(window.row_off), int(window.col_off)
+    return slice(top, top + int(window.height)), slice(left, left + int(window.width))
 
 
 class DecodedRaster:

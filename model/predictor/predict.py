@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -52,12 +52,19 @@ from tqdm import tqdm
 
 from model.cpus import available_cpus
 from model.errors import ConfigError, InputError
-from model.io.decode_limits import stat_windows
+from model.io.decode_limits import cache_bytes, stat_windows
 from model.io.npy_writer import NpyWriter
 from model.io.raster import RasterHeader, open_checked, read_window
 from model.network.engines.base import InferenceModel, TileEngine
 from model.options import OUTPUT_DTYPES, PRECISION_SETTINGS, PredictOptions
-from model.predictor.decoded import DecodedRaster, decoded_bytes, keep_decoded, redecode_factor
+from model.predictor.decoded import (
+    DecodedInMemory,
+    DecodedRaster,
+    decoded_bytes,
+    memory_budget,
+    plan_copy,
+    redecode_factor,
+)
 from model.predictor.stats import DEFAULT_EXACT_BUDGET_BYTES, PercentileAccumulator, split_budget
 from model.predictor.tiling import DEFAULT_SEAM, Span, TilePlan, axis_weights, pad_tile, plan_fitted
 
@@ -69,6 +76,7 @@ STATS_STRIP_PIXELS = 4 * 1024 * 1024  # pixels per band read at once in pass 1
 READ_GROUP_WIDTH = 8192  # pass 2 reads at most this many columns (plus one tile) at once
 LUT_MAX_BITS = 16
 READ_AHEAD_MIN_CPUS = 2  # read ahead only with more CPUs than this: on 2 the engine keeps both busy
+COUNT_ALONGSIDE_MIN_CPUS = 2  # pass 1 counts a strip while decoding the next from this many CPUs
 LUT_CHUNK_ROWS = 16  # rows gathered at once: numpy widens the indexes to intp, and a small chunk stays in cache
 # Fitted grids (model.predictor.tiling.fit_tile) may grow the card's tile up to this factor per axis: 512 -> 1152,
 # about 5x the pixels of a card tile in flight (the serving engine's fp32 peak RSS: ~0.75 GB at 1088 x 1088).
@@ -198,17 +206,45 @@ def accumulate_bands(
     interrupt: Callable[[], None] | None = None,
     keep: Callable[[Window, np.ndarray, np.ndarray | None], None] | None = None,
 ) -> None:
-    """Add each band's valid pixels of rows ``start..stop-1`` (default: all) to its accumulator, strip by strip."""
-    buffers = Buffers(header.dtypes[bands[0] - 1])
-    for window in _stat_windows(ds, header, start, stop):
-        if interrupt is not None:
-            interrupt()
-        out = buffers.get((len(bands), window.height, window.width))
-        data, valid = read_window(ds, bands, window, header.all_valid, out)
+    """Add each band's valid pixels of rows ``start..stop-1`` (default: all) to its accumulator, strip by strip.
+
+    With a spare core a strip is counted (and kept) in a background thread while the next one is decoded on
+    this one: GDAL stays on the calling thread (its configuration is per thread) and lets go of the GIL.
+    """
+
+    def count(window: Window, data: np.ndarray, valid: np.ndarray | None) -> None:
         if keep is not None:
             keep(window, data, valid)
         for acc, values in zip(accumulators, data, strict=True):
             acc.add(values if valid is None else values[valid])
+
+    buffers = Buffers(header.dtypes[bands[0] - 1])
+    alongside = available_cpus() >= COUNT_ALONGSIDE_MIN_CPUS
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rasterfn-count") if alongside else _inline() as pool:
+        counting = None
+        for i, window in enumerate(_stat_windows(ds, header, start, stop)):
+            if interrupt is not None:
+                interrupt()
+            # Two buffers, alternating: the strip being counted is never the one being decoded into.
+            out = buffers.get((len(bands), window.height, window.width), i % 2)
+            data, valid = read_window(ds, bands, window, header.all_valid, out)
+            if counting is not None:
+                counting.result()
+            counting = pool.submit(count, window, data, valid)
+        if counting is not None:
+            counting.result()
+
+
+class _inline(contextlib.AbstractContextManager):
+    """An executor that runs each call at once, in this thread (one CPU: nothing to overlap)."""
+
+    def submit(self, fn, *args):
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 def _stat_windows(ds, header: RasterHeader, start: int = 0, stop: int | None = None) -> Iterator[Window]:
@@ -285,18 +321,22 @@ def plan_grid(header: RasterHeader, tiling: Tiling, multiple: int) -> TilePlan:
 
 @contextlib.contextmanager
 def _decoded_copy(header: RasterHeader, bands: Sequence[int], plan: TilePlan, options: PredictOptions):
-    """A :class:`DecodedRaster` when keeping pass 1's samples pays (:func:`keep_decoded`), else None."""
+    """Pass 1's samples kept for pass 2 where that pays (:func:`plan_copy`): in memory, in TMPDIR, or None."""
     needed = decoded_bytes(header, bands)
     directory = tempfile.gettempdir()
     free = shutil.disk_usage(directory).free
     strips = [(span.start, span.stop) for span in plan.rows]
     redecode = redecode_factor(strips, header.layout.block_height, header.height)
-    keep, why = keep_decoded(needed, redecode, header.layout.compression, free, options.decode_once)
+    if options.copy_memory_bytes is None:
+        memory = memory_budget(cache_bytes(header.layout, len(set(bands))))
+    else:
+        memory = options.copy_memory_bytes
+    where, why = plan_copy(needed, redecode, header.layout.compression, free, memory, options.decode_once)
     log.info("%s: %s", header.name, why)
-    if not keep:
+    if where == "none":
         yield None
         return
-    with DecodedRaster(header, bands, directory) as copy:
+    with DecodedInMemory(header, bands) if where == "memory" else DecodedRaster(header, bands, directory) as copy:
         yield copy
 
 
@@ -434,8 +474,8 @@ def _strips(source, bands: Sequence[int], header: RasterHeader, windows: Sequenc
 
 
 def _read(source, bands: Sequence[int], window: Window, all_valid: bool, out: np.ndarray | None = None):
-    """A window from the raster, or from pass 1's decoded copy (into ``out`` when given)."""
-    if isinstance(source, DecodedRaster):
+    """A window from the raster, or from pass 1's decoded copy (into ``out`` when given, or views of it)."""
+    if isinstance(source, DecodedRaster | DecodedInMemory):
         return source.read_window(bands, window, all_valid, out)
     return read_window(source, bands, window, all_valid, out)
 

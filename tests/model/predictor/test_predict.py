@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -427,3 +428,40 @@ def test_peak_memory_does_not_grow_with_height(load, make_raster, tmp_path, monk
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     assert peaks[1] < peaks[0] * 1.5  # 4x the rows, about the same peak of numpy buffers
+
+
+@pytest.mark.parametrize("alongside", [True, False])
+def test_pass_1_counts_alongside_the_decoding_exactly(make_raster, monkeypatch, alongside):
+    # GIVEN a raster read in several pass-1 strips, with nodata, counted in a thread or inline
+    data = np.random.default_rng(3).integers(100, 5000, (10, 300, 70)).astype("uint16")
+    data[:, :9, :4] = 7
+    path = make_raster(300, 70, data=data, nodata=7, tiled=True, blockxsize=32, blockysize=32)
+    monkeypatch.setattr(predict_module, "STATS_STRIP_PIXELS", 64 * 70)
+    monkeypatch.setattr(predict_module, "COUNT_ALONGSIDE_MIN_CPUS", 1 if alongside else 10**6)
+    seen = []
+    with open_raster(path) as ds:
+        header = read_header(ds, path)
+        # WHEN the p90s are computed, THEN they are numpy's over the valid pixels, and every strip was kept as read
+        p90s = compute_percentiles(ds, header, range(1, 11), keep=lambda w, d, v: seen.append((w, d.copy(), v.copy())))
+    valid = data[0] != 7
+    assert p90s == [float(np.percentile(band[valid], 90)) for band in data]
+    assert len(seen) > 2
+    for window, kept, kept_valid in seen:
+        rows, cols = window.toslices()
+        assert np.array_equal(kept, data[:, rows, cols]) and np.array_equal(kept_valid, valid[rows, cols])
+
+
+def test_a_failure_while_counting_stops_pass_1(make_raster, monkeypatch):
+    path = make_raster(300, 70, tiled=True, blockxsize=32, blockysize=32)
+    monkeypatch.setattr(predict_module, "STATS_STRIP_PIXELS", 64 * 70)
+    monkeypatch.setattr(predict_module, "COUNT_ALONGSIDE_MIN_CPUS", 1)
+    calls = []
+
+    def keep(window, data, valid):
+        calls.append(window)
+        raise OSError("disk full")
+
+    with open_raster(path) as ds, pytest.raises(OSError, match="disk full"):
+        compute_percentiles(ds, read_header(ds, path), range(1, 11), keep=keep)
+    assert len(calls) == 1  # no strip counted after the failure
+    assert not any(t.name.startswith("rasterfn-count") for t in threading.enumerate())
