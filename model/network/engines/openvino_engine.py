@@ -103,7 +103,9 @@ class OpenVINORunner:
             chunk = tiles[start : start + len(self.requests)]
             busy = list(zip(self.requests, chunk, strict=False))
             for request, tile in busy:
-                request.start_async({0: np.ascontiguousarray(tile[None])})
+                # Shared, not copied into the request (4-5 ms of a 265 ms 1072^2 tile): the tile is not touched
+                # until every request of the chunk has finished.
+                request.start_async({0: np.ascontiguousarray(tile[None])}, share_inputs=True)
             for request, _ in busy:
                 request.wait()
                 # The request reuses its output buffer: copy before the next tile.

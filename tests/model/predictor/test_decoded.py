@@ -19,6 +19,7 @@ from model.predictor.decoded import (
     COPY_COST_IN_DECODES,
     DISK_MARGIN_BYTES,
     MEMORY_BUDGET_MAX_BYTES,
+    Arena,
     DecodedInMemory,
     DecodedRaster,
     decoded_bytes,
@@ -194,3 +195,43 @@ def test_a_copy_in_memory_is_read_only_and_its_reads_copy_nothing(make_raster):
                 got[0, 0, 0] = 1
             assert np.array_equal(got, data[:, 4:24, 3:13])
             assert np.array_equal(valid, data[0, 4:24, 3:13] != 0)
+
+
+def test_copies_in_memory_reuse_one_arena_one_at_a_time(make_raster):
+    path = make_raster(40, 30, nodata=0, **COMPRESSED)
+    arena = Arena()
+    with open_raster(path) as ds:
+        header = read_header(ds, path)
+    # GIVEN a copy made in the arena, WHEN another is made while it is held, THEN that one gets memory of its own
+    with DecodedInMemory(header, BANDS, arena) as first, DecodedInMemory(header, BANDS, arena) as second:
+        assert np.shares_memory(first.data, arena._block) and np.shares_memory(first.valid, arena._block)
+        assert not np.shares_memory(second.data, arena._block)
+    assert arena.held_bytes == decoded_bytes(header, BANDS)
+    # and once given back, the next copy reuses the same pages
+    block = arena._block
+    with DecodedInMemory(header, BANDS, arena) as again:
+        assert np.shares_memory(again.data, block)
+        arena.trim(0)  # never freed while lent
+        assert arena._block is block
+    arena.trim(arena.held_bytes)
+    assert arena._block is block
+    arena.trim(arena.held_bytes - 1)  # a raster with a smaller budget: freed
+    assert arena.held_bytes == 0
+
+
+def test_a_prediction_frees_an_arena_larger_than_its_budget(random_model_card, make_raster, tmp_path, monkeypatch):
+    model = build_model(load_card(random_model_card(depth=2, start_filts=2, tile_size=64, tile_overlap=8)))
+    path = make_raster(300, 200, **COMPRESSED)
+    arena = Arena()
+    monkeypatch.setattr(predict_module, "ARENA", arena)
+    predict_file(model, path, tmp_path / "a.npy", PredictOptions(decode_once=True))
+    held = arena.held_bytes
+    assert held == decoded_bytes(read_header_of(path), BANDS)
+    predict_file(model, path, tmp_path / "b.npy", PredictOptions(decode_once=True, copy_memory_bytes=held - 1))
+    assert arena.held_bytes == 0  # over this raster's budget: freed before the (disk) copy
+    assert (tmp_path / "a.npy").read_bytes() == (tmp_path / "b.npy").read_bytes()
+
+
+def read_header_of(path):
+    with open_raster(path) as ds:
+        return read_header(ds, path)

@@ -437,7 +437,7 @@ def test_pass_1_counts_alongside_the_decoding_exactly(make_raster, monkeypatch, 
     data[:, :9, :4] = 7
     path = make_raster(300, 70, data=data, nodata=7, tiled=True, blockxsize=32, blockysize=32)
     monkeypatch.setattr(predict_module, "STATS_STRIP_PIXELS", 64 * 70)
-    monkeypatch.setattr(predict_module, "COUNT_ALONGSIDE_MIN_CPUS", 1 if alongside else 10**6)
+    monkeypatch.setattr(predict_module, "COUNT_ALONGSIDE_MIN_CPUS", 0 if alongside else 10**6)
     seen = []
     with open_raster(path) as ds:
         header = read_header(ds, path)
@@ -454,7 +454,7 @@ def test_pass_1_counts_alongside_the_decoding_exactly(make_raster, monkeypatch, 
 def test_a_failure_while_counting_stops_pass_1(make_raster, monkeypatch):
     path = make_raster(300, 70, tiled=True, blockxsize=32, blockysize=32)
     monkeypatch.setattr(predict_module, "STATS_STRIP_PIXELS", 64 * 70)
-    monkeypatch.setattr(predict_module, "COUNT_ALONGSIDE_MIN_CPUS", 1)
+    monkeypatch.setattr(predict_module, "COUNT_ALONGSIDE_MIN_CPUS", 0)
     calls = []
 
     def keep(window, data, valid):
