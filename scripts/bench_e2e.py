@@ -262,7 +262,7 @@ def end_to_end(ctx, quick: bool) -> None:
     )
     runs = [("fp32", "fp32", PredictOptions(precision="fp32")), ("auto", "auto", PredictOptions(precision="auto"))]
     runs.append(("auto, the copy in fresh memory (a process' first scene)", "auto", PredictOptions(precision="auto")))
-    alongside = available_cpus() > predict_module.COUNT_ALONGSIDE_MIN_CPUS  # the default here; forced the other way
+    alongside = available_cpus() >= predict_module.COUNT_ALONGSIDE_MIN_CPUS  # the default here; forced the other way
     runs.append((f"auto, pass 1 counted {'inline' if alongside else 'alongside (forced)'}", "auto",
                  PredictOptions(precision="auto")))  # fmt: skip
     runs.append(("auto, decoded twice (no copy)", "auto", PredictOptions(precision="auto", decode_once=False)))

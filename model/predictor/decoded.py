@@ -5,21 +5,21 @@ decodes the raster again, overlaps included. The copy holds the model's bands as
 x width``, and one validity flag per pixel when the raster can have invalid pixels):
 
 - :class:`DecodedInMemory`: numpy arrays, when the copy fits the memory budget (:func:`memory_budget`: at most
-  :data:`MEMORY_BUDGET_MAX_BYTES` with GDAL's block cache, and a quarter of the memory this process may use);
-  pass 2 reads views of them, so keeping the copy costs one copy of each window and nothing more;
+  :data:`MEMORY_BUDGET_MAX_BYTES` with GDAL's block cache, and a quarter of the memory this process may use),
+  in the process' :class:`Arena`; pass 2 reads views of them, so keeping the copy costs one copy of each window;
 - :class:`DecodedRaster`: an unnamed file (``O_TMPFILE``) in ``TMPDIR``, freed by the kernel when it is closed
   or when the process dies, so nothing can be left behind. It is read and written with ``pread``/``pwrite``,
   never mapped, so its pages count against the page cache, not the process' RSS.
 
 :func:`plan_copy` says which, if any. Measured (``make bench`` [6], 2 cores, 4096 x 4096 x 10 uint16 DEFLATE in
-512 x 512 blocks): pass 1 decodes in 0.44-0.74 s; pass 2 decodes again in 0.43-0.53 s on the fitted grid
-(1072-row tile rows overlapping by 64 re-decode one block row each); copying into memory takes about 0.06 s
-(fresh pages included). Writing a file copy takes 0.64-0.78 s and reading it back 0.06 s, about 1.45
-decodes, so a file copy is kept only where pass 2 would decode the raster at least
-:data:`COPY_COST_IN_DECODES` times over and the copy fits the disk. No copy pays for an uncompressed raster
-(reading it back is what re-reading the file costs), nor for fan-out shards (pass 1 runs in other
-invocations; :mod:`model.predictor.bands`). ``PredictOptions.decode_once=True`` keeps it whenever it fits
-(memory first), ``False`` never.
+512 x 512 blocks): pass 1 decodes in 0.55-0.74 s; pass 2 decodes again in 0.44-0.53 s on the fitted grid
+(1072-row tile rows overlapping by 64 re-decode one block row each); keeping the copy in the arena takes 0.04 s,
+in fresh pages 0.4-0.9 s (a process' first scene: the VM's host backs freed memory lazily). Writing a file copy
+takes 0.6-0.96 s and reading it back 0.06 s, about 1.45 decodes, so a file copy is kept only where pass 2 would
+decode the raster at least :data:`COPY_COST_IN_DECODES` times over and the copy fits the disk. No copy pays for
+an uncompressed raster (reading it back is what re-reading the file costs), nor for fan-out shards (pass 1 runs
+in other invocations; :mod:`model.predictor.bands`). ``PredictOptions.decode_once=True`` keeps it whenever it
+fits (memory first), ``False`` never.
 
 Example:
     >>> redecode_factor([(0, 1072), (1008, 2080), (2016, 3088), (3024, 4096)], block_height=512, height=4096)

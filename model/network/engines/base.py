@@ -23,7 +23,10 @@ from model.options import PredictOptions
 
 
 class TileEngine(Protocol):
-    """Runs the network on equally sized (bands, h, w) float32 tiles -> one (h, w) float32 score map each."""
+    """Runs the network on equally sized (bands, h, w) float32 tiles -> one (h, w) float32 score map each.
+
+    The score maps may be reused by the next call (the serving engine's are): use them before calling again.
+    """
 
     batch_size: int  # how many tiles the predictor should hand over at once
 

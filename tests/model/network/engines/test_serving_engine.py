@@ -93,3 +93,18 @@ def test_a_model_loaded_for_one_precision_refuses_another():
     model = load_inference_model(engine="openvino", precision="int8")
     with pytest.raises(ConfigError, match="loaded for PRECISION=int8"):
         model.tile_engine(PredictOptions(precision="fp32"), one_tile=True)
+
+
+def test_a_runner_gives_each_tile_of_a_call_its_own_scores_and_reuses_them_next_call():
+    model = load_inference_model(engine="openvino", precision="fp32")
+    runner = model.tile_engine(PredictOptions(precision="fp32"), one_tile=False)
+    rng = np.random.default_rng(5)
+    a, b = (rng.random((10, 64, 80), dtype=np.float32) for _ in range(2))
+    # WHEN two tiles go in one call, THEN each has scores of its own (the same as alone)
+    first, second = (s.copy() for s in runner([a, b]))
+    assert not np.array_equal(first, second)
+    (alone,) = runner([b])
+    assert np.array_equal(alone, second)
+    # AND the next call of the same shape reuses the arrays: the scores are the caller's until then
+    (again,) = runner([a])
+    assert again is alone and np.array_equal(again, first)
