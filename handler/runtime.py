@@ -62,6 +62,7 @@ def options_from_settings(settings: Settings) -> PredictOptions:
         precision=settings.precision,
         device=settings.device,
         max_pixels=settings.max_pixels,
+        predictions_at_once=settings.max_concurrent_inferences,
         limits=DecodeLimits(
             max_block_bytes=settings.max_block_bytes,
             max_bands=settings.max_bands,

@@ -44,5 +44,6 @@ class PredictOptions:
     fit_tiles: bool = True  # the tile grid fitted per raster (model.predictor.tiling.fit_tile); False: the card's
     decode_once: bool | None = None  # keep pass 1's samples for pass 2: None where it pays; True/False: always/never
     copy_memory_bytes: int | None = None  # what that copy may take in memory; None: model.predictor.decoded's budget
+    predictions_at_once: int = 1  # on this machine (Knative's workers): they share that budget
     read_ahead: bool | None = None  # pass 2 reads the decoded copy's next strip meanwhile; None: with > 2 CPUs
     limits: DecodeLimits = field(default_factory=DecodeLimits)

@@ -71,11 +71,13 @@ def redecode_factor(strips: Sequence[tuple[int, int]], block_height: int, height
     return decoded / -(-height // block_height)
 
 
-def memory_budget(block_cache_bytes: int = 0, limit_bytes: int | None = None) -> int:
-    """Bytes a copy may take in memory: a quarter of what this process may use, at most the ceiling less what
-    GDAL's block cache may hold (both are decoded pixels held at once: together they stay under the ceiling)."""
+def memory_budget(block_cache_bytes: int = 0, limit_bytes: int | None = None, at_once: int = 1) -> int:
+    """Bytes a copy may take in memory: a quarter of what this process may use, shared by the ``at_once``
+    predictions its machine runs at once (Knative's worker processes), at most the ceiling less what GDAL's
+    block cache may hold (both are decoded pixels held at once: together they stay under the ceiling)."""
     limit = memory_limit_bytes() if limit_bytes is None else limit_bytes
-    return max(0, min(MEMORY_BUDGET_MAX_BYTES - block_cache_bytes, limit // MEMORY_BUDGET_SHARE))
+    share = limit // (MEMORY_BUDGET_SHARE * max(1, at_once))
+    return max(0, min(MEMORY_BUDGET_MAX_BYTES - block_cache_bytes, share))
 
 
 def plan_copy(

@@ -5,15 +5,16 @@ The procedure is the old service's, made to scale:
 1. The header is checked against the limits before any pixel is read (bands, ``max_pixels``, data type, and
    the decode cost: codec, block sizes, compression ratio, see :mod:`model.io.decode_limits`).
 2. Pass 1 reads the raster in strips and computes each band's 90th percentile over the WHOLE raster, exactly
-   (see :mod:`model.predictor.stats`), leaving out invalid pixels (nodata, masked, non-finite). Where it pays,
-   it keeps what it decoded in an unnamed temp file for pass 2 (:mod:`model.predictor.decoded`).
+   (see :mod:`model.predictor.stats`), leaving out invalid pixels (nodata, masked, non-finite), counting each
+   strip while the next is decoded. Where it pays, it keeps what it decoded for pass 2, in memory within a
+   budget or in an unnamed temp file (:mod:`model.predictor.decoded`).
 3. Pass 2 reads strips of tile rows (plus the overlap) on the raster's fitted tile grid (:func:`plan_grid`,
    :func:`model.predictor.tiling.fit_tile`), normalises each tile's bands in float64 exactly as the old
    service did (``clip(band, 0, p90) / p90``, 0 when ``p90 <= 0``) and casts to float32 (for 8/16-bit
    integers through a per-band lookup table holding those same float64 results), runs the network on each
    tile and writes the finished rows of the ``.npy`` as soon as no later tile can touch them. Buffers are
    reused tile after tile; with a spare core the next strip is read meanwhile. Peak memory depends on the
-   raster's width and the tile size, never on its height.
+   raster's width and the tile size, never on its height, but for the copy in memory, which its budget bounds.
 
 The network runs behind an engine (:mod:`model.network.engines`): the predictor hands batches of normalised tiles to
 ``model.tile_engine(options, one_tile)`` and gets scores back, so this module imports no torch. A raster no
@@ -331,7 +332,7 @@ def _decoded_copy(header: RasterHeader, bands: Sequence[int], plan: TilePlan, op
     strips = [(span.start, span.stop) for span in plan.rows]
     redecode = redecode_factor(strips, header.layout.block_height, header.height)
     if options.copy_memory_bytes is None:
-        memory = memory_budget(cache_bytes(header.layout, len(set(bands))))
+        memory = memory_budget(cache_bytes(header.layout, len(set(bands))), at_once=options.predictions_at_once)
     else:
         memory = options.copy_memory_bytes
     where, why = plan_copy(needed, redecode, header.layout.compression, free, memory, options.decode_once)

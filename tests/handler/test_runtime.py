@@ -29,6 +29,8 @@ from model.predictor.predict import PredictOptions
             Settings(output_mode="score", precision="bf16", device="auto", max_pixels=1000),
             PredictOptions(output="score", precision="bf16", device="auto", max_pixels=1000),
         ),
+        # Knative's workers share the decoded copy's memory budget
+        (Settings(max_concurrent_inferences=3), PredictOptions(precision="auto", predictions_at_once=3)),
     ],
 )
 def test_options_from_settings(settings, expected):

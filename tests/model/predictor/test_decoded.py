@@ -62,6 +62,8 @@ def test_a_copy_is_kept_in_memory_where_it_fits_the_budget():
 def test_the_memory_budget_is_a_quarter_of_the_limit_at_most_the_ceiling_less_the_cache():
     assert memory_budget(limit_bytes=1024**3) == 256 * 1024**2  # a 1 GB Lambda keeps at most 256 MB
     assert memory_budget(limit_bytes=10 * 1024**3) == MEMORY_BUDGET_MAX_BYTES
+    # Knative's 4 worker processes in a 3 GiB pod: each may keep 192 MiB
+    assert memory_budget(limit_bytes=3 * 1024**3, at_once=4) == 192 * 1024**2
     # GDAL's block cache and the copy share the ceiling; the largest cache leaves 128 MiB
     assert memory_budget(CACHE_CEILING_BYTES, limit_bytes=10 * 1024**3) == 128 * 1024**2
     assert memory_budget(MEMORY_BUDGET_MAX_BYTES + 1, limit_bytes=10 * 1024**3) == 0
