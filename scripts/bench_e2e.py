@@ -33,6 +33,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import rasterio
@@ -165,11 +166,8 @@ def profiled_predict(model, src: Path, dst: Path, options: PredictOptions) -> tu
             finally:
                 clock._pass1_decode = clock.seconds["decode"] - before
 
-        predict_module.compute_percentiles = pass1
-        try:
+        with mock.patch.object(predict_module, "compute_percentiles", pass1):
             result = predict_file(model, src, dst, options)
-        finally:
-            predict_module.compute_percentiles = real
     return result, clock
 
 
@@ -199,16 +197,6 @@ def engine_direct_seconds(runner, shapes: dict[tuple[int, int], int], card, repe
             times.append(time.perf_counter() - start)
         total += statistics.median(times) * count
     return total
-
-
-@contextlib.contextmanager
-def _patched(owner, name: str, value):
-    saved = getattr(owner, name)
-    setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        setattr(owner, name, saved)
 
 
 def old_seconds(ctx, repeats: int = 3) -> float:
@@ -287,7 +275,7 @@ def end_to_end(ctx, quick: bool) -> None:
         if "fresh memory" in label:
             ARENA.trim(0)  # the arena's pages are given back: this run touches new ones, as a new process does
         counting = "counted" in label  # the other way round from the default
-        forced = _patched(predict_module, "COUNT_ALONGSIDE_MIN_CPUS", 0 if not alongside else 10**6)
+        forced = mock.patch.object(predict_module, "COUNT_ALONGSIDE_MIN_CPUS", 0 if not alongside else 10**6)
         with forced if counting else contextlib.nullcontext():
             result, clock = profiled_predict(model, scene, ctx.cache / "e2e.npy", options)
         assert dict(clock.tile_shapes) == shapes, (clock.tile_shapes, shapes)

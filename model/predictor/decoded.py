@@ -112,7 +112,7 @@ class Arena:
     """One block of memory that copies in memory reuse, prediction after prediction, held for the process' life.
 
     Where the host backs memory lazily (Lambda's Firecracker, this project's VMs), touching 335 MB of fresh
-    pages took 0.7-0.9 s, more than decoding the raster again; pages this process already touched cost a
+    pages took 0.4-0.9 s, more than decoding the raster again; pages this process already touched cost a
     copy. So the block stays (it never exceeds the largest copy kept, itself within :func:`memory_budget`),
     is grown when a larger copy fits the budget, freed when a raster's budget is smaller than it (so the block and
     GDAL's cache never hold more than the ceiling together), and lent to one copy at a time: a copy made while

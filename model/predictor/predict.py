@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -224,31 +224,23 @@ def accumulate_bands(
 
     buffers = Buffers(header.dtypes[bands[0] - 1])
     alongside = available_cpus() >= COUNT_ALONGSIDE_MIN_CPUS
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rasterfn-count") if alongside else _inline() as pool:
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rasterfn-count") if alongside else None
+    with pool or contextlib.nullcontext():
         counting = None
         for i, window in enumerate(_stat_windows(ds, header, start, stop)):
             if interrupt is not None:
                 interrupt()
-            # Two buffers, alternating: the strip being counted is never the one being decoded into.
-            out = buffers.get((len(bands), window.height, window.width), i % 2)
+            # Alongside, two buffers alternate: the strip being counted is never the one being decoded into.
+            out = buffers.get((len(bands), window.height, window.width), i % 2 if pool else 0)
             data, valid = read_window(ds, bands, window, header.all_valid, out)
+            if pool is None:
+                count(window, data, valid)
+                continue
             if counting is not None:
                 counting.result()
             counting = pool.submit(count, window, data, valid)
         if counting is not None:
             counting.result()
-
-
-class _inline(contextlib.AbstractContextManager):
-    """An executor that runs each call at once, in this thread (one CPU: nothing to overlap)."""
-
-    def submit(self, fn, *args):
-        future: Future = Future()
-        future.set_result(fn(*args))
-        return future
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _stat_windows(ds, header: RasterHeader, start: int = 0, stop: int | None = None) -> Iterator[Window]:
